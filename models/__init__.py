@@ -1,0 +1,1 @@
+"""chatmod models package."""

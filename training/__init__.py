@@ -1,0 +1,1 @@
+"""chatmod training package."""
