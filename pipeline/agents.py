@@ -1,0 +1,144 @@
+"""Faust agents: thin glue from topics to the ``Moderator``.
+
+At-least-once: ``take_events`` acks a batch's events only after the agent body has finished with it,
+and ``Moderator.handle`` returns only after the broker confirmed every output. A batch that cannot be
+finished is never acked: transient errors are retried; an unexpected one stops the process without
+committing, so the batch is redelivered after restart instead of being lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import faust
+from aiokafka.errors import KafkaError
+
+from pipeline.cache import ResultCache
+from pipeline.moderation import BatchStats, InRecord, Moderator
+from pipeline.serving import ServingHolder
+from pipeline.settings import Settings
+
+log = logging.getLogger("chatmod.agents")
+MAX_ATTEMPTS = 5  # per batch, for errors that are not the broker's (a bug must not spin forever)
+
+
+class FaustPublisher:
+    """Queues records on the app's producer; returns the broker's delivery future."""
+
+    def __init__(self, app: faust.App):
+        self.app = app
+
+    async def send(self, topic: str, key: bytes | None, value: bytes, headers=None):
+        return await self.app.producer.send(topic, key, value, None, None, headers)
+
+
+class RateLimiter:
+    """Token bucket: ``await limiter(n)`` waits until n more events fit under ``rate`` per second.
+    It slows the consumer down (backpressure); it never drops anything."""
+
+    def __init__(self, rate: float):
+        if rate <= 0:
+            raise ValueError(f"rate must be > 0, got {rate}")
+        self.rate, self.tokens, self.stamp = rate, rate, time.monotonic()
+
+    async def __call__(self, n: int) -> None:
+        now = time.monotonic()
+        self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate) - n
+        self.stamp = now
+        if self.tokens < 0:
+            await asyncio.sleep(-self.tokens / self.rate)
+
+
+@dataclass
+class WorkerState:
+    """What the worker knows about itself (for logs, metrics, readiness)."""
+
+    settings: Settings
+    holder: ServingHolder | None = None
+    cache: ResultCache | None = None
+    moderator: Moderator | None = None
+    totals: BatchStats = field(default_factory=BatchStats)
+    batches: int = 0
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def add(self, stats: BatchStats) -> None:
+        t = self.totals
+        self.batches += 1
+        for name in ("received", "results", "dead_letters", "cache_hits", "replayed", "classified", "flagged"):
+            setattr(t, name, getattr(t, name) + getattr(stats, name))
+        for k, v in stats.decisions.items():
+            t.decisions[k] = t.decisions.get(k, 0) + v
+        t.model_seconds += stats.model_seconds
+
+
+def register_agents(app: faust.App, settings: Settings) -> WorkerState:
+    topics, batching = settings.topics, settings.batching
+    messages = app.topic(topics.messages, value_type=bytes, key_type=bytes, value_serializer="raw",
+                         key_serializer="raw", partitions=topics.partitions)
+    outputs = [app.topic(name, value_type=bytes, key_type=bytes, value_serializer="raw", key_serializer="raw",
+                         partitions=topics.partitions) for name in (topics.moderated, topics.flagged, topics.dlq)]
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chatmod-model")
+    state = WorkerState(settings)
+    app.chatmod_state = state  # type: ignore[attr-defined]
+
+    async def start() -> Moderator:
+        if state.moderator is None:
+            for topic in outputs:
+                await topic.maybe_declare()
+            loop = asyncio.get_running_loop()
+            state.holder = await loop.run_in_executor(executor, ServingHolder, settings)
+            state.cache = ResultCache(settings.redis) if settings.redis.enabled else None
+            state.moderator = Moderator(
+                settings, classifier=lambda: state.holder.current, cache=state.cache,
+                policy=lambda: state.holder.current.policy, publisher=FaustPublisher(app), executor=executor,
+                dlq_limiter=RateLimiter(batching.dlq_max_per_s),
+            )
+            state.ready.set()
+            log.info("worker ready", extra={"models": state.holder.current.refs, "topic": topics.messages})
+        return state.moderator
+
+    @app.agent(messages, name="moderate_messages")
+    async def moderate_messages(stream: faust.StreamT) -> None:
+        moderator = await start()
+        async for events in stream.take_events(batching.max_batch, within=batching.max_wait_ms / 1000.0):
+            records = [InRecord(e.message.topic, e.message.partition, e.message.offset, e.message.value,
+                                e.message.timestamp or time.time()) for e in events]
+            stats = await _finish(moderator, records)
+            state.add(stats)
+            log.debug("batch", extra={"size": len(records), "classified": stats.classified,
+                                      "cache_hits": stats.cache_hits, "dead_letters": stats.dead_letters})
+
+    return state
+
+
+async def _finish(moderator: Moderator, records: list[InRecord]) -> BatchStats:
+    """Handle one batch to completion: retried on broker errors, shielded from cancellation (a SIGTERM
+    lets the in-flight batch finish before its offsets are acked)."""
+    attempt = 0
+    while True:
+        attempt += 1
+        task = asyncio.ensure_future(moderator.handle(records))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            await task  # finish and confirm the in-flight batch, then let the worker stop
+            raise
+        except KafkaError as exc:  # broker away: wait and retry the whole (idempotent) batch
+            delay = min(30.0, 0.5 * 2 ** min(attempt, 6))
+            log.warning("publish failed; retrying batch", extra={"error": repr(exc), "attempt": attempt,
+                                                                 "retry_in_s": delay})
+            await asyncio.sleep(delay)
+        except Exception as exc:
+            if attempt < MAX_ATTEMPTS:
+                log.exception("batch failed; retrying", extra={"attempt": attempt, "error": repr(exc)})
+                await asyncio.sleep(0.5 * attempt)
+                continue
+            log.critical("batch keeps failing; exiting without committing it (it will be redelivered)",
+                         extra={"error": repr(exc), "size": len(records)})
+            logging.shutdown()
+            os._exit(70)

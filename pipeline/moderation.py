@@ -1,0 +1,198 @@
+"""One micro-batch through the pipeline: decode, look up, classify the misses, decide, publish, cache.
+
+Independent of Faust: the agent hands in raw records and a ``Publisher``; tests can drive it directly.
+Nothing is lost: every record ends as a result or a dead letter, and the caller acks the batch only
+after ``handle`` returns, i.e. after every output has been confirmed by the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+from models.labels import Task
+from pipeline.cache import ResultCache
+from pipeline.policy import Policy
+from pipeline.schemas import ChatMessage, DeadLetter, InvalidMessage, ModerationResult, decode_message
+from pipeline.settings import Settings
+from pipeline.textnorm import content_key, message_key, normalise_text
+
+log = logging.getLogger("chatmod.moderation")
+
+
+class BatchMismatch(RuntimeError):
+    def __init__(self, expected: int, got: int):
+        super().__init__(f"classifier returned {got} results for {expected} texts")
+
+
+@dataclass(frozen=True, slots=True)
+class InRecord:
+    """A record as consumed: where it came from, its raw bytes, and its Kafka timestamp (epoch s).
+
+    ``latency_ms`` in results is measured from that timestamp: produce (or broker append) to result.
+    """
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+    timestamp: float = field(default_factory=time.time)
+
+
+class Publisher(Protocol):
+    async def send(self, topic: str, key: bytes | None, value: bytes,
+                   headers: list[tuple[str, bytes]] | None = None) -> Awaitable: ...
+
+
+class Classifier(Protocol):
+    """What the runtime offers the pipeline (``models.runtime.ModelSet``)."""
+
+    refs: dict[str, str]
+    casefold: bool
+
+    def predict(self, texts: list[str]) -> list[dict[str, dict[str, float]]]: ...
+
+
+@dataclass
+class BatchStats:
+    received: int = 0
+    results: int = 0
+    dead_letters: int = 0
+    cache_hits: int = 0
+    replayed: int = 0
+    classified: int = 0
+    flagged: int = 0
+    decisions: dict[str, int] = field(default_factory=lambda: {"allow": 0, "review": 0, "block": 0})
+    model_seconds: float = 0.0
+
+
+@dataclass
+class _Pending:
+    message: ChatMessage
+    record: InRecord
+    text: str
+    content_key: str
+    message_key: str
+
+
+class Moderator:
+    """Moderates micro-batches. ``classifier`` is read through a getter so a hot reload takes effect
+    at the next batch without locking the hot path."""
+
+    def __init__(self, settings: Settings, classifier: Callable[[], Classifier], cache: ResultCache | None,
+                 policy: Callable[[], Policy], publisher: Publisher, executor: Executor,
+                 dlq_limiter: Callable[[int], Awaitable[None]] | None = None):
+        self.settings = settings
+        self._classifier = classifier
+        self._policy = policy
+        self.cache = cache
+        self.publisher = publisher
+        self.executor = executor
+        self.dlq_limiter = dlq_limiter
+        self.topics = settings.topics
+        self.ttl_s = settings.redis.ttl_s
+        self.prefix = settings.redis.key_prefix
+
+    async def handle(self, records: Sequence[InRecord]) -> BatchStats:
+        stats = BatchStats(received=len(records))
+        clf = self._classifier()
+        policy = self._policy()
+        pending: list[_Pending] = []
+        dead: list[tuple[InRecord, InvalidMessage]] = []
+        for rec in records:
+            try:
+                msg = decode_message(rec.value, self.settings.batching.max_message_bytes)
+            except InvalidMessage as err:
+                dead.append((rec, err))
+                continue
+            text = normalise_text(msg.text, self.settings.batching.max_text_chars)
+            pending.append(_Pending(msg, rec, text, content_key(text, clf.refs, clf.casefold, self.prefix),
+                                    message_key(self.prefix, msg.id)))
+
+        outputs: list[tuple[str, bytes, bytes, list | None]] = []  # topic, key, value, headers
+        cache_writes: dict[str, bytes] = {}
+        if pending:
+            await self._moderate(pending, clf, policy, stats, outputs, cache_writes)
+        for rec, err in dead:
+            letter = DeadLetter(kind=err.kind, reason=err.reason, source_topic=rec.topic,
+                                source_partition=rec.partition, source_offset=rec.offset,
+                                failed_at=datetime.now(UTC).isoformat())
+            outputs.append((self.topics.dlq, None, rec.value or b"", letter.to_headers()))
+            log.info("dead letter", extra={"kind": err.kind, "reason": err.reason, "topic": rec.topic,
+                                           "partition": rec.partition, "offset": rec.offset})
+        stats.dead_letters = len(dead)
+        if dead and self.dlq_limiter is not None:
+            await self.dlq_limiter(len(dead))
+        # Every send is queued first, then all confirmations are awaited together: one wait per batch.
+        futures = [await self.publisher.send(topic, key, value, headers) for topic, key, value, headers in outputs]
+        await asyncio.gather(*futures)
+        if cache_writes and self.cache is not None:
+            await self.cache.set_many(cache_writes, self.ttl_s)
+        return stats
+
+    async def _moderate(self, pending: list[_Pending], clf: Classifier, policy: Policy, stats: BatchStats,
+                        outputs: list, cache_writes: dict[str, bytes]) -> None:
+        keys = [p.message_key for p in pending] + [p.content_key for p in pending]
+        found = await self.cache.get_many(keys) if self.cache is not None else [None] * len(keys)
+        by_message, by_content = found[: len(pending)], found[len(pending):]
+
+        scores: dict[str, dict[str, dict[str, float]]] = {}  # content key -> {task: {label: p}}
+        replay: dict[int, bytes] = {}
+        for i, p in enumerate(pending):
+            if by_message[i] is not None:  # a redelivery: publish exactly what was published before
+                replay[i] = by_message[i]
+            elif by_content[i] is not None and p.content_key not in scores:
+                scores[p.content_key] = json.loads(by_content[i])
+        cached_keys = set(scores)
+        todo = sorted({p.content_key: p.text for i, p in enumerate(pending)
+                       if i not in replay and p.content_key not in scores}.items())
+        if todo:
+            texts = [text for _, text in todo]
+            started = time.perf_counter()
+            loop = asyncio.get_running_loop()
+            predicted = await loop.run_in_executor(self.executor, clf.predict, texts)
+            stats.model_seconds = time.perf_counter() - started
+            if len(predicted) != len(texts):
+                raise BatchMismatch(len(texts), len(predicted))
+            for (key, _), result in zip(todo, predicted):
+                scores[key] = result
+                cache_writes[key] = json.dumps(result, separators=(",", ":")).encode()
+            stats.classified = len(todo)
+
+        now = time.time()
+        built: dict[str, tuple[bytes, str]] = {}  # message key -> (value, decision): one result per id
+        for i, p in enumerate(pending):
+            if i in replay:
+                value = replay[i]
+                stats.replayed += 1
+                decision = json.loads(value).get("decision", "allow")
+            elif p.message_key in built:  # the same id twice in one batch: the same result twice
+                value, decision = built[p.message_key]
+            else:
+                s = scores[p.content_key]
+                tox = s.get(Task.TOXICITY.value, {})
+                decision, flags = policy.decide(tox) if tox else ("allow", [])
+                cached = p.content_key in cached_keys
+                stats.cache_hits += cached
+                result = ModerationResult(
+                    id=p.message.id, channel=p.message.channel, user=p.message.user, decision=decision,
+                    toxicity=tox, sentiment=s.get(Task.SENTIMENT.value, {}), flags=flags, models=clf.refs,
+                    cached=cached, latency_ms=max(0.0, now - p.record.timestamp) * 1000.0,
+                )
+                value = result.to_json_bytes()
+                cache_writes[p.message_key] = value
+                built[p.message_key] = (value, decision)
+            key = p.message.id.encode()
+            outputs.append((self.topics.moderated, key, value, None))
+            if decision != "allow":
+                outputs.append((self.topics.flagged, key, value, None))
+                stats.flagged += 1
+            stats.decisions[decision] = stats.decisions.get(decision, 0) + 1
+        stats.results = len(pending)

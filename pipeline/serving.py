@@ -1,0 +1,93 @@
+"""The models a worker serves, loaded from the registry, and swapped whole on a reload.
+
+A reload builds the new model set completely (checksums and label contract verified) before it
+replaces the old one; if anything fails, the previous models keep serving and the error is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from models.artifact import ArtifactError
+from models.labels import Task
+from models.registry import ModelRegistry
+from models.runtime import ModelSet
+from pipeline.policy import Policy
+from pipeline.settings import Settings
+
+log = logging.getLogger("chatmod.serving")
+
+
+def bundled_store() -> Path:
+    """The default models shipped inside the ``models`` package."""
+    import models
+
+    return Path(models.__file__).parent / "defaults"
+
+
+def open_registry(settings: Settings) -> ModelRegistry:
+    """The configured store, seeded from the bundled defaults the first time it is used."""
+    return ModelRegistry(Path(settings.models.store), seed=bundled_store())
+
+
+@dataclass(frozen=True)
+class Serving:
+    """An immutable pairing of models and the policy derived from their thresholds."""
+
+    models: ModelSet
+    policy: Policy
+    casefold: bool
+
+    @property
+    def refs(self) -> dict[str, str]:
+        return {str(k): v for k, v in self.models.refs.items()}
+
+    def predict(self, texts: list[str]) -> list[dict[str, dict[str, float]]]:
+        return self.models.predict(texts)
+
+
+def load_serving(settings: Settings, registry: ModelRegistry | None = None) -> Serving:
+    registry = registry or open_registry(settings)
+    tasks = [Task(t) for t in settings.models.tasks]
+    if Task.TOXICITY not in tasks:
+        raise ValueError("the toxicity task is required: decisions are made from its scores")
+    paths = {task: registry.current_path(task) for task in tasks}
+    model_set = ModelSet(paths, backend=settings.models.backend, threads=settings.models.threads)
+    manifests = model_set.manifests
+    head = manifests[Task.TOXICITY].head(Task.TOXICITY)
+    policy = Policy.from_heads(head, settings.policy)
+    return Serving(model_set, policy, casefold=all(m.lowercase for m in manifests.values()))
+
+
+class ServingHolder:
+    """Holds the current ``Serving``; readers take a reference, reloads replace it atomically."""
+
+    def __init__(self, settings: Settings, registry: ModelRegistry | None = None):
+        self.settings = settings
+        self.registry = registry or open_registry(settings)
+        self._current = load_serving(settings, self.registry)
+        self._lock = threading.Lock()
+
+    @property
+    def current(self) -> Serving:
+        return self._current
+
+    def reload(self) -> bool:
+        """Load what the registry names as current; keep the old models on any failure."""
+        with self._lock:
+            try:
+                wanted = {str(t): self.registry.current(Task(t)) for t in self.settings.models.tasks}
+                if wanted == self._current.refs:
+                    return False
+                fresh = load_serving(self.settings, self.registry)
+            except (ArtifactError, OSError, ValueError, RuntimeError) as exc:
+                log.error("model reload refused; previous models keep serving",
+                          extra={"error": str(exc), "serving": self._current.refs})
+                return False
+            old = self._current.refs
+            self._current = fresh
+            log.info("models reloaded", extra={"from": old, "to": fresh.refs})
+            return True

@@ -1,0 +1,348 @@
+"""Labeled data: one reader per data set in ../shared/data, one example type, deterministic splits.
+
+Every set is mapped onto the label contract in ``models.labels``. A set annotates only some labels;
+the rest are *masked* (-1) so that no loss is computed for them. The mapping, and the reason for each
+choice, lives in one place: ``SOURCES`` below (and is printed by ``chatmod train data``).
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import hashlib
+import random
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from models.labels import SENTIMENT_LABELS, TOXICITY_LABELS, Task
+
+MASK = -1  # label not annotated by this data set: excluded from the hard-label loss
+TOX = {name: i for i, name in enumerate(TOXICITY_LABELS)}
+SENT = {name: i for i, name in enumerate(SENTIMENT_LABELS)}
+ALL_SENTIMENT = (1, 1, 1)
+
+csv.field_size_limit(10_000_000)
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    """One labeled text. ``toxicity``: 0/1/MASK per toxicity label, or None when the set has no
+    toxicity annotation. ``sentiment``: class index or None; ``sentiment_classes`` marks which classes
+    the set can express (SST-2 has no neutral, so its loss is a softmax over negative/positive only)."""
+
+    text: str
+    source: str
+    toxicity: tuple[int, ...] | None = None
+    sentiment: int | None = None
+    sentiment_classes: tuple[int, ...] = ALL_SENTIMENT
+
+    @property
+    def stratum(self) -> str:
+        return f"{self.source}|{self.toxicity}|{self.sentiment}"
+
+
+def tox(**labels: int) -> tuple[int, ...]:
+    """A toxicity label vector: named labels set, all others masked."""
+    unknown = set(labels) - set(TOX)
+    if unknown:
+        raise ValueError(f"unknown toxicity labels {sorted(unknown)}")
+    return tuple(labels.get(name, MASK) for name in TOXICITY_LABELS)
+
+
+CLEAN = tox(**{name: 0 for name in TOXICITY_LABELS})
+
+
+# ---------------------------------------------------------------- readers (one per data set)
+
+
+def _rows(path: Path, delimiter: str = ",") -> Iterator[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        yield from csv.DictReader(fh, delimiter=delimiter)
+
+
+def read_olid(root: Path) -> Iterator[Example]:
+    for row in _rows(root / "toxicity/olid/train.tsv", "\t"):
+        if row["subtask_a"] == "NOT":
+            yield Example(row["tweet"], "olid", CLEAN)
+        elif row["subtask_b"] == "UNT":
+            # untargeted profanity: offensive, but with no target it is no insult, threat or identity hate
+            yield Example(row["tweet"], "olid", tox(toxic=1, insult=0, threat=0, identity_hate=0))
+        else:
+            yield Example(row["tweet"], "olid", tox(toxic=1))
+
+
+def _jigsaw(path: Path, source: str) -> Iterator[Example]:
+    for row in _rows(path):
+        yield Example(row["comment_text"], source, tuple(int(row[name]) for name in TOXICITY_LABELS))
+
+
+def read_jigsaw(root: Path) -> Iterator[Example]:
+    # enriched file (includes the random 5k); the natural-rate validation split comes from the 5k file
+    return _jigsaw(root / "toxicity/jigsaw/train_enriched.csv", "jigsaw")
+
+
+def read_jigsaw_natural(root: Path) -> Iterator[Example]:
+    return _jigsaw(root / "toxicity/jigsaw/train_random5k.csv", "jigsaw")
+
+
+def read_davidson(root: Path) -> Iterator[Example]:
+    for row in _rows(root / "toxicity/davidson/labeled_data.csv"):
+        cls = int(row["class"])
+        if cls == 0:
+            yield Example(row["tweet"], "davidson", tox(toxic=1, identity_hate=1))
+        elif cls == 1:  # annotators chose "offensive" over "hate": toxic, not identity hate
+            yield Example(row["tweet"], "davidson", tox(toxic=1, identity_hate=0))
+        else:
+            yield Example(row["tweet"], "davidson", CLEAN)
+
+
+def read_conda(root: Path) -> Iterator[Example]:
+    for row in _rows(root / "toxicity/conda/train.csv"):
+        intent, text = row["intentClass"], row["utterance"]
+        if not text.strip():
+            continue
+        if intent == "E":
+            yield Example(text, "conda", tox(toxic=1))
+        elif intent in ("O", "A"):
+            yield Example(text, "conda", CLEAN)
+        # "I" (implicit toxicity: sarcasm, veiled jabs) is left out: too context-bound to be a label here
+
+
+def _convabuse(path: Path) -> Iterator[Example]:
+    identity = ("ableist", "homophobic", "racist", "sexist", "transphobic")
+    for row in _rows(path):
+        votes = []
+        for a in range(1, 9):
+            sev = [s for s in ("1", "0", "-1", "-2", "-3") if row.get(f"Annotator{a}_is_abuse.{s}") == "1"]
+            if sev:
+                flag = {k: row.get(f"Annotator{a}_{k}") == "1" for k in (*identity, "intellectual", "sex_harassment")}
+                votes.append((int(sev[0]), flag, row.get(f"Annotator{a}_target.individual") == "1"))
+        if not votes or not row["user"].strip():
+            continue
+        half = len(votes) / 2
+        abusive = sum(v[0] <= -1 for v in votes) > half
+        if not abusive:
+            yield Example(row["user"], "convabuse", CLEAN)
+            continue
+        yield Example(
+            row["user"],
+            "convabuse",
+            tox(
+                toxic=1,
+                severe_toxic=int(sum(v[0] == -3 for v in votes) > half),
+                identity_hate=int(sum(any(v[1][k] for k in identity) for v in votes) > half),
+                insult=int(sum(v[1]["intellectual"] or v[2] for v in votes) > half),
+            ),
+        )
+
+
+def read_convabuse(root: Path) -> Iterator[Example]:
+    return _convabuse(root / "toxicity/convabuse/train.csv")
+
+
+def read_convabuse_valid(root: Path) -> Iterator[Example]:
+    return _convabuse(root / "toxicity/convabuse/valid.csv")
+
+
+def _unescape_kaggle(raw: str) -> str:
+    text = raw.strip()
+    if text.startswith('"') and text.endswith('"'):
+        text = text[1:-1]
+    try:  # the file stores python-style escapes of UTF-8 bytes ("\\xc2\\xa0")
+        text = codecs.decode(text, "unicode_escape").encode("latin-1").decode("utf-8", errors="replace")
+    except (UnicodeDecodeError, UnicodeEncodeError):
+        pass
+    return " ".join(text.split())
+
+
+def read_kaggle_insults(root: Path) -> Iterator[Example]:
+    for row in _rows(root / "toxicity/kaggle_insults/train.csv"):
+        text = _unescape_kaggle(row["x"])
+        if not text:
+            continue
+        if row["y"] == "1":
+            yield Example(text, "kaggle_insults", tox(toxic=1, insult=1))
+        else:  # "not an insult" says nothing about profanity elsewhere in the comment
+            yield Example(text, "kaggle_insults", tox(insult=0))
+
+
+def _hateval(root: Path, split: str) -> Iterator[Example]:
+    base = root / "toxicity/hateval"
+    texts = (base / f"{split}_text.txt").read_text(encoding="utf-8").splitlines()
+    labels = (base / f"{split}_labels.txt").read_text(encoding="utf-8").splitlines()
+    if len(texts) != len(labels):
+        raise ValueError(f"hateval {split}: {len(texts)} texts but {len(labels)} labels")
+    for text, label in zip(texts, labels):
+        if label.strip() == "1":  # hate against immigrants or women: a protected group
+            yield Example(text, "hateval", tox(toxic=1, identity_hate=1))
+        else:  # not hate; may still be offensive, so only identity_hate is known
+            yield Example(text, "hateval", tox(identity_hate=0))
+
+
+def read_hateval(root: Path) -> Iterator[Example]:
+    return _hateval(root, "train")
+
+
+def read_hateval_val(root: Path) -> Iterator[Example]:
+    return _hateval(root, "val")
+
+
+def read_semeval(root: Path) -> Iterator[Example]:
+    for row in _rows(root / "sentiment/semeval2017/train.csv"):
+        yield Example(row["text"], "semeval", sentiment=SENT[row["label"]])
+
+
+def _sst2(path: Path) -> Iterator[Example]:
+    for row in _rows(path, "\t"):
+        text = row["sentence"].strip()
+        if text:
+            label = SENT["positive"] if row["label"] == "1" else SENT["negative"]
+            yield Example(text, "sst2", sentiment=label, sentiment_classes=(1, 0, 1))
+
+
+def read_sst2(root: Path) -> Iterator[Example]:
+    return _sst2(root / "sentiment/sst2/train.tsv")
+
+
+def read_sst2_dev(root: Path) -> Iterator[Example]:
+    return _sst2(root / "sentiment/sst2/dev.tsv")
+
+
+# ---------------------------------------------------------------- the mapping, in one place
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    task: Task
+    read: Callable[[Path], Iterable[Example]]
+    mapping: str  # how its labels map onto the contract, and why
+    # validation: a fraction split off the training file, or a separate file of the same pool
+    validation: Callable[[Path], Iterable[Example]] | None = None
+    val_fraction: float = 0.1
+    files: tuple[str, ...] = field(default_factory=tuple)
+
+
+SOURCES: dict[str, Source] = {
+    s.name: s
+    for s in (
+        Source("olid", Task.TOXICITY, read_olid,
+               "OFF -> toxic; NOT -> all six 0; OFF+UNT (untargeted) -> insult/threat/identity_hate 0; "
+               "other subtypes masked (OLID does not separate them)", files=("toxicity/olid/train.tsv",)),
+        Source("jigsaw", Task.TOXICITY, read_jigsaw,
+               "all six labels annotated directly (the contract's origin); validation is a natural-rate "
+               "split of the random 5k file, never seen in training", validation=None, val_fraction=0.2,
+               files=("toxicity/jigsaw/train_enriched.csv", "toxicity/jigsaw/train_random5k.csv")),
+        Source("davidson", Task.TOXICITY, read_davidson,
+               "hate -> toxic + identity_hate; offensive -> toxic, identity_hate 0; neither -> all 0",
+               files=("toxicity/davidson/labeled_data.csv",)),
+        Source("conda", Task.TOXICITY, read_conda,
+               "explicit (E) -> toxic; other (O) and action (A) -> all 0; implicit (I) left out (needs the "
+               "game context)", files=("toxicity/conda/train.csv",)),
+        Source("convabuse", Task.TOXICITY, read_convabuse,
+               "annotator majority abusive (severity <= -1) -> toxic; majority -3 -> severe_toxic; majority "
+               "identity type -> identity_hate; majority intellectual/individual target -> insult; obscene, "
+               "threat masked; majority not abusive -> all 0", validation=read_convabuse_valid,
+               files=("toxicity/convabuse/train.csv", "toxicity/convabuse/valid.csv")),
+        Source("kaggle_insults", Task.TOXICITY, read_kaggle_insults,
+               "insult -> toxic + insult; not insult -> insult 0, the rest masked",
+               files=("toxicity/kaggle_insults/train.csv",)),
+        Source("hateval", Task.TOXICITY, read_hateval,
+               "hate (immigrants, women) -> toxic + identity_hate; not hate -> identity_hate 0, rest masked",
+               validation=read_hateval_val, files=("toxicity/hateval/train_text.txt", "toxicity/hateval/val_text.txt")),
+        Source("semeval", Task.SENTIMENT, read_semeval, "negative / neutral / positive as given",
+               files=("sentiment/semeval2017/train.csv",)),
+        Source("sst2", Task.SENTIMENT, read_sst2,
+               "0 -> negative, 1 -> positive; no neutral, so its loss is a softmax over negative/positive only",
+               validation=read_sst2_dev, files=("sentiment/sst2/train.tsv", "sentiment/sst2/dev.tsv")),
+    )
+}
+DEFAULT_SOURCES: dict[Task, tuple[str, ...]] = {
+    Task.TOXICITY: ("olid", "jigsaw", "davidson", "conda", "convabuse", "kaggle_insults", "hateval"),
+    Task.SENTIMENT: ("semeval", "sst2"),
+}
+
+
+def default_data_root() -> Path:
+    """``../shared/data`` relative to the project root (where the developers and CI keep it)."""
+    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def require_data_root(root: Path | None) -> Path:
+    root = Path(root) if root else default_data_root()
+    if not (root / "toxicity").is_dir() and not (root / "sentiment").is_dir():
+        raise FileNotFoundError(
+            f"no labeled data at {root}: pass --data-root pointing at a folder with toxicity/ and sentiment/ "
+            "(see ../shared/data/README.md for the expected layout)"
+        )
+    return root
+
+
+# ---------------------------------------------------------------- splits and fingerprints
+
+
+def stratified_split(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """Deterministic stratified split: each (source, labels) stratum contributes ``fraction`` to validation."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
+    strata: dict[str, list[Example]] = defaultdict(list)
+    for ex in examples:
+        strata[ex.stratum].append(ex)
+    train, val = [], []
+    for key in sorted(strata):
+        group = strata[key]
+        rng = random.Random(f"{seed}:{key}")
+        order = list(range(len(group)))
+        rng.shuffle(order)
+        n_val = round(len(group) * fraction)
+        val.extend(group[i] for i in order[:n_val])
+        train.extend(group[i] for i in order[n_val:])
+    return train, val
+
+
+@dataclass
+class Splits:
+    train: list[Example]
+    validation: dict[str, list[Example]]  # per source, for per-set headline metrics
+    fingerprints: dict[str, str]
+
+
+def file_fingerprint(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def load_splits(
+    root: Path | None,
+    sources: Iterable[str],
+    seed: int = 13,
+    max_train_per_source: int | None = None,
+) -> Splits:
+    """Read the named sources and split each deterministically into train and validation."""
+    root = require_data_root(root)
+    train: list[Example] = []
+    validation: dict[str, list[Example]] = {}
+    fingerprints: dict[str, str] = {}
+    for name in sources:
+        if name not in SOURCES:
+            raise ValueError(f"unknown data set {name!r}; known: {sorted(SOURCES)}")
+        src = SOURCES[name]
+        for rel in src.files:
+            fingerprints[rel] = file_fingerprint(root / rel)
+        if name == "jigsaw":
+            natural_train, val = stratified_split(list(read_jigsaw_natural(root)), src.val_fraction, seed)
+            held_out = {ex.text for ex in val}
+            tr = [ex for ex in src.read(root) if ex.text not in held_out]
+        elif src.validation is not None:
+            tr, val = list(src.read(root)), list(src.validation(root))
+        else:
+            tr, val = stratified_split(list(src.read(root)), src.val_fraction, seed)
+        val_texts = {ex.text for ex in val}
+        tr = [ex for ex in tr if ex.text not in val_texts]  # no exact-text leakage into validation
+        if max_train_per_source is not None and len(tr) > max_train_per_source:
+            _, tr = stratified_split(tr, max_train_per_source / len(tr), seed)  # a stratified subsample
+        train.extend(tr)
+        validation[name] = val
+    random.Random(seed).shuffle(train)
+    return Splits(train=train, validation=validation, fingerprints=fingerprints)

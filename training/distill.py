@@ -1,0 +1,220 @@
+"""The training loop, for teachers (hard labels only) and students (soft targets + hard labels + cosine).
+
+Batches are length-bucketed with dynamic padding: chat texts are short, and padding to a fixed length
+would cost several times the compute on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
+
+from models.artifact import Head
+from models.labels import TASK_LABELS, TASK_PROBLEM, ProblemType, Task
+from training.data import Example
+from training.losses import hidden_cosine_loss, multi_label_loss, single_label_loss, soft_target_loss
+
+
+def make_heads(tasks: Sequence[Task]) -> list[Head]:
+    """Heads laid out one after another in the logit columns, in the order given."""
+    heads, offset = [], 0
+    for task in tasks:
+        labels = list(TASK_LABELS[Task(task)])
+        heads.append(Head(task=Task(task), labels=labels, problem_type=TASK_PROBLEM[Task(task)], offset=offset))
+        offset += len(labels)
+    return heads
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 1.0
+    batch_size: int = 32
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.06
+    max_length: int = 96
+    temperature: float = 2.0
+    alpha_soft: float = 1.0  # KL to the teacher's soft targets (x T^2)
+    alpha_hard: float = 1.0  # cross-entropy to the data set's labels
+    alpha_cos: float = 1.0  # 1 - cos(student, teacher) on the last hidden states
+    seed: int = 13
+    log_every: int = 50
+    max_steps: int | None = None
+
+    def validate(self) -> None:
+        if self.epochs <= 0:
+            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if min(self.alpha_soft, self.alpha_hard, self.alpha_cos) < 0:
+            raise ValueError("loss weights must be >= 0")
+
+
+@dataclass
+class Batch:
+    input_ids: Tensor  # (batch, seq)
+    attention_mask: Tensor  # (batch, seq)
+    tox: Tensor  # (batch, 6) targets, -1 where masked
+    sent: Tensor  # (batch,) class index, -1 where none
+    sent_allowed: Tensor  # (batch, 3) classes the source can express
+
+
+def collate(encoded: list[list[int]], examples: list[Example], pad_id: int) -> Batch:
+    width = max(len(ids) for ids in encoded)
+    ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for row, seq in enumerate(encoded):
+        ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+    n_tox = len(TASK_LABELS[Task.TOXICITY])
+    tox = torch.tensor([ex.toxicity if ex.toxicity is not None else (-1,) * n_tox for ex in examples])
+    sent = torch.tensor([ex.sentiment if ex.sentiment is not None else -1 for ex in examples])
+    allowed = torch.tensor([ex.sentiment_classes for ex in examples])
+    return Batch(ids, mask, tox, sent, allowed)
+
+
+def bucketed_batches(lengths: Sequence[int], batch_size: int, rng: random.Random, chunk: int = 50) -> list[list[int]]:
+    """Indices grouped into batches of similar length: shuffle, sort within chunks, shuffle batches."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    batches: list[list[int]] = []
+    span = batch_size * chunk
+    for start in range(0, len(order), span):
+        part = sorted(order[start : start + span], key=lambda i: lengths[i])
+        batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def hard_label_loss(logits: Tensor, heads: Sequence[Head], batch: Batch) -> Tensor:
+    """Sum of per-head hard-label losses, each masked to what the example's data set annotates."""
+    total = logits.new_zeros(())
+    for head in heads:
+        cols = logits[:, head.offset : head.offset + head.width]  # (batch, labels)
+        if head.problem_type == ProblemType.MULTI_LABEL:
+            total = total + multi_label_loss(cols, batch.tox, (batch.tox >= 0).float())
+        else:
+            total = total + single_label_loss(cols, batch.sent, batch.sent_allowed, (batch.sent >= 0).float())
+    return total
+
+
+def soft_loss(student: Tensor, teacher: Tensor, heads: Sequence[Head], temperature: float) -> Tensor:
+    total = student.new_zeros(())
+    for head in heads:
+        s = student[:, head.offset : head.offset + head.width]
+        t = teacher[:, head.offset : head.offset + head.width]
+        total = total + soft_target_loss(s, t, temperature, head.problem_type == ProblemType.MULTI_LABEL)
+    return total
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    seconds: float
+    examples_per_s: float
+    final_losses: dict[str, float]
+    history: list[dict] = field(default_factory=list)
+
+
+def train(
+    model: PreTrainedModel,
+    heads: Sequence[Head],
+    examples: Sequence[Example],
+    tokenizer: PreTrainedTokenizerBase,
+    cfg: TrainConfig,
+    teacher: PreTrainedModel | None = None,
+    log_path: Path | None = None,
+    on_step: Callable[[int, int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` in place. With a teacher: distillation (soft + hard + cosine); without: fine-tuning."""
+    cfg.validate()
+    if not examples:
+        raise ValueError("no training examples")
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    encoded = tokenizer([ex.text for ex in examples], truncation=True, max_length=cfg.max_length)["input_ids"]
+    lengths = [len(ids) for ids in encoded]
+    per_epoch = math.ceil(len(examples) / cfg.batch_size)
+    total_steps = max(1, int(per_epoch * cfg.epochs))
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+    params = [
+        {"params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)],
+         "weight_decay": cfg.weight_decay},
+        {"params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)], "weight_decay": 0.0},
+    ]
+    optim = torch.optim.AdamW(params, lr=cfg.lr)
+    sched = get_linear_schedule_with_warmup(optim, int(cfg.warmup_fraction * total_steps), total_steps)
+    if teacher is not None:
+        teacher.eval()
+    model.train()
+    pad_id = tokenizer.pad_token_id or 0
+    log = open(log_path, "a") if log_path else None
+    running: dict[str, list[float]] = {}
+    history: list[dict] = []
+    step, seen, started = 0, 0, time.perf_counter()
+    try:
+        while step < total_steps:
+            for idx in bucketed_batches(lengths, cfg.batch_size, rng):
+                if step >= total_steps:
+                    break
+                batch = collate([encoded[i] for i in idx], [examples[i] for i in idx], pad_id)
+                out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                            output_hidden_states=teacher is not None and cfg.alpha_cos > 0)
+                terms = {"hard": hard_label_loss(out.logits, heads, batch)}
+                if teacher is not None:
+                    with torch.inference_mode():
+                        t_out = teacher(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                        output_hidden_states=cfg.alpha_cos > 0)
+                    terms["soft"] = soft_loss(out.logits, t_out.logits.clone(), heads, cfg.temperature)
+                    if cfg.alpha_cos > 0:
+                        terms["cos"] = hidden_cosine_loss(out.hidden_states[-1], t_out.hidden_states[-1].clone(),
+                                                          batch.attention_mask)
+                weights = {"hard": cfg.alpha_hard, "soft": cfg.alpha_soft, "cos": cfg.alpha_cos}
+                loss = sum(weights[k] * v for k, v in terms.items())
+                optim.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optim.step()
+                sched.step()
+                step += 1
+                seen += len(idx)
+                for k, v in {**terms, "total": loss}.items():
+                    running.setdefault(k, []).append(float(v.detach()))
+                if step % cfg.log_every == 0 or step == total_steps:
+                    means = {k: float(np.mean(v)) for k, v in running.items()}
+                    rate = seen / (time.perf_counter() - started)
+                    record = {"step": step, "of": total_steps, "lr": sched.get_last_lr()[0],
+                              "examples_per_s": round(rate, 1), **{f"loss_{k}": round(v, 5) for k, v in means.items()}}
+                    history.append(record)
+                    if log:
+                        log.write(json.dumps(record) + "\n")
+                        log.flush()
+                    running.clear()
+                if on_step:
+                    on_step(step, total_steps, {k: v[-1] for k, v in running.items()} if running else {})
+    finally:
+        if log:
+            log.close()
+    model.eval()
+    elapsed = time.perf_counter() - started
+    last = history[-1] if history else {}
+    return TrainResult(step, elapsed, seen / max(elapsed, 1e-9),
+                       {k: v for k, v in last.items() if k.startswith("loss_")}, history)
+
+
+def config_dict(cfg: TrainConfig) -> dict:
+    return asdict(cfg)

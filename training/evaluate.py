@@ -1,0 +1,194 @@
+"""Evaluation: headline metrics per validation set, per-label F1 and ROC-AUC, threshold calibration,
+and model cards (JSON + Markdown).
+
+Headline metrics follow the published benchmarks: OLID offensive macro-F1 (the ``toxic`` label),
+SemEval-2017 sentiment macro-recall, SST-2 accuracy (negative vs positive), Jigsaw mean ROC-AUC.
+Thresholds are calibrated on the pooled validation sets (F1-optimal for review; the lowest score with
+precision >= ``block_precision`` for block) and the metrics are reported at those thresholds.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import f1_score, precision_recall_curve, recall_score, roc_auc_score
+
+from models.artifact import Head, dump_json
+from models.labels import ProblemType, Task
+from training.data import SENT, TOX, Example
+
+PredictFn = Callable[[list[str]], np.ndarray]  # texts -> logits (n, columns)
+HEADLINE = {"olid": "macro_f1", "semeval": "macro_recall", "sst2": "accuracy", "jigsaw": "mean_roc_auc"}
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    z = np.exp(x - x.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+def head_probs(logits: np.ndarray, head: Head) -> np.ndarray:
+    cols = logits[:, head.offset : head.offset + head.width]
+    return sigmoid(cols) if head.problem_type == ProblemType.MULTI_LABEL else softmax(cols)
+
+
+def best_f1_threshold(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
+    """Threshold maximising F1 of the positive class, and that F1."""
+    if y.sum() == 0 or y.sum() == len(y):
+        return 0.5, float("nan")
+    precision, recall, thresholds = precision_recall_curve(y, p)
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    best = int(np.nanargmax(f1[:-1]))
+    return float(thresholds[best]), float(f1[best])
+
+
+def precision_threshold(y: np.ndarray, p: np.ndarray, target: float, floor: float) -> float:
+    """Lowest threshold at which precision reaches ``target`` (blocking must rarely be wrong)."""
+    if y.sum() == 0:
+        return max(floor, 0.95)
+    precision, _, thresholds = precision_recall_curve(y, p)
+    ok = np.where(precision[:-1] >= target)[0]
+    return float(max(floor, thresholds[ok[0]])) if len(ok) else max(floor, 0.95)
+
+
+def calibrate(tox_probs: dict[str, np.ndarray], tox_targets: dict[str, np.ndarray],
+              block_precision: float = 0.9) -> tuple[dict[str, float], dict[str, float]]:
+    """Review (F1-optimal) and block (high-precision) thresholds per toxicity label, on pooled validation."""
+    probs = np.concatenate(list(tox_probs.values()))
+    targets = np.concatenate(list(tox_targets.values()))
+    review, block = {}, {}
+    for label, col in TOX.items():
+        known = targets[:, col] >= 0
+        y, p = targets[known, col], probs[known, col]
+        thr, _ = best_f1_threshold(y, p) if known.sum() else (0.5, 0.0)
+        thr = float(np.clip(thr, 0.05, 0.95))
+        review[label] = round(thr, 4)
+        block[label] = round(precision_threshold(y, p, block_precision, floor=thr), 4) if known.sum() else 0.95
+    return review, block
+
+
+def toxicity_metrics(probs: np.ndarray, targets: np.ndarray, thresholds: dict[str, float]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    f1s, aucs = [], []
+    for label, col in TOX.items():
+        known = targets[:, col] >= 0
+        y = targets[known, col]
+        if known.sum() == 0 or y.sum() == 0:
+            continue
+        pred = probs[known, col] >= thresholds[label]
+        out[f"f1_{label}"] = float(f1_score(y, pred, zero_division=0))
+        f1s.append(out[f"f1_{label}"])
+        if 0 < y.sum() < len(y):
+            out[f"roc_auc_{label}"] = float(roc_auc_score(y, probs[known, col]))
+            aucs.append(out[f"roc_auc_{label}"])
+    if f1s:
+        out["label_macro_f1"] = float(np.mean(f1s))
+    if aucs:
+        out["mean_roc_auc"] = float(np.mean(aucs))
+    known = targets[:, TOX["toxic"]] >= 0
+    y = targets[known, TOX["toxic"]]
+    if known.sum() and 0 < y.sum() < len(y):  # the binary offensive/not task, both classes' F1 averaged
+        pred = probs[known, TOX["toxic"]] >= thresholds["toxic"]
+        out["macro_f1"] = float(f1_score(y, pred, average="macro"))
+    return out
+
+
+def sentiment_metrics(probs: np.ndarray, targets: np.ndarray, classes: np.ndarray) -> dict[str, float]:
+    pred = np.argmax(np.where(classes > 0, probs, -1.0), axis=1)  # argmax over the classes the set has
+    labels = sorted({int(c) for c in np.nonzero(classes[0])[0]})
+    out = {"accuracy": float((pred == targets).mean())}
+    out["macro_recall"] = float(recall_score(targets, pred, labels=labels, average="macro", zero_division=0))
+    out["macro_f1"] = float(f1_score(targets, pred, labels=labels, average="macro", zero_division=0))
+    return out
+
+
+def evaluate(predict: PredictFn, heads: Sequence[Head], validation: dict[str, list[Example]],
+             thresholds: tuple[dict[str, float], dict[str, float]] | None = None,
+             block_precision: float = 0.9) -> dict:
+    """Metrics per validation set; calibrates toxicity thresholds unless given."""
+    by_task = {h.task: h for h in heads}
+    tox_probs, tox_targets, sent = {}, {}, {}
+    for source, examples in validation.items():
+        if not examples:
+            continue
+        logits = predict([ex.text for ex in examples])
+        if Task.TOXICITY in by_task and examples[0].toxicity is not None:
+            tox_probs[source] = head_probs(logits, by_task[Task.TOXICITY])
+            tox_targets[source] = np.array([ex.toxicity for ex in examples])
+        if Task.SENTIMENT in by_task and examples[0].sentiment is not None:
+            sent[source] = (head_probs(logits, by_task[Task.SENTIMENT]),
+                            np.array([ex.sentiment for ex in examples]),
+                            np.array([ex.sentiment_classes for ex in examples]))
+    report: dict = {"sets": {}, "thresholds": {}, "block_thresholds": {}}
+    if tox_probs:
+        review, block = thresholds or calibrate(tox_probs, tox_targets, block_precision)
+        report["thresholds"], report["block_thresholds"] = review, block
+        for source in tox_probs:
+            report["sets"][source] = toxicity_metrics(tox_probs[source], tox_targets[source], review)
+    for source, (p, y, c) in sent.items():
+        report["sets"][source] = sentiment_metrics(p, y, c)
+    report["headline"] = {f"{s}_{m}": round(report["sets"][s][m], 4)
+                          for s, m in HEADLINE.items() if s in report["sets"] and m in report["sets"][s]}
+    report["n"] = {s: len(v) for s, v in validation.items()}
+    return report
+
+
+def retention(student: dict, teacher: dict) -> dict[str, float]:
+    """Student headline / teacher headline, per metric (the DistilBERT paper's 97% claim)."""
+    return {k: round(student[k] / teacher[k], 4) for k in student if k in teacher and teacher[k]}
+
+
+def write_model_card(folder: Path, card: dict) -> None:
+    """``model_card.json`` and a short ``MODEL_CARD.md`` beside it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    dump_json(folder / "model_card.json", card)
+    lines = [f"# {card.get('name', 'model')} ({card.get('family', '?')})", ""]
+    for key in ("parameters", "size_bytes", "teacher", "latency_ms_per_msg"):
+        if key in card:
+            lines.append(f"- {key}: {card[key]}")
+    if "headline" in card:
+        lines += ["", "## Validation headline metrics", "", "| metric | value |", "| --- | --- |"]
+        lines += [f"| {k} | {v:.4f} |" for k, v in card["headline"].items()]
+    if "retention" in card:
+        lines += ["", "## Retention of the teacher's score", ""]
+        lines += [f"- {k}: {v:.1%}" for k, v in card["retention"].items()]
+    if "thresholds" in card:
+        lines += ["", "## Thresholds (review / block)", ""]
+        lines += [f"- {k}: {v} / {card.get('block_thresholds', {}).get(k)}" for k, v in card["thresholds"].items()]
+    if "data" in card:
+        lines += ["", "## Data fingerprints (sha256, first 16 hex)", ""]
+        lines += [f"- {k}: {v}" for k, v in card["data"].items()]
+    (folder / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
+
+
+def load_card(folder: Path) -> dict:
+    return json.loads((folder / "model_card.json").read_text())
+
+
+def torch_predictor(model, tokenizer, max_length: int = 128, batch_size: int = 128) -> PredictFn:
+    """Batched, length-sorted torch inference returning logits in input order."""
+    import torch
+
+    def predict(texts: list[str]) -> np.ndarray:
+        enc = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+        order = np.argsort([len(e) for e in enc], kind="stable")
+        out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                width = max(len(enc[i]) for i in idx)
+                ids = torch.zeros((len(idx), width), dtype=torch.long)
+                mask = torch.zeros_like(ids)
+                for row, i in enumerate(idx):
+                    ids[row, : len(enc[i])] = torch.tensor(enc[i])
+                    mask[row, : len(enc[i])] = 1
+                out[idx] = model(input_ids=ids, attention_mask=mask).logits.float().numpy()
+        return out
+
+    return predict

@@ -1,0 +1,127 @@
+"""The recipe's stages as functions the CLI calls: teacher, distill. Each writes a run folder with the
+model (safetensors), the tokenizer, its config, the seed, package versions and the loss log."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+
+from models.labels import Task
+from training.data import DEFAULT_SOURCES, Example, load_splits
+from training.distill import TrainConfig, make_heads, train
+from training.students import albert_from_teacher, count_parameters, distilbert_from_teacher, load_pretrained_classifier, resolve_pretrained
+
+# Per-source caps for one training pass: keeps the recipe inside an hour on two CPU cores while every
+# set contributes. OLID is kept whole: it is the headline toxicity benchmark.
+DEFAULT_CAPS: dict[str, int] = {
+    "olid": 20000, "jigsaw": 6000, "davidson": 6000, "conda": 6000, "convabuse": 2000,
+    "kaggle_insults": 3000, "hateval": 5000, "semeval": 14000, "sst2": 8000,
+}
+
+
+@dataclass
+class StageConfig:
+    tasks: list[str] = field(default_factory=lambda: [Task.TOXICITY.value, Task.SENTIMENT.value])
+    data_root: str | None = None
+    caps: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_CAPS))
+    seed: int = 13
+    threads: int | None = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def package_versions() -> dict[str, str]:
+    names = ("torch", "transformers", "tokenizers", "onnx", "onnxruntime", "numpy", "chatmod")
+    out = {"python": platform.python_version()}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def training_examples(cfg: StageConfig) -> tuple[list[Example], dict[str, list[Example]], dict[str, str]]:
+    sources = [s for t in cfg.tasks for s in DEFAULT_SOURCES[Task(t)]]
+    train_ex: list[Example] = []
+    validation: dict[str, list[Example]] = {}
+    fingerprints: dict[str, str] = {}
+    for name in sources:
+        splits = load_splits(cfg.data_root, [name], seed=cfg.seed, max_train_per_source=cfg.caps.get(name))
+        train_ex.extend(splits.train)
+        validation.update(splits.validation)
+        fingerprints.update(splits.fingerprints)
+    return train_ex, validation, fingerprints
+
+
+def _save(model: PreTrainedModel, tokenizer, out: Path, record: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    (out / "chatmod_run.json").write_text(json.dumps(record, indent=2, default=str))
+
+
+def _setup(cfg: StageConfig) -> None:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+
+
+def run_teacher(cfg: StageConfig, base: str, out: Path,
+                on_step: Callable[[int, int, dict], None] | None = None) -> dict:
+    """Fine-tune a pretrained encoder (``base``: HF id or folder, or ``minilm``) with one head per task."""
+    _setup(cfg)
+    heads = make_heads([Task(t) for t in cfg.tasks])
+    examples, _, fingerprints = training_examples(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(base))
+    model = load_pretrained_classifier(base, sum(h.width for h in heads))
+    out.mkdir(parents=True, exist_ok=True)
+    result = train(model, heads, examples, tokenizer, cfg.train, log_path=out / "train_log.jsonl", on_step=on_step)
+    record = {"stage": "teacher", "base": base, "heads": [h.model_dump(mode="json") for h in heads],
+              "config": asdict(cfg), "versions": package_versions(), "data": fingerprints,
+              "n_train": len(examples), "parameters": count_parameters(model), "result": asdict(result),
+              "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    _save(model, tokenizer, out, record)
+    return record
+
+
+def load_model(folder: Path) -> PreTrainedModel:
+    return AutoModelForSequenceClassification.from_pretrained(folder).eval()
+
+
+def run_distill(cfg: StageConfig, teacher_dir: Path, family: str, out: Path, layers: Sequence[int] | None = None,
+                n_layers: int = 3, embedding_size: int = 64, repetitions: int = 3, shared_from: int | None = None,
+                on_step: Callable[[int, int, dict], None] | None = None) -> dict:
+    """Build a student from the teacher (``family``: distilbert or albert) and distil it."""
+    _setup(cfg)
+    teacher_record = json.loads((Path(teacher_dir) / "chatmod_run.json").read_text())
+    heads = make_heads([Task(h["task"]) for h in teacher_record["heads"]])
+    teacher = load_model(teacher_dir)
+    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+    init: dict = {}
+    if family == "distilbert":
+        student = distilbert_from_teacher(teacher, n_layers=n_layers, layers=list(layers) if layers else None)
+    elif family == "albert":
+        student, err = albert_from_teacher(teacher, embedding_size, repetitions, shared_from)
+        init["svd_relative_error"] = err
+    else:
+        raise ValueError(f"family must be distilbert or albert, got {family!r}")
+    init.update(getattr(student.config, "chatmod_init", {}))
+    examples, _, fingerprints = training_examples(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    result = train(student, heads, examples, tokenizer, cfg.train, teacher=teacher,
+                   log_path=out / "train_log.jsonl", on_step=on_step)
+    record = {"stage": "distill", "family": family, "teacher": str(teacher_dir), "init": init,
+              "heads": [h.model_dump(mode="json") for h in heads], "config": asdict(cfg),
+              "versions": package_versions(), "data": fingerprints, "n_train": len(examples),
+              "parameters": count_parameters(student), "teacher_parameters": count_parameters(teacher),
+              "result": asdict(result), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    _save(student, tokenizer, out, record)
+    return record
