@@ -14,7 +14,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Protocol
 
 from models.labels import Task
@@ -121,11 +120,9 @@ class Moderator:
         if pending:
             await self._moderate(pending, clf, policy, stats, outputs, cache_writes)
         for rec, err in dead:
-            letter = DeadLetter(kind=err.kind, reason=err.reason, source_topic=rec.topic,
-                                source_partition=rec.partition, source_offset=rec.offset,
-                                failed_at=datetime.now(UTC).isoformat())
+            letter = DeadLetter.from_invalid(err, rec.value, rec.topic, rec.partition, rec.offset)
             outputs.append((self.topics.dlq, None, rec.value or b"", letter.to_headers()))
-            log.info("dead letter", extra={"kind": err.kind, "reason": err.reason, "topic": rec.topic,
+            log.info("dead letter", extra={"kind": err.kind, "reason": err.detail, "topic": rec.topic,
                                            "partition": rec.partition, "offset": rec.offset})
         stats.dead_letters = len(dead)
         if dead and self.dlq_limiter is not None:

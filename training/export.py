@@ -29,7 +29,13 @@ ONNX_NAME = "model.onnx"
 ONNX_INT8_NAME = "model.int8.onnx"
 SAFETENSORS_NAME = "model.safetensors"
 # What transformers wants to rebuild the tokenizer; the runtime itself reads only tokenizer.json.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "spiece.model")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "spiece.model",
+)
 
 # Texts to check an export on when the caller has none: short, long (truncated), unicode, empty.
 DEFAULT_VERIFY_TEXTS = (
@@ -89,7 +95,7 @@ def _input_names(model: Any) -> list[str]:
 
 
 def export_onnx(hf_model_dir: Path, onnx_path: Path, opset: int = 17) -> Path:
-    """Export a Hugging Face sequence classifier to ONNX, dynamic batch and sequence axes, output ``logits``."""
+    """Export a Hugging Face sequence classifier to ONNX: dynamic batch and sequence, output ``logits``."""
     import torch
 
     hf_model_dir, onnx_path = Path(hf_model_dir), Path(onnx_path)
@@ -98,11 +104,15 @@ def export_onnx(hf_model_dir: Path, onnx_path: Path, opset: int = 17) -> Path:
     # A padded second row, so the traced graph keeps the attention-mask path (no "all ones" shortcut).
     input_ids = torch.tensor([[101, 7592, 2088, 2003, 2307, 102], [101, 7592, 102, 0, 0, 0]])  # (batch, seq)
     attention_mask = (input_ids != 0).long()
-    example = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": torch.zeros_like(input_ids)}
+    example = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "token_type_ids": torch.zeros_like(input_ids),
+    }
     dynamic_axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"}}
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad(), warnings.catch_warnings():
-        # The legacy exporter warns that it is legacy and about shape checks it folds; the verify step decides.
+        # The legacy exporter warns about itself and the shape checks it folds; verify_export decides.
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model,
@@ -207,7 +217,7 @@ def verify_export(
         torch_logits[positions] = ref.numpy()
         onnx_logits[positions] = got
     max_abs = float(np.abs(torch_logits - onnx_logits).max())
-    pairs = zip(_decisions(torch_logits, heads), _decisions(onnx_logits, heads))
+    pairs = zip(_decisions(torch_logits, heads), _decisions(onnx_logits, heads), strict=True)
     agree = [(a == b).ravel() for a, b in pairs]
     agreement = float(np.concatenate(agree).mean())
     check = ExportCheck(max_abs_diff=max_abs, agreement=agreement, n=len(texts))
@@ -226,7 +236,9 @@ def _tokenizer_lowercases(tokenizer_json: Path) -> bool:
     stack = [normalizer]
     while stack:
         node = stack.pop()
-        if node.get("type") == "Lowercase" or (node.get("type") == "BertNormalizer" and node.get("lowercase")):
+        if node.get("type") == "Lowercase" or (
+            node.get("type") == "BertNormalizer" and node.get("lowercase")
+        ):
             return True
         stack.extend(node.get("normalizers") or [])
     return False
@@ -288,14 +300,20 @@ def build_artifact(
     )
     num_labels = config.get("num_labels", len(config.get("id2label", {})))
     if num_labels != manifest.num_logits:
-        raise ArtifactError(f"{hf_model_dir}: the model has {num_labels} outputs but the heads need {manifest.num_logits}")
+        raise ArtifactError(
+            f"{hf_model_dir}: the model has {num_labels} outputs but the heads need {manifest.num_logits}"
+        )
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
     staging.chmod(0o755)  # mkdtemp makes it 0700; the store may be read by another user (the worker)
     try:
         weights: dict[str, str] = {}
-        export: dict[str, Any] = {"opset": opset, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__}
+        export: dict[str, Any] = {
+            "opset": opset,
+            "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__,
+        }
         shutil.copy2(hf_model_dir / "config.json", staging / "config.json")
         if "safetensors" in formats:
             shutil.copy2(hf_model_dir / SAFETENSORS_NAME, staging / SAFETENSORS_NAME)
@@ -308,8 +326,13 @@ def build_artifact(
 
                 def checked(onnx_path: Path, tol: ExportTolerance) -> dict[str, Any]:
                     check = verify_export(
-                        hf_model_dir, onnx_path, verify_texts, tol.max_abs_logit_diff, tol.min_agreement,
-                        heads=manifest.heads, max_length=max_length,
+                        hf_model_dir,
+                        onnx_path,
+                        verify_texts,
+                        tol.max_abs_logit_diff,
+                        tol.min_agreement,
+                        heads=manifest.heads,
+                        max_length=max_length,
                     )
                     return asdict(check)
 

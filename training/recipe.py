@@ -125,3 +125,66 @@ def run_distill(cfg: StageConfig, teacher_dir: Path, family: str, out: Path, lay
               "result": asdict(result), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     _save(student, tokenizer, out, record)
     return record
+
+
+# ---------------------------------------------------------------- evaluate, export, register
+
+
+def evaluate_folder(folder: Path, cfg: StageConfig, thresholds: tuple[dict, dict] | None = None) -> dict:
+    """Validation report for a saved HF model folder (torch) or an artifact folder (the served runtime)."""
+    from training.evaluate import evaluate, torch_predictor
+
+    folder = Path(folder)
+    _, validation, _ = training_examples(StageConfig(tasks=cfg.tasks, data_root=cfg.data_root, caps={k: 1 for k in cfg.caps},
+                                                     seed=cfg.seed))
+    if (folder / "manifest.json").is_file():
+        from models.runtime import TextClassifier
+
+        clf = TextClassifier(folder, backend="onnx", threads=cfg.threads)
+        heads = clf.heads
+        report = evaluate(clf.predict_logits, heads, validation, thresholds)
+    else:
+        record = json.loads((folder / "chatmod_run.json").read_text())
+        from models.artifact import Head
+
+        heads = [Head.model_validate(h) for h in record["heads"]]
+        report = evaluate(torch_predictor(load_model(folder), AutoTokenizer.from_pretrained(folder)), heads,
+                          validation, thresholds)
+    return report
+
+
+def measure_latency(artifact: Path, texts: list[str], threads: int | None = None, batch: int = 32) -> float:
+    """Milliseconds per message through the served runtime (int8 ONNX), batches of ``batch``."""
+    from models.runtime import TextClassifier
+
+    clf = TextClassifier(artifact, backend="onnx", threads=threads, max_batch=batch)
+    clf.predict(texts[:batch])  # warm-up
+    started = time.perf_counter()
+    for i in range(0, len(texts), batch):
+        clf.predict(texts[i : i + batch])
+    return (time.perf_counter() - started) * 1000.0 / max(1, len(texts))
+
+
+def export_folder(model_dir: Path, out: Path, name: str, version: str, report: dict,
+                  formats: Sequence[str] = ("onnx_int8",), verify_texts: Sequence[str] | None = None) -> Path:
+    """Build a verified artifact (thresholds from the validation report) from a trained model folder."""
+    from models.artifact import Head
+    from training.export import DEFAULT_VERIFY_TEXTS, build_artifact
+
+    record = json.loads((Path(model_dir) / "chatmod_run.json").read_text())
+    heads = []
+    for h in record["heads"]:
+        head = Head.model_validate(h)
+        if head.task == Task.TOXICITY:
+            head = head.model_copy(update={"thresholds": report["thresholds"],
+                                           "block_thresholds": report["block_thresholds"]})
+        heads.append(head.model_copy(update={"metrics": {k: v for k, v in report["headline"].items()}}))
+    build_artifact(
+        Path(model_dir), Path(out), name=name, version=version, heads=heads,
+        family=record.get("family") or None, base_model=record.get("teacher") or record.get("base"),
+        training={"stage": record["stage"], "config": record["config"], "versions": record["versions"],
+                  "data": record["data"], "init": record.get("init", {}), "n_train": record["n_train"]},
+        metrics={"validation": report["headline"]}, formats=formats,
+        verify_texts=list(verify_texts or DEFAULT_VERIFY_TEXTS),
+    )
+    return Path(out)

@@ -1,0 +1,247 @@
+"""``chatmod``: the command line (typer).
+
+Serving commands import no training code; ``chatmod train ...`` loads the training package on demand.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.settings import Settings
+
+app = typer.Typer(help="chatmod: streaming chat moderation on Kafka.", no_args_is_help=True,
+                  pretty_exceptions_show_locals=False)
+models_app = typer.Typer(help="The model registry: list, show, promote, roll back.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except Exception as exc:  # pydantic's message names the variable and what is wrong with it
+        typer.secho(f"invalid configuration: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+
+
+def logging_dict_config(level: str, json_lines: bool) -> dict:
+    """dictConfig for Faust's worker: our formatter and the content guard on the root logger."""
+    formatter = "pipeline.logging.JsonFormatter" if json_lines else "pipeline.logging.TextFormatter"
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"guard": {"()": "pipeline.logging.ContentGuard"}},
+        "formatters": {"chatmod": {"()": formatter}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "chatmod", "filters": ["guard"],
+                                "stream": "ext://sys.stderr"}},
+        "root": {"level": level.upper(), "handlers": ["stderr"]},
+    }
+
+
+@app.command()
+def worker(
+    web: Annotated[bool, typer.Option(help="Serve /metrics, /health and /ready.")] = True,
+) -> None:
+    """Run the moderation worker against CHATMOD_KAFKA_BOOTSTRAP and CHATMOD_REDIS_URL."""
+    import faust
+
+    from pipeline.app import create_app
+
+    settings = _settings()
+    if not web:
+        settings.worker.web_enabled = False
+    faust_app = create_app(settings)
+    faust.Worker(
+        faust_app, loglevel=settings.worker.log_level, quiet=True, redirect_stdouts=False,
+        logging_config=logging_dict_config(settings.worker.log_level, settings.worker.log_json),
+    ).execute_from_commandline()
+
+
+@app.command()
+def classify(
+    texts: Annotated[list[str] | None, typer.Argument(help="Messages to classify.")] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="One message per line.")] = None,
+) -> None:
+    """Classify messages locally (no Kafka): one JSON object per line."""
+    from pipeline.serving import load_serving
+    from pipeline.textnorm import normalise_text
+
+    lines = list(texts or [])
+    if file is not None:
+        if not file.is_file():
+            typer.secho(f"no such file: {file}", fg="red", err=True)
+            raise typer.Exit(2)
+        lines += [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not lines:
+        typer.secho("nothing to classify: give TEXT arguments or --file", fg="red", err=True)
+        raise typer.Exit(2)
+    settings = _settings()
+    serving = load_serving(settings)
+    max_chars = settings.batching.max_text_chars
+    for start in range(0, len(lines), 256):
+        chunk = lines[start : start + 256]
+        for text, scores in zip(chunk, serving.predict([normalise_text(t, max_chars) for t in chunk])):
+            tox = scores.get("toxicity", {})
+            decision, flags = serving.policy.decide(tox)
+            typer.echo(json.dumps({"text": text, "toxicity": _round(tox), "sentiment": _round(scores.get("sentiment", {})),
+                                   "flags": flags, "decision": decision, "models": serving.refs}))
+
+
+def _round(scores: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 4) for k, v in scores.items()}
+
+
+@app.command()
+def produce(
+    file: Annotated[Path, typer.Argument(help="JSON objects or plain text, one per line.")],
+    topic: Annotated[str | None, typer.Option(help="Default: the messages topic.")] = None,
+    rate: Annotated[float, typer.Option(help="Messages per second; 0 = as fast as possible.")] = 0.0,
+    channel: Annotated[str, typer.Option(help="Channel for plain-text lines.")] = "cli",
+) -> None:
+    """Send a file to Kafka. Plain-text lines become {"id", "text", "channel", "ts"} messages."""
+    from kafka import KafkaProducer
+
+    from pipeline.kafka_tools import kafka_client_config
+
+    settings = _settings()
+    target = topic or settings.topics.messages
+    producer = KafkaProducer(**kafka_client_config(settings.kafka), acks="all", linger_ms=5)
+    sent, started = 0, time.monotonic()
+    with file.open("rb") as fh:
+        for raw in fh:
+            raw = raw.rstrip(b"\n")
+            if not raw.strip():
+                continue
+            value, key = _as_message(raw, channel)
+            producer.send(target, key=key, value=value)
+            sent += 1
+            if rate > 0:
+                time.sleep(max(0.0, sent / rate - (time.monotonic() - started)))
+    producer.flush()
+    producer.close()
+    typer.echo(json.dumps({"topic": target, "sent": sent, "seconds": round(time.monotonic() - started, 3)}))
+
+
+def _as_message(raw: bytes, channel: str) -> tuple[bytes, bytes | None]:
+    """JSON-object lines pass through verbatim (malformed ones too: that is what the DLQ is for)."""
+    if raw.lstrip().startswith(b"{"):
+        try:
+            obj = json.loads(raw)
+            return raw, str(obj.get("id", "")).encode() or None
+        except (ValueError, AttributeError):
+            return raw, None
+    msg_id = uuid.uuid4().hex
+    text = raw.decode("utf-8", errors="replace")
+    value = {"id": msg_id, "text": text, "channel": channel, "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return json.dumps(value).encode(), msg_id.encode()
+
+
+@app.command()
+def tail(
+    topic: Annotated[str, typer.Argument(help="Topic to read, e.g. chat.moderated.v1")],
+    from_beginning: Annotated[bool, typer.Option(help="Start at the earliest offset.")] = True,
+    max_messages: Annotated[int, typer.Option("--max", help="Stop after this many (0 = no limit).")] = 0,
+    idle_timeout: Annotated[float, typer.Option(help="Stop after this many idle seconds (0 = never).")] = 0.0,
+) -> None:
+    """Print a topic's records as JSON lines (DLQ records with their chatmod.* headers)."""
+    from pipeline.kafka_tools import tail_records
+
+    settings = _settings()
+    for record in tail_records(settings.kafka, topic, from_beginning, max_messages, idle_timeout):
+        typer.echo(json.dumps(record, ensure_ascii=False))
+
+
+@app.command()
+def dev() -> None:
+    """Run the embedded dev stack (tansu broker + Redis) until interrupted."""
+    from pipeline.embedded import EmbeddedStack
+
+    with EmbeddedStack() as stack:
+        typer.echo(f"CHATMOD_KAFKA_BOOTSTRAP={stack.bootstrap}")
+        typer.echo(f"CHATMOD_REDIS_URL={stack.redis_url}")
+        typer.echo("embedded stack running; Ctrl-C stops it", err=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            typer.echo("stopping", err=True)
+
+
+@app.command()
+def demo(
+    messages: Annotated[int, typer.Option(help="How many chat lines to replay (repeats included).")] = 600,
+    live: Annotated[bool, typer.Option(help="Show the live view.")] = True,
+) -> None:
+    """Replay a sample chat through a worker on the embedded stack and summarise what happened."""
+    from pipeline.demo import run_demo
+
+    raise typer.Exit(run_demo(n_messages=messages, live=live))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
+def train(ctx: typer.Context) -> None:
+    """Training: teacher, distill, evaluate, export, promote, all (see `chatmod train --help`)."""
+    try:
+        from training.cli import app as train_app
+    except ImportError as exc:
+        typer.secho(f"training needs the train extra: pip install 'chatmod[train]' ({exc})", fg="red", err=True)
+        raise typer.Exit(2) from exc
+    train_app(list(ctx.args), prog_name="chatmod train")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Every model in the store, with the current one per task marked."""
+    from pipeline.serving import open_registry
+
+    registry = open_registry(_settings())
+    current = {t: registry.current(t) for t in ("toxicity", "sentiment")}
+    for manifest in registry.list():
+        serving = [t for t, ref in current.items() if ref == manifest.ref]
+        mark = f"  <- current for {', '.join(serving)}" if serving else ""
+        typer.echo(f"{manifest.ref:40s} {manifest.family:10s} {','.join(str(t) for t in manifest.tasks):20s}{mark}")
+
+
+@models_app.command("show")
+def models_show(ref: Annotated[str, typer.Argument(help="name@version")]) -> None:
+    """A model's manifest as JSON."""
+    from pipeline.serving import open_registry
+
+    manifest, _ = open_registry(_settings()).get(ref)
+    typer.echo(manifest.model_dump_json(indent=2, exclude={"files"}))
+
+
+@models_app.command("promote")
+def models_promote(ref: Annotated[str, typer.Argument(help="name@version")],
+                   task: Annotated[list[str] | None, typer.Option(help="Tasks (default: all its heads).")] = None) -> None:
+    """Make a model current (its checksums and labels are verified first)."""
+    from pipeline.serving import open_registry
+
+    open_registry(_settings()).promote(ref, tasks=task or None)
+    typer.echo(f"promoted {ref}")
+
+
+@models_app.command("rollback")
+def models_rollback(task: Annotated[str, typer.Argument(help="toxicity or sentiment")]) -> None:
+    """Go back to the previous current model of a task."""
+    from pipeline.serving import open_registry
+
+    ref = open_registry(_settings()).rollback(task)
+    typer.echo(f"{task}: rolled back to {ref}")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

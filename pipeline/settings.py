@@ -1,0 +1,334 @@
+"""All worker configuration, in one tree, read once: ``settings = Settings()``.
+
+Environment variables are ``CHATMOD_<GROUP>_<FIELD>`` (case-insensitive), e.g.
+``CHATMOD_KAFKA_BOOTSTRAP=broker:9092``, ``CHATMOD_REDIS_URL=rediss://cache:6380/0``,
+``CHATMOD_BATCHING_MAX_BATCH=32``, ``CHATMOD_KAFKA_SASL_PASSWORD=...``. The first ``_`` after the
+prefix separates the group from the field (``env_nested_max_split=1``), so field names keep their
+underscores; this is why no group name may contain one. Dicts and lists take JSON
+(``CHATMOD_POLICY_THRESHOLDS='{"insult": 0.7}'``); ``CHATMOD_MODELS_TASKS`` also takes
+``toxicity,sentiment``. A whole group may be given as JSON (``CHATMOD_BATCHING='{"max_batch": 8}'``),
+with per-field variables taking precedence. Unknown fields in a group (typos such as
+``CHATMOD_BATCHING_MAX_BATCHES``) are errors, not silently ignored.
+
+Secrets are ``SecretStr`` and a password inside ``redis.url`` is masked in ``repr`` and JSON; validation
+errors never echo input values. Use :meth:`Settings.redacted` to display the configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from models.labels import TOXICITY_LABELS, Task
+
+ENV_PREFIX = "CHATMOD_"
+MASK = "**********"
+_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+def env_name(group: str, field: str) -> str:
+    """The environment variable that sets ``group.field``, for error messages and docs."""
+    return f"{ENV_PREFIX}{group}_{field}".upper()
+
+
+def mask_url_password(url: str) -> str:
+    """``redis://user:secret@host/0`` -> ``redis://user:**********@host/0``; other URLs unchanged."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo = f"{parts.username or ''}:{MASK}"
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    netloc = f"{userinfo}@{host}" + (f":{parts.port}" if parts.port is not None else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _parse_json(value: Any, env: str, example: str) -> Any:
+    """JSON-decode a string from the environment with an error that names the variable."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{env} must be JSON like {example}: {exc.msg} at column {exc.colno}") from None
+
+
+class _Group(BaseModel):
+    """Base for settings groups: typos are errors, and errors never echo values (secrets)."""
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True, validate_default=True)
+
+
+class KafkaSettings(_Group):
+    """Broker connection and consumer group."""
+
+    bootstrap: str = "127.0.0.1:9092"
+    client_id: str = "chatmod"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    session_timeout_s: float = Field(30.0, gt=0)
+    heartbeat_interval_s: float = Field(3.0, gt=0)
+    consumer_group: str = Field("chatmod-moderation", min_length=1)
+
+    @field_validator("bootstrap")
+    @classmethod
+    def _check_bootstrap(cls, value: str) -> str:
+        hosts = [h.strip() for h in value.split(",") if h.strip()]
+        if not hosts or any(":" not in h for h in hosts):
+            raise ValueError(f"{env_name('kafka', 'bootstrap')} must be host:port[,host:port...]")
+        return ",".join(hosts)
+
+    @model_validator(mode="after")
+    def _check(self) -> KafkaSettings:
+        if self.heartbeat_interval_s >= self.session_timeout_s:
+            raise ValueError(
+                f"heartbeat_interval_s ({self.heartbeat_interval_s}) must be < session_timeout_s "
+                f"({self.session_timeout_s}); a third of it is usual. "
+                f"Set {env_name('kafka', 'heartbeat_interval_s')} or {env_name('kafka', 'session_timeout_s')}"
+            )
+        if self.security_protocol.startswith("SASL"):
+            missing = [
+                env_name("kafka", f)
+                for f in ("sasl_mechanism", "sasl_username", "sasl_password")
+                if getattr(self, f) is None
+            ]
+            if missing:
+                raise ValueError(f"security_protocol {self.security_protocol} needs {', '.join(missing)}")
+        if not self.security_protocol.endswith("SSL"):
+            tls_files = [f for f in ("ssl_cafile", "ssl_certfile", "ssl_keyfile") if getattr(self, f)]
+            if tls_files:
+                raise ValueError(
+                    f"{', '.join(tls_files)} set but security_protocol is {self.security_protocol}; "
+                    f"set {env_name('kafka', 'security_protocol')}=SSL or SASL_SSL"
+                )
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile go together (client certificate and its key)")
+        return self
+
+
+class TopicsSettings(_Group):
+    """Topic names (they carry a schema version) and how new topics are created."""
+
+    messages: str = "chat.messages.v1"
+    moderated: str = "chat.moderated.v1"
+    flagged: str = "chat.flagged.v1"
+    dlq: str = "chat.messages.dlq.v1"
+    feedback: str = "chat.feedback.v1"
+    control: str = "chatmod.control.v1"
+    partitions: int = Field(6, ge=1)
+    replication_factor: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> TopicsSettings:
+        fields = ("messages", "moderated", "flagged", "dlq", "feedback", "control")
+        names = {f: getattr(self, f) for f in fields}
+        for field, name in names.items():
+            if not _TOPIC_NAME.match(name):
+                raise ValueError(
+                    f"{env_name('topics', field)}={name!r} is not a Kafka topic name "
+                    "(1-249 of letters, digits, '.', '_', '-')"
+                )
+        seen: dict[str, str] = {}
+        for field, name in names.items():
+            if name in seen:
+                # e.g. dlq == messages would feed rejected records straight back in.
+                raise ValueError(
+                    f"topics.{field} and topics.{seen[name]} are both {name!r}; each needs its own"
+                )
+            seen[name] = field
+        return self
+
+
+class RedisSettings(_Group):
+    """Result cache. ``url`` may be ``redis://``, ``rediss://`` (TLS) or ``unix://``."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    password: SecretStr | None = None
+    ttl_s: int = Field(86400, ge=1)
+    key_prefix: str = "chatmod"
+    socket_timeout_s: float = Field(0.5, gt=0)
+    retry_interval_s: float = Field(2.0, gt=0)
+    max_connections: int = Field(8, ge=1)
+    ssl_cafile: Path | None = None
+    enabled: bool = True
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(
+                f"{env_name('redis', 'url')} must start with redis://, rediss:// or unix://, "
+                f"got {scheme or 'no'} scheme"
+            )
+        return value
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if not value or any(c.isspace() for c in value):
+            raise ValueError(f"{env_name('redis', 'key_prefix')} must be non-empty without whitespace")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> RedisSettings:
+        if self.ssl_cafile is not None and urlsplit(self.url).scheme != "rediss":
+            raise ValueError(
+                f"{env_name('redis', 'ssl_cafile')} is set but "
+                f"{env_name('redis', 'url')} is not rediss:// (TLS)"
+            )
+        return self
+
+    @field_serializer("url", when_used="json")
+    def _mask_url(self, value: str) -> str:  # like SecretStr: JSON output never carries the password
+        return mask_url_password(value)
+
+    def __repr_args__(self):  # keep a password in the URL out of repr/str/logs
+        for name, value in super().__repr_args__():
+            yield name, (mask_url_password(value) if name == "url" else value)
+
+
+class BatchingSettings(_Group):
+    """Micro-batching and the bounds on every buffer and input."""
+
+    max_batch: int = Field(64, ge=1)
+    max_wait_ms: float = Field(25.0, gt=0)
+    max_text_chars: int = Field(2000, ge=1)  # longer texts are truncated for the model, never rejected
+    max_message_bytes: int = Field(65536, ge=1)  # bigger raw values go to the DLQ
+    stream_buffer_maxsize: int = Field(4096, ge=1)
+    max_inflight_batches: int = Field(2, ge=1)
+    dlq_max_per_s: float = Field(1000.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> BatchingSettings:
+        if self.stream_buffer_maxsize < self.max_batch:
+            raise ValueError(
+                f"stream_buffer_maxsize ({self.stream_buffer_maxsize}) must be >= "
+                f"max_batch ({self.max_batch}), "
+                "or no batch can ever fill"
+            )
+        return self
+
+
+class ModelsSettings(_Group):
+    """Where the model registry lives and how models run."""
+
+    store: Path = Path("model-store")
+    backend: Literal["auto", "onnx", "torch"] = "auto"
+    threads: int | None = Field(None, ge=1)
+    tasks: Annotated[list[Task], NoDecode] = Field(default_factory=lambda: [Task.TOXICITY, Task.SENTIMENT])
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _split_tasks(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if value.strip().startswith("["):
+                return _parse_json(value, env_name("models", "tasks"), '["toxicity", "sentiment"]')
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("tasks")
+    @classmethod
+    def _check_tasks(cls, value: list[Task]) -> list[Task]:
+        if not value:
+            raise ValueError(f"{env_name('models', 'tasks')} needs at least one of {[t.value for t in Task]}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"{env_name('models', 'tasks')} lists a task twice: {[t.value for t in value]}")
+        return value
+
+
+class PolicySettings(_Group):
+    """Overrides of the thresholds shipped in the model manifest (toxicity labels only)."""
+
+    thresholds: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
+    block_thresholds: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
+    default_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    default_block_threshold: float = Field(0.9, ge=0.0, le=1.0)
+
+    @field_validator("thresholds", "block_thresholds", mode="before")
+    @classmethod
+    def _decode(cls, value: Any, info) -> Any:
+        return _parse_json(value, env_name("policy", info.field_name), '{"insult": 0.7}')
+
+    @field_validator("thresholds", "block_thresholds")
+    @classmethod
+    def _check_table(cls, value: dict[str, float], info) -> dict[str, float]:
+        env = env_name("policy", info.field_name)
+        unknown = sorted(set(value) - set(TOXICITY_LABELS))
+        if unknown:
+            raise ValueError(f"{env}: unknown labels {unknown}; valid labels are {list(TOXICITY_LABELS)}")
+        bad = sorted(k for k, v in value.items() if not 0.0 <= v <= 1.0)
+        if bad:
+            raise ValueError(f"{env}: thresholds must lie in [0, 1]; out of range for {bad}")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> PolicySettings:
+        if self.default_block_threshold < self.default_threshold:
+            raise ValueError(
+                f"default_block_threshold ({self.default_block_threshold}) must be >= "
+                f"default_threshold ({self.default_threshold})"
+            )
+        return self
+
+
+class WorkerSettings(_Group):
+    """The Faust worker process: web server (health, metrics), logging, app id."""
+
+    web_enabled: bool = True
+    web_port: int = Field(6066, ge=1, le=65535)
+    web_host: str = "127.0.0.1"  # bind address; containers set 0.0.0.0
+    datadir: Path | None = None  # Faust's local state folder; default: a folder in the temp dir
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    log_json: bool = True
+    app_id: str = Field("chatmod", min_length=1)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Build it once at the entry point and pass it down."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="_",
+        env_nested_max_split=1,  # CHATMOD_KAFKA_SASL_PASSWORD -> kafka.sasl_password
+        case_sensitive=False,
+        extra="forbid",
+        hide_input_in_errors=True,
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    topics: TopicsSettings = Field(default_factory=TopicsSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    models: ModelsSettings = Field(default_factory=ModelsSettings)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+
+    def redacted(self) -> dict[str, Any]:
+        """JSON-safe dict for display and logs: secrets as ``**********``, URL passwords masked."""
+        return self.model_dump(mode="json")  # SecretStr and redis.url mask themselves in json mode

@@ -1,0 +1,98 @@
+"""Shared fixtures: a real tansu broker, a real Redis, and names that do not collide.
+
+Integration tests take `broker` and/or `redis_url`; both skip (not fail) with the reason when
+the binary they need is missing. Add new shared fixtures in the section they belong to.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from pipeline.embedded import (
+    EmbeddedBroker,
+    EmbeddedRedis,
+    ServiceStartError,
+    resolve_redis_binary,
+    resolve_tansu_binary,
+)
+
+# The machine's Redis is used when it answers; tests get this DB, flushed before each test,
+# so they never touch DB 0 where a developer's own data may live.
+LOCAL_REDIS = "redis://127.0.0.1:6379"
+TEST_REDIS_DB = 15
+
+
+# -- names -------------------------------------------------------------------------------------
+@pytest.fixture
+def topic_prefix(request: pytest.FixtureRequest) -> str:
+    """A per-test prefix such as "test_roundtrip-3f9a1c2b." for topics, groups and cache keys."""
+    test_name = re.sub(r"[^A-Za-z0-9_-]+", "-", request.node.name)[:40]
+    return f"{test_name}-{uuid.uuid4().hex[:8]}."
+
+
+@pytest.fixture
+def unique_name(topic_prefix: str) -> Callable[[str], str]:
+    """Make a collision-free name: `unique_name("chat.messages.v1")` -> "<prefix>chat.messages.v1"."""
+    return lambda base: f"{topic_prefix}{base}"
+
+
+# -- Kafka (tansu) -----------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def tansu_binary() -> str:
+    """Path of the tansu binary; skips the test when there is none."""
+    try:
+        return resolve_tansu_binary()
+    except ServiceStartError as exc:
+        pytest.skip(f"tansu broker unavailable: {exc}")
+
+
+@pytest.fixture(scope="session")
+def broker(tansu_binary: str) -> Iterator[EmbeddedBroker]:
+    """One in-memory tansu broker for the whole session; use `unique_name` for topics."""
+    with EmbeddedBroker(binary=tansu_binary) as running:
+        yield running
+
+
+# -- Redis -------------------------------------------------------------------------------------
+def _redis_answers(url: str) -> bool:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.3, socket_timeout=0.3)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def _redis_server() -> Iterator[str]:
+    """Base URL (no DB) of a Redis: the machine's on 6379 if it answers, else an embedded one."""
+    if _redis_answers(LOCAL_REDIS):
+        yield LOCAL_REDIS
+        return
+    try:
+        resolve_redis_binary()
+    except ServiceStartError as exc:
+        pytest.skip(f"no Redis: nothing answers on {LOCAL_REDIS} and {exc}")
+    with EmbeddedRedis() as server:
+        yield f"redis://127.0.0.1:{server.port}"
+
+
+@pytest.fixture
+def redis_url(_redis_server: str) -> str:
+    """URL of an empty Redis DB for this test (DB 15, flushed at fixture start)."""
+    import redis
+
+    url = f"{_redis_server}/{TEST_REDIS_DB}"
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+    return url

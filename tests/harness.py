@@ -1,0 +1,137 @@
+"""Test harness: a real worker process, and kafka-python helpers to feed and read topics."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def worker_env(bootstrap: str, redis_url: str, store: Path, prefix: str, **extra: str) -> dict[str, str]:
+    """Environment for a worker on private topics and a private consumer group (dev-speed timeouts)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATMOD_")}
+    env.update({
+        "CHATMOD_KAFKA_BOOTSTRAP": bootstrap,
+        "CHATMOD_REDIS_URL": redis_url,
+        "CHATMOD_MODELS_STORE": str(store),
+        "CHATMOD_KAFKA_CONSUMER_GROUP": f"{prefix}group",
+        "CHATMOD_KAFKA_SESSION_TIMEOUT_S": "6",
+        "CHATMOD_KAFKA_HEARTBEAT_INTERVAL_S": "1",
+        "CHATMOD_TOPICS_MESSAGES": f"{prefix}chat.messages.v1",
+        "CHATMOD_TOPICS_MODERATED": f"{prefix}chat.moderated.v1",
+        "CHATMOD_TOPICS_FLAGGED": f"{prefix}chat.flagged.v1",
+        "CHATMOD_TOPICS_DLQ": f"{prefix}chat.messages.dlq.v1",
+        "CHATMOD_TOPICS_PARTITIONS": "3",
+        "CHATMOD_REDIS_KEY_PREFIX": f"{prefix}chatmod",
+        "CHATMOD_WORKER_WEB_ENABLED": "false",
+        "CHATMOD_WORKER_DATADIR": str(store.parent / f"{prefix}faust-data"),
+        "CHATMOD_MODELS_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.update(extra)
+    return env
+
+
+class WorkerProcess:
+    """``chatmod worker`` as a child process with its log in a file."""
+
+    def __init__(self, env: Mapping[str, str], log_path: Path):
+        self.env, self.log_path = dict(env), log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> WorkerProcess:
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker"], cwd=ROOT, env=self.env,
+                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self._log.close()
+        return self.proc.returncode
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def __enter__(self) -> WorkerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def produce(bootstrap: str, topic: str, values: Iterable[bytes], keys: Iterable[bytes | None] | None = None) -> int:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    n = 0
+    for value, key in zip(values, keys if keys is not None else _nones()):
+        producer.send(topic, value=value, key=key)
+        n += 1
+    producer.flush()
+    producer.close()
+    return n
+
+
+def _nones():
+    while True:
+        yield None
+
+
+def message(i: int | str, text: str, **extra: Any) -> bytes:
+    return json.dumps({"id": str(i), "text": text, "channel": "test", "user": f"u{i}", **extra}).encode()
+
+
+def read_topic(bootstrap: str, topic: str, done: Callable[[list], bool], timeout_s: float,
+               worker: WorkerProcess | None = None) -> list:
+    """All records of ``topic`` from the beginning until ``done(records)`` or the timeout."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                             consumer_timeout_ms=300)
+    records: list = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        assigned = False
+        while time.monotonic() < deadline:
+            if not assigned:
+                parts = consumer.partitions_for_topic(topic)
+                if not parts:
+                    time.sleep(0.3)
+                    continue
+                tps = [TopicPartition(topic, p) for p in sorted(parts)]
+                consumer.assign(tps)
+                consumer.seek_to_beginning(*tps)
+                assigned = True
+            records.extend(consumer)
+            if done(records):
+                return records
+            if worker is not None and worker.proc is not None and worker.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {worker.proc.returncode}:\n{worker.log_tail()}")
+        return records
+    finally:
+        consumer.close()
+
+
+def results_by_id(records: list) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for r in records:
+        value = json.loads(r.value)
+        out.setdefault(value["id"], []).append(value)
+    return out

@@ -1,0 +1,114 @@
+"""The pipeline end to end on a real tansu broker, a real Redis and a real (tiny) model."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import pytest
+
+from pipeline.embedded import create_topics
+from pipeline.schemas import ModerationResult
+from tests.harness import WorkerProcess, message, produce, read_topic, results_by_id, worker_env
+
+pytestmark = pytest.mark.integration
+
+TEXTS = ["you are a wonderful person", "shut up you idiot", "gg wp everyone", "I will find you",
+         "what a lovely day", "this is garbage", "lol", "nobody likes you loser"]
+
+
+def _start(broker, redis_url, tiny_store, topic_prefix, tmp_path, **extra):
+    env = worker_env(broker.bootstrap, redis_url, tiny_store, topic_prefix, **extra)
+    create_topics(broker.bootstrap, {env["CHATMOD_TOPICS_MESSAGES"]: 3})
+    return env, WorkerProcess(env, tmp_path / "worker.log")
+
+
+def test_every_message_gets_exactly_one_result_and_repeats_hit_the_cache(broker, redis_url, tiny_store,
+                                                                        topic_prefix, tmp_path):
+    env, worker = _start(broker, redis_url, tiny_store, topic_prefix, tmp_path)
+    first = [message(i, f"{TEXTS[i % len(TEXTS)]} #{i % 60}") for i in range(300)]
+    with worker:
+        produce(broker.bootstrap, env["CHATMOD_TOPICS_MESSAGES"], first)
+        out = read_topic(broker.bootstrap, env["CHATMOD_TOPICS_MODERATED"],
+                         lambda rs: len(results_by_id(rs)) >= 300, 90, worker)
+        by_id = results_by_id(out)
+        assert sorted(by_id, key=int) == [str(i) for i in range(300)], worker.log_tail()  # 300 in, 300 out, 0 lost
+        # Texts of messages 0..99 again under new ids: served from the cache.
+        repeats = [message(1000 + i, f"{TEXTS[i % len(TEXTS)]} #{i % 60}") for i in range(100)]
+        produce(broker.bootstrap, env["CHATMOD_TOPICS_MESSAGES"], repeats)
+        out = read_topic(broker.bootstrap, env["CHATMOD_TOPICS_MODERATED"],
+                         lambda rs: len(results_by_id(rs)) >= 400, 60, worker)
+    by_id = results_by_id(out)
+    assert len(by_id) == 400
+    for values in by_id.values():
+        assert all(v == values[0] for v in values), "duplicates must carry identical content"
+        ModerationResult.model_validate(values[0])
+    second = [by_id[str(1000 + i)][0] for i in range(100)]
+    assert all(r["cached"] for r in second), "repeated texts must be served from the cache"
+    for i, r in enumerate(second):  # message 1000+i repeats the text of message i
+        original = by_id[str(i)][0]
+        assert r["toxicity"] == original["toxicity"] and r["sentiment"] == original["sentiment"]
+    assert set(second[0]["models"]) == {"toxicity", "sentiment"}
+    flagged = read_topic(broker.bootstrap, env["CHATMOD_TOPICS_FLAGGED"], lambda rs: False, 3)
+    expected = {k for k, v in by_id.items() if v[0]["decision"] != "allow"}
+    assert {json.loads(r.value)["id"] for r in flagged} == expected
+
+
+def test_malformed_input_goes_to_the_dlq_and_good_messages_around_it_are_moderated(
+        broker, redis_url, tiny_store, topic_prefix, tmp_path):
+    env, worker = _start(broker, redis_url, tiny_store, topic_prefix, tmp_path,
+                         CHATMOD_BATCHING_MAX_MESSAGE_BYTES="4096")
+    bad = {
+        b"{not json": "not_json",
+        json.dumps({"text": "no id"}).encode(): "schema",
+        json.dumps({"id": 7, "text": "int id"}).encode(): "schema",
+        json.dumps({"id": "x", "text": ["not", "a", "string"]}).encode(): "schema",
+        b'{"id": "u", "text": "\xff\xfe broken"}': "not_utf8",
+        json.dumps({"id": "big", "text": "a" * 10_000}).encode(): "too_large",
+        b"[1, 2, 3]": "not_object",
+    }
+    values, good_ids = [], []
+    for n, raw in enumerate(bad):
+        values.append(message(f"good-{n}", TEXTS[n % len(TEXTS)]))
+        good_ids.append(f"good-{n}")
+        values.append(raw)
+    long_text = "very long but fine " * 100  # under the byte limit, over the model's length: truncated
+    values.append(message("long", long_text))
+    good_ids.append("long")
+    with worker:
+        # one partition so that source offsets are predictable
+        produce(broker.bootstrap, env["CHATMOD_TOPICS_MESSAGES"], values, keys=[b"k"] * len(values))
+        dlq = read_topic(broker.bootstrap, env["CHATMOD_TOPICS_DLQ"], lambda rs: len(rs) >= len(bad), 60, worker)
+        out = read_topic(broker.bootstrap, env["CHATMOD_TOPICS_MODERATED"],
+                         lambda rs: len(results_by_id(rs)) >= len(good_ids), 30, worker)
+    assert sorted(results_by_id(out)) == sorted(good_ids)
+    assert len(dlq) == len(bad)
+    for record in dlq:
+        headers = {k: v.decode() for k, v in record.headers}
+        assert record.value in bad, "the raw value travels verbatim"
+        assert headers["chatmod.error.kind"] == bad[record.value]
+        assert headers["chatmod.error.reason"]
+        assert headers["chatmod.source.topic"] == env["CHATMOD_TOPICS_MESSAGES"]
+        assert int(headers["chatmod.source.offset"]) >= 0
+
+
+def test_worker_killed_mid_stream_and_restarted_loses_nothing(broker, redis_url, tiny_store, topic_prefix,
+                                                             tmp_path):
+    env, worker = _start(broker, redis_url, tiny_store, topic_prefix, tmp_path)
+    total = 3000
+    produce(broker.bootstrap, env["CHATMOD_TOPICS_MESSAGES"],
+            [message(i, f"message number {i} {TEXTS[i % len(TEXTS)]}") for i in range(total)])
+    worker.start()
+    read_topic(broker.bootstrap, env["CHATMOD_TOPICS_MODERATED"], lambda rs: len(rs) >= 300, 90, worker)
+    worker.stop(signal.SIGKILL)  # no chance to commit or flush anything
+    time.sleep(1)
+    restarted = WorkerProcess(env, tmp_path / "worker2.log")
+    with restarted:
+        out = read_topic(broker.bootstrap, env["CHATMOD_TOPICS_MODERATED"],
+                         lambda rs: len(results_by_id(rs)) >= total, 150, restarted)
+    by_id = results_by_id(out)
+    missing = set(map(str, range(total))) - set(by_id)
+    assert not missing, f"{len(missing)} lost; log:\n{restarted.log_tail()}"
+    for values in by_id.values():
+        assert all(v == values[0] for v in values), "a redelivered message must get the identical result"

@@ -1,0 +1,108 @@
+"""``chatmod train all``: teacher -> DistilBERT and ALBERT students -> evaluate -> export -> register.
+
+Resumable: a stage whose output folder is complete is not run again. The served default per task is
+chosen by the measured trade-off (see ``choose_defaults``) and promoted in the store.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from models.artifact import dump_json
+from models.labels import Task
+from models.registry import ModelRegistry
+from training.evaluate import HEADLINE, retention, write_model_card
+from training.recipe import StageConfig, evaluate_folder, export_folder, measure_latency, run_distill, run_teacher, training_examples
+
+TASK_METRICS = {Task.TOXICITY: ("olid_macro_f1", "jigsaw_mean_roc_auc"),
+                Task.SENTIMENT: ("semeval_macro_recall", "sst2_accuracy")}
+
+
+def _done(folder: Path) -> bool:
+    return (folder / "chatmod_run.json").is_file() and (folder / "model.safetensors").is_file()
+
+
+def task_score(headline: dict[str, float], task: Task) -> float:
+    values = [headline[m] for m in TASK_METRICS[task] if m in headline]
+    return sum(values) / len(values) if values else 0.0
+
+
+def choose_defaults(cards: dict[str, dict], tasks: Sequence[Task], margin: float = 0.01) -> dict[Task, str]:
+    """Per task, the model with the best headline score; a model within ``margin`` that is faster wins
+    (on two cores, latency is what a moderation fleet pays for every message)."""
+    chosen: dict[Task, str] = {}
+    for task in tasks:
+        ranked = sorted(cards, key=lambda n: task_score(cards[n]["headline"], task), reverse=True)
+        best = ranked[0]
+        for name in ranked[1:]:
+            close = task_score(cards[best]["headline"], task) - task_score(cards[name]["headline"], task) <= margin
+            if close and cards[name]["latency_ms_per_msg"] < cards[best]["latency_ms_per_msg"]:
+                best = name
+        chosen[task] = best
+    return chosen
+
+
+def run_all(cfg: StageConfig, out: Path, store: Path | None, base: str = "minilm",
+            families: Sequence[str] = ("distilbert", "albert"), teacher_cfg=None,
+            progress: Callable[[str], Callable[[int, int, dict], None]] | None = None,
+            say: Callable[[str], None] = print) -> dict:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tasks = [Task(t) for t in cfg.tasks]
+    tag = "mt" if len(tasks) > 1 else tasks[0].value
+    teacher_dir = out / "teacher"
+    if not _done(teacher_dir):
+        say(f"[1/4] fine-tuning the teacher ({base}) on {', '.join(cfg.tasks)}")
+        run_teacher(teacher_cfg or cfg, base, teacher_dir, on_step=progress("teacher") if progress else None)
+    teacher_report = evaluate_folder(teacher_dir, cfg)
+    dump_json(teacher_dir / "eval_report.json", teacher_report)
+    say(f"teacher validation: {teacher_report['headline']}")
+    _, validation, fingerprints = training_examples(StageConfig(tasks=cfg.tasks, data_root=cfg.data_root,
+                                                                caps={k: 1 for k in cfg.caps}, seed=cfg.seed))
+    texts = [ex.text for exs in validation.values() for ex in exs[:150]]
+    cards: dict[str, dict] = {}
+    artifacts: dict[str, Path] = {}
+    for i, family in enumerate(families):
+        student_dir = out / family
+        if not _done(student_dir):
+            say(f"[{2 + i}/4] distilling the {family} student")
+            run_distill(cfg, teacher_dir, family, student_dir, on_step=progress(family) if progress else None)
+        record = json.loads((student_dir / "chatmod_run.json").read_text())
+        torch_report = evaluate_folder(student_dir, cfg)
+        name = f"chatmod-{family}-{tag}"
+        version = time.strftime("%Y%m%d") + f".{cfg.seed}"
+        artifact = out / "artifacts" / f"{name}@{version}"
+        if not (artifact / "manifest.json").is_file():
+            export_folder(student_dir, artifact, name, version, torch_report, verify_texts=texts[:400])
+        served_report = evaluate_folder(artifact, cfg, (torch_report["thresholds"], torch_report["block_thresholds"]))
+        card = {
+            "name": f"{name}@{version}", "family": family, "parameters": record["parameters"],
+            "teacher": str(teacher_dir), "teacher_parameters": record["teacher_parameters"],
+            "size_bytes": sum(p.stat().st_size for p in artifact.iterdir() if p.is_file()),
+            "latency_ms_per_msg": round(measure_latency(artifact, texts, cfg.threads), 3),
+            "headline": served_report["headline"], "headline_fp32": torch_report["headline"],
+            "teacher_headline": teacher_report["headline"],
+            "retention": retention(served_report["headline"], teacher_report["headline"]),
+            "thresholds": torch_report["thresholds"], "block_thresholds": torch_report["block_thresholds"],
+            "sets": served_report["sets"], "init": record.get("init", {}), "data": fingerprints,
+            "train_seconds": record["result"]["seconds"], "versions": record["versions"],
+        }
+        write_model_card(student_dir, card)
+        cards[card["name"]] = card
+        artifacts[card["name"]] = artifact
+    chosen = choose_defaults(cards, tasks)
+    summary = {"teacher": teacher_report["headline"], "models": cards, "defaults": {str(k): v for k, v in chosen.items()},
+               "headline_metrics": HEADLINE}
+    dump_json(out / "summary.json", summary)
+    if store is not None:
+        registry = ModelRegistry(Path(store))
+        for ref, artifact in artifacts.items():
+            if ref not in {m.ref for m in registry.list()}:
+                registry.add(artifact)
+        for task, ref in chosen.items():
+            registry.promote(ref, tasks=[task])
+        say(f"registered in {store}; current: {chosen}")
+    return summary
