@@ -112,3 +112,31 @@ def test_worker_killed_mid_stream_and_restarted_loses_nothing(broker, redis_url,
     assert not missing, f"{len(missing)} lost; log:\n{restarted.log_tail()}"
     for values in by_id.values():
         assert all(v == values[0] for v in values), "a redelivered message must get the identical result"
+
+
+def test_redis_down_keeps_moderating_uncached_then_reuses_the_cache(broker, tiny_store, topic_prefix, tmp_path):
+    from pipeline.embedded import EmbeddedRedis
+
+    with EmbeddedRedis() as redis_server:
+        env, worker = _start(broker, redis_server.url, tiny_store, topic_prefix, tmp_path,
+                             CHATMOD_REDIS_RETRY_INTERVAL_S="0.5")
+        topic_in, topic_out = env["CHATMOD_TOPICS_MESSAGES"], env["CHATMOD_TOPICS_MODERATED"]
+        with worker:
+            produce(broker.bootstrap, topic_in, [message(i, f"before {i % 20}") for i in range(100)])
+            read_topic(broker.bootstrap, topic_out, lambda rs: len(results_by_id(rs)) >= 100, 90, worker)
+            redis_server.stop()
+            produce(broker.bootstrap, topic_in, [message(100 + i, f"before {i % 20}") for i in range(100)])
+            out = read_topic(broker.bootstrap, topic_out, lambda rs: len(results_by_id(rs)) >= 200, 60, worker)
+            down = [results_by_id(out)[str(100 + i)][0] for i in range(100)]
+            assert not any(r["cached"] for r in down), "with Redis down nothing can come from the cache"
+            redis_server.start()  # same port, empty: the worker reconnects and fills it again
+            time.sleep(1.0)
+            produce(broker.bootstrap, topic_in, [message(200 + i, f"after {i % 10}") for i in range(50)])
+            read_topic(broker.bootstrap, topic_out, lambda rs: len(results_by_id(rs)) >= 250, 60, worker)
+            produce(broker.bootstrap, topic_in, [message(300 + i, f"after {i % 10}") for i in range(50)])
+            out = read_topic(broker.bootstrap, topic_out, lambda rs: len(results_by_id(rs)) >= 300, 60, worker)
+        by_id = results_by_id(out)
+        assert len(by_id) == 300, worker.log_tail()
+        assert all(by_id[str(300 + i)][0]["cached"] for i in range(50)), "the cache is used again once Redis is back"
+        log = worker.log_path.read_text()
+        assert "unavailable" in log.lower() or "down" in log.lower(), "the outage must be logged"
