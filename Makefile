@@ -20,8 +20,7 @@ demo: $(STAMP)
 	$(BIN)/chatmod demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow"
-	$(BIN)/python -m pytest -m slow
+	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "unit"
