@@ -113,22 +113,29 @@ class ChildProcess:
         """Start the child and block until `_probe()` passes or `start_timeout_s` runs out."""
         if self.running:
             return
+        argv = list(self._argv())  # first: a missing binary must not leave a temp dir behind
         if self._log_dir is None:
             self._log_dir = Path(tempfile.mkdtemp(prefix=f"chatmod-{self.name}-"))
         self._log_file = open(self._log_dir / f"{self.name}.log", "ab")  # noqa: SIM115 - closed in _terminate
         # Only pin the child's life to ours from the main thread: PDEATHSIG fires when the
         # *thread* that forked exits, which for a pool thread would kill a healthy broker.
         in_main = threading.current_thread() is threading.main_thread()
-        self._proc = subprocess.Popen(
-            list(self._argv()),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **self._env()},
-            cwd=self._log_dir,
-            start_new_session=True,  # Ctrl-C in a terminal reaches us, and we stop the child.
-            preexec_fn=_die_with_parent if in_main and sys.platform == "linux" else None,
-        )
+        try:
+            self._proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log_file,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **self._env()},
+                cwd=self._log_dir,
+                # Own process group: a terminal's Ctrl-C reaches only us, so we stop children in
+                # order (the broker after the worker has committed), and killpg gets grandchildren.
+                start_new_session=True,
+                preexec_fn=_die_with_parent if in_main and sys.platform == "linux" else None,
+            )
+        except OSError as exc:
+            self.stop()
+            raise ServiceStartError(f"could not run {argv[0]}: {exc}") from exc
         _LIVE.add(self)
         self._wait_ready()
 

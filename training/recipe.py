@@ -15,7 +15,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
 from models.labels import Task
-from training.data import DEFAULT_SOURCES, Example, load_splits
+from training.data import DEFAULT_SOURCES, Example, load_splits, stratified_split
 from training.distill import TrainConfig, make_heads, train
 from training.students import albert_from_teacher, count_parameters, distilbert_from_teacher, load_pretrained_classifier, resolve_pretrained
 
@@ -34,6 +34,7 @@ class StageConfig:
     caps: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_CAPS))
     seed: int = 13
     threads: int | None = None
+    val_cap: int | None = None  # per validation set, for quick runs; None = the whole split
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -56,7 +57,10 @@ def training_examples(cfg: StageConfig) -> tuple[list[Example], dict[str, list[E
     for name in sources:
         splits = load_splits(cfg.data_root, [name], seed=cfg.seed, max_train_per_source=cfg.caps.get(name))
         train_ex.extend(splits.train)
-        validation.update(splits.validation)
+        for source, val in splits.validation.items():
+            if cfg.val_cap is not None and len(val) > cfg.val_cap:
+                _, val = stratified_split(val, cfg.val_cap / len(val), cfg.seed)
+            validation[source] = val
         fingerprints.update(splits.fingerprints)
     return train_ex, validation, fingerprints
 
@@ -130,13 +134,18 @@ def run_distill(cfg: StageConfig, teacher_dir: Path, family: str, out: Path, lay
 # ---------------------------------------------------------------- evaluate, export, register
 
 
+def validation_config(cfg: StageConfig) -> StageConfig:
+    """The same data and seed, but no training examples: only the validation splits are wanted."""
+    return StageConfig(tasks=cfg.tasks, data_root=cfg.data_root, caps={k: 1 for k in cfg.caps}, seed=cfg.seed,
+                       val_cap=cfg.val_cap)
+
+
 def evaluate_folder(folder: Path, cfg: StageConfig, thresholds: tuple[dict, dict] | None = None) -> dict:
     """Validation report for a saved HF model folder (torch) or an artifact folder (the served runtime)."""
     from training.evaluate import evaluate, torch_predictor
 
     folder = Path(folder)
-    _, validation, _ = training_examples(StageConfig(tasks=cfg.tasks, data_root=cfg.data_root, caps={k: 1 for k in cfg.caps},
-                                                     seed=cfg.seed))
+    _, validation, _ = training_examples(validation_config(cfg))
     if (folder / "manifest.json").is_file():
         from models.runtime import TextClassifier
 

@@ -152,6 +152,8 @@ def albert_from_teacher(teacher: PreTrainedModel, embedding_size: int = 64, repe
     if not 0 < embedding_size < dim:
         raise ValueError(f"embedding_size must be in 1..{dim - 1} to factorise, got {embedding_size}")
     src = shared_from if shared_from is not None else len(parts.layers) // 2
+    if not 0 <= src < len(parts.layers):
+        raise ValueError(f"shared_from must be a teacher layer in 0..{len(parts.layers) - 1}, got {src}")
     cfg = AlbertConfig(
         vocab_size=parts.word.num_embeddings, embedding_size=embedding_size, hidden_size=dim,
         num_hidden_layers=repetitions, num_hidden_groups=1, inner_group_num=1, num_attention_heads=heads,

@@ -1,0 +1,325 @@
+"""`chatmod demo`: replay a sample chat through a real worker on the embedded stack, and show it.
+
+Starts tansu and Redis, a private model store (seeded from the bundled defaults), and
+`chatmod worker` as a child process with its log in a file; replays ``pipeline/data/sample_chat.txt``
+at a steady pace with a few malformed records mixed in, reads the moderated and DLQ topics back on
+a thread, and ends with a summary. Exit code 0 only if every message got a result and every
+malformed record reached the DLQ. Everything started is stopped again, on Ctrl-C and errors too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+
+from rich.console import Console
+from rich.text import Text
+
+from pipeline.demo_view import ChatLine, LiveView, PlainView, Tally, render_summary
+from pipeline.worker_process import WorkerProcess, WorkerStartError
+
+DEFAULT_RATE = 60.0  # messages per second: fast enough to show batching, slow enough to watch
+TOPIC_PARTITIONS = 3
+WORKER_READY_TIMEOUT_S = 90.0
+STALL_TIMEOUT_S = 30.0  # after the last record is sent, give up once no result has arrived for this long
+MODELS_LOADED_MARK = '"msg": "worker ready"'  # our agent's log line once models and cache are loaded
+PARTITIONS_ASSIGNED_MARK = 'Worker ready"'  # Faust's "[^---Recovery]: Worker ready": it now owns partitions
+
+# Deliberately broken records, each distinct: the DLQ carries the raw bytes verbatim, so what comes
+# back can be matched with what was sent.
+MALFORMED: tuple[bytes, ...] = (
+    b'{"id": "demo-broken-json", "text": "unterminated',  # not JSON
+    b'{"text": "a message without an id", "channel": "just_chatting"}',  # schema: id missing
+    b'{"id": "demo-broken-utf8", "text": "caf\xe9 \xff\xfe"}',  # not UTF-8
+    b'["a", "list", "is", "not", "a", "message"]',  # not an object
+    b'{"id": "demo-broken-type", "text": 42}',  # schema: text is not a string
+)
+
+
+class DemoError(RuntimeError):
+    """The demo cannot go on; the message says why and what to do."""
+
+
+def load_sample() -> list[ChatLine]:
+    """The bundled sample chat: ``user<TAB>channel<TAB>text`` per line."""
+    raw = resources.files("pipeline").joinpath("data/sample_chat.txt").read_text(encoding="utf-8")
+    lines = []
+    for number, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split("\t", 2)
+        if len(parts) != 3:
+            raise ValueError(f"sample_chat.txt line {number}: expected user<TAB>channel<TAB>text")
+        lines.append(ChatLine(*parts))
+    return lines
+
+
+def run_demo(n_messages: int = 600, live: bool = True, store: Path | None = None, rate: float = DEFAULT_RATE,
+             console: Console | None = None) -> int:
+    """Run the demo; returns the process exit code (0 ok, 1 failed, 130 interrupted).
+
+    ``store`` is a model store to serve from as is (tests pass a tiny one); by default a private copy
+    of the bundled defaults is used. ``live`` is ignored when the console is not a terminal.
+    """
+    if n_messages < 1:
+        raise ValueError(f"n_messages must be >= 1, got {n_messages}")
+    if rate <= 0:
+        raise ValueError(f"rate must be > 0 messages per second, got {rate}")
+    console = console or Console()
+    live = live and console.is_terminal
+    with tempfile.TemporaryDirectory(prefix="chatmod-demo-") as tmp, contextlib.ExitStack() as cleanup:
+        cleanup.enter_context(_sigterm_as_interrupt())
+        try:
+            return _run(n_messages, rate, store, console, live, Path(tmp), cleanup)
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted: stopping the worker and the embedded stack[/]")
+            return 130
+        except DemoError as exc:
+            console.print(Text.assemble(("demo failed: ", "bold red"), str(exc)), soft_wrap=True)
+            return 1
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM like Ctrl-C while the demo runs, so `kill` also stops the worker and the stack."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):  # noqa: ANN001, ARG001 - signal handler signature
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(n: int, rate: float, store: Path | None, console: Console, live: bool, tmp: Path,
+         cleanup: contextlib.ExitStack) -> int:
+    from kafka import KafkaProducer
+
+    from pipeline.embedded import EmbeddedStack, ServiceStartError, create_topics
+    from pipeline.settings import TopicsSettings
+
+    topics = TopicsSettings()  # the standard names: the demo's broker is its own
+    with _step(console, live, "model store") as note:
+        store, tasks = _prepare_store(store, tmp / "store")
+        note.append(f"{store}  ({', '.join(f'{t}={ref}' for t, ref in tasks.items())})")
+    stack = EmbeddedStack()
+    cleanup.callback(stack.stop)
+    try:
+        with _step(console, live, "Kafka broker (tansu)") as note:
+            stack.broker.start()
+            note.append(stack.bootstrap)
+        with _step(console, live, "Redis") as note:
+            stack.redis.start()
+            note.append(stack.redis_url)
+        with _step(console, live, "topics") as note:
+            names = (topics.messages, topics.moderated, topics.flagged, topics.dlq)
+            create_topics(stack.bootstrap, dict.fromkeys(names, TOPIC_PARTITIONS))
+            note.append(", ".join(names))
+    except (ServiceStartError, TimeoutError) as exc:
+        raise DemoError(str(exc)) from exc
+
+    worker = WorkerProcess(_worker_env(stack, store, tasks, topics, tmp), tmp / "worker.log")
+    cleanup.callback(worker.stop)
+    deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
+    try:
+        with _step(console, live, "worker: loading models") as note:
+            worker.start()
+            worker.wait_for(MODELS_LOADED_MARK, deadline)
+            note.append(f"pid {worker.pid}, log {worker.log_path}")
+        with _step(console, live, "worker: joining the consumer group"):
+            worker.wait_for(PARTITIONS_ASSIGNED_MARK, deadline)
+    except WorkerStartError as exc:
+        raise DemoError(f"{exc}\n(the worker has {WORKER_READY_TIMEOUT_S:.0f}s to start)") from exc
+
+    tally = Tally(total=n, malformed_total=len(MALFORMED))
+    reader = ResultReader(stack.bootstrap, topics.moderated, topics.dlq, tally)
+    reader.start()
+    cleanup.callback(reader.close)
+    producer = KafkaProducer(bootstrap_servers=stack.bootstrap, acks="all", linger_ms=5)
+    cleanup.callback(producer.close, timeout=5)
+    console.print(f"replaying {n} chat messages at {rate:g}/s, with {len(MALFORMED)} malformed records mixed in",
+                  soft_wrap=True)
+    view = (LiveView if live else PlainView)(console, tally)
+    with view:
+        _replay(producer, topics.messages, load_sample(), n, rate, tally, view, worker)
+        _await_results(tally, worker, reader, view)
+    return _verdict(console, tally, worker)
+
+
+@contextlib.contextmanager
+def _step(console: Console, live: bool, label: str) -> Iterator[list[str]]:
+    """Show one start-up step: a spinner (or a plain line) while it runs, then ✓ or ✗ with its time."""
+    started, note = time.monotonic(), []
+    if not live:
+        console.print(f"… {label}", highlight=False, soft_wrap=True)
+    try:
+        with console.status(f"{label}…") if live else contextlib.nullcontext():
+            yield note
+    except BaseException:
+        console.print(Text.assemble(("✗ ", "bold red"), label))
+        raise
+    console.print(Text.assemble(("✓ ", "green"), label, (f" ({time.monotonic() - started:.1f}s) ", "dim"),
+                                " ".join(note)), soft_wrap=True)
+
+
+def _prepare_store(store: Path | None, private: Path) -> tuple[Path, dict[str, str]]:
+    """The store to serve from and its current model per task; DemoError if no toxicity model."""
+    from models.registry import REGISTRY_NAME, ModelRegistry, RegistryError
+    from pipeline.serving import bundled_store
+
+    if store is not None and not (Path(store) / REGISTRY_NAME).is_file():
+        raise DemoError(f"{store} is not a model store (no {REGISTRY_NAME}); check CHATMOD_MODELS_STORE")
+    try:
+        registry = ModelRegistry(store) if store is not None else ModelRegistry(private, seed=bundled_store())
+        tasks = {t: ref for t in ("toxicity", "sentiment") if (ref := registry.current(t))}
+    except (RegistryError, OSError, ValueError) as exc:
+        raise DemoError(f"cannot open the model store: {exc}") from exc
+    if "toxicity" not in tasks:
+        where = f"the model store {store}" if store is not None else "the bundled defaults (models/defaults)"
+        raise DemoError(f"no toxicity model is current in {where}. Train the default models first: "
+                        "`chatmod train all`, or set CHATMOD_MODELS_STORE to a store with a promoted model.")
+    return registry.store, tasks
+
+
+def _worker_env(stack, store: Path, tasks: dict[str, str], topics, tmp: Path) -> dict[str, str]:
+    """A clean worker environment: the caller's CHATMOD_* settings are not inherited, since this
+    worker talks to the demo's own broker, Redis and store."""
+    import pipeline
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATMOD_")}
+    source_root = str(Path(pipeline.__file__).resolve().parents[1])  # works installed or from a checkout
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (source_root, env.get("PYTHONPATH")) if p)
+    env.update({
+        "CHATMOD_KAFKA_BOOTSTRAP": stack.bootstrap,
+        "CHATMOD_REDIS_URL": stack.redis_url,
+        "CHATMOD_MODELS_STORE": str(store),
+        "CHATMOD_MODELS_TASKS": ",".join(tasks),
+        "CHATMOD_KAFKA_SESSION_TIMEOUT_S": "6",  # dev-speed group joins
+        "CHATMOD_KAFKA_HEARTBEAT_INTERVAL_S": "1",
+        "CHATMOD_TOPICS_PARTITIONS": str(TOPIC_PARTITIONS),
+        "CHATMOD_WORKER_WEB_ENABLED": "false",
+        "CHATMOD_WORKER_LOG_JSON": "true",
+        "CHATMOD_WORKER_DATADIR": str(tmp / "faust-data"),
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+class ResultReader(threading.Thread):
+    """Reads the moderated and DLQ topics from the beginning into the tally until closed."""
+
+    def __init__(self, bootstrap: str, moderated: str, dlq: str, tally: Tally):
+        super().__init__(name="chatmod-demo-reader", daemon=True)
+        self.bootstrap, self.moderated, self.dlq, self.tally = bootstrap, moderated, dlq, tally
+        self.error: BaseException | None = None
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        from kafka import KafkaConsumer, TopicPartition
+
+        try:
+            consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False)
+            try:
+                tps = [TopicPartition(t, p) for t in (self.moderated, self.dlq)
+                       for p in sorted(consumer.partitions_for_topic(t) or ())]
+                consumer.assign(tps)
+                consumer.seek_to_beginning(*tps)
+                while not self._stop_event.is_set():
+                    for tp, records in consumer.poll(timeout_ms=200).items():
+                        now = time.monotonic()
+                        for record in records:
+                            if tp.topic == self.dlq:
+                                self.tally.on_dead_letter(record.value)
+                            else:
+                                self.tally.on_result(json.loads(record.value), now)
+            finally:
+                consumer.close()
+        except BaseException as exc:  # reported by the main thread, which decides what to do
+            self.error = exc
+
+    def close(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=5)
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _replay(producer, topic: str, lines: list[ChatLine], n: int, rate: float, tally: Tally, view,
+            worker: WorkerProcess) -> None:
+    """Send ``n`` chat messages at ``rate`` per second (the sample cycles), bad records spread among them."""
+    bad_at: dict[int, list[bytes]] = {}
+    for k, raw in enumerate(MALFORMED):
+        bad_at.setdefault((k + 1) * n // (len(MALFORMED) + 1), []).append(raw)
+    run_id = uuid.uuid4().hex[:8]
+    started = time.monotonic()
+    for i in range(n):
+        for raw in bad_at.get(i, ()):
+            tally.on_malformed_sent(time.monotonic())
+            producer.send(topic, value=raw)
+        line = lines[i % len(lines)]
+        msg_id = f"demo-{run_id}-{i:05d}"
+        value = json.dumps({"id": msg_id, "text": line.text, "user": line.user, "channel": line.channel,
+                            "ts": _now_iso()}, ensure_ascii=False).encode()
+        tally.on_sent(msg_id, line, time.monotonic())
+        producer.send(topic, key=line.channel.encode(), value=value)  # keyed by channel: ordered per channel
+        view.tick()
+        if i % 50 == 0 and not worker.alive:
+            raise DemoError(worker.exit_message())
+        pause = (i + 1) / rate - (time.monotonic() - started)
+        if pause > 0:
+            time.sleep(pause)
+    producer.flush(timeout=30)
+
+
+def _await_results(tally: Tally, worker: WorkerProcess, reader: ResultReader, view) -> None:
+    """Wait until everything is back, or no result has arrived for STALL_TIMEOUT_S."""
+    last_progress, seen = time.monotonic(), -1
+    while not tally.complete():
+        with tally.lock:
+            count = len(tally.results) + len(tally.dead_letters)
+        if count != seen:
+            last_progress, seen = time.monotonic(), count
+        elif time.monotonic() - last_progress > STALL_TIMEOUT_S:
+            return  # the summary says what is missing
+        if reader.error is not None:
+            raise DemoError(f"reading results failed: {reader.error!r}")
+        if not worker.alive:
+            raise DemoError(worker.exit_message())
+        view.tick()
+        time.sleep(0.1)
+
+
+def _verdict(console: Console, tally: Tally, worker: WorkerProcess) -> int:
+    console.print(render_summary(tally))
+    with tally.lock:
+        problems = []
+        if tally.lost:
+            problems.append(f"{tally.lost} of {len(tally.sent)} messages got no result "
+                            f"within {STALL_TIMEOUT_S:.0f}s of the last one")
+        missing = set(MALFORMED) - set(tally.dead_letters)
+        if missing:
+            problems.append(f"{len(missing)} of {len(MALFORMED)} malformed records did not reach the DLQ")
+    if problems:
+        console.print(Text.assemble(("FAILED: ", "bold red"), "; ".join(problems)))
+        console.print(worker.log_tail(), highlight=False, markup=False, soft_wrap=True)
+        return 1
+    console.print(Text.assemble(("OK: ", "bold green"), "every message moderated, every malformed record "
+                                                        "in the dead-letter queue"))
+    return 0

@@ -1,0 +1,99 @@
+"""``chatmod worker`` as a child process: its own session, its log in a file, stopped in order.
+
+For tools that drive a real worker (``chatmod demo``, benchmarks): start it, wait for lines in its log
+that say it is ready, read the log's tail when it is not, and SIGTERM it (then SIGKILL) when done. On
+Linux the worker also gets SIGTERM if its parent dies without cleaning up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+STOP_TIMEOUT_S = 20.0
+
+
+class WorkerStartError(RuntimeError):
+    """The worker exited or did not become ready; the message carries the tail of its log."""
+
+
+class WorkerProcess:
+    """``chatmod worker`` as a child process in its own session, its log in a file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path):
+        self.env, self.log_path = env, log_path
+        self._proc: subprocess.Popen | None = None
+        self._log = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> None:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        in_main = threading.current_thread() is threading.main_thread()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "worker"], env=self.env, cwd=self.log_path.parent,
+            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches the parent only, which then stops the worker in order
+            preexec_fn=_die_with_parent if in_main and sys.platform == "linux" else None,
+        )
+
+    def wait_for(self, mark: str, deadline: float) -> None:
+        """Block until ``mark`` shows up in the log; WorkerStartError with the log's tail if the worker
+        exits or ``deadline`` (``time.monotonic()``) passes first."""
+        while time.monotonic() < deadline:
+            if not self.alive:
+                raise WorkerStartError(f"the worker exited with code {self._proc.returncode} while starting\n"
+                                       f"{self.log_tail()}")
+            if mark in self.log_path.read_text(errors="replace"):
+                return
+            time.sleep(0.2)
+        raise WorkerStartError(f"the worker was not ready in time (its log has no {mark!r})\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        """SIGTERM (the worker finishes its batch and commits), then SIGKILL if it hangs."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def exit_message(self) -> str:
+        code = self._proc.returncode if self._proc else None
+        return f"the worker exited unexpectedly (code {code})\n{self.log_tail()}"
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            tail = self.log_path.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            return "(no worker log)"
+        return f"--- last {len(tail)} lines of the worker log ---\n" + "\n".join(tail)
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
+    """Have Linux SIGTERM the worker if its parent dies without cleaning up (SIGKILL, crash)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass

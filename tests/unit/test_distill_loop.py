@@ -1,0 +1,149 @@
+"""The training loop on tiny models: finite losses, one logged term each, and it really learns."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+from models.labels import Task
+from tests.tiny_models import minilm_dir
+from training.data import SENT, Example, tox
+from training.distill import TrainConfig, bucketed_batches, collate, hard_label_loss, make_heads, train
+from training.students import distilbert_from_teacher
+
+pytestmark = pytest.mark.unit
+
+HEADS = make_heads([Task.TOXICITY, Task.SENTIMENT])
+WORDS = ["chat", "game", "team", "play", "win", "map", "mid", "push", "gank", "ward", "heal", "tower"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(minilm_dir())
+
+
+def tiny_teacher(seed: int = 0) -> BertForSequenceClassification:
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64, num_labels=9)
+    return BertForSequenceClassification(cfg).eval()
+
+
+def learnable_examples(n: int, seed: int = 0) -> list[Example]:
+    """Texts containing "bad" are toxic, others not; every fourth row is a sentiment row instead."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        words = rng.sample(WORDS, rng.randint(2, 6))
+        if i % 4 == 3:
+            positive = i % 8 == 3
+            words.insert(rng.randrange(len(words) + 1), "great" if positive else "awful")
+            out.append(Example(" ".join(words), "s", sentiment=SENT["positive" if positive else "negative"],
+                               sentiment_classes=(1, 0, 1)))
+            continue
+        toxic = i % 2 == 0
+        if toxic:
+            words.insert(rng.randrange(len(words) + 1), "bad")
+        out.append(Example(" ".join(words), "t", tox(toxic=int(toxic))))
+    return out
+
+
+def dataset_hard_loss(model, tokenizer, examples: list[Example]) -> float:
+    encoded = tokenizer([ex.text for ex in examples], truncation=True, max_length=32)["input_ids"]
+    batch = collate(encoded, examples, tokenizer.pad_token_id)
+    model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        return float(hard_label_loss(logits, HEADS, batch))
+
+
+def test_distillation_logs_each_term_and_stays_finite(tokenizer, tmp_path: Path) -> None:
+    teacher = tiny_teacher()
+    student = distilbert_from_teacher(teacher, n_layers=2)
+    steps: list[int] = []
+    cfg = TrainConfig(batch_size=8, epochs=2, max_steps=10, log_every=5, max_length=32, lr=1e-3)
+    result = train(student, HEADS, learnable_examples(64), tokenizer, cfg, teacher=teacher,
+                   log_path=tmp_path / "log.jsonl", on_step=lambda step, total, _: steps.append(step))
+    assert result.steps == 10 and steps == list(range(1, 11))
+    assert [h["step"] for h in result.history] == [5, 10]
+    for record in result.history:
+        assert {"loss_soft", "loss_hard", "loss_cos", "loss_total"} <= set(record)
+        losses = [record[k] for k in ("loss_soft", "loss_hard", "loss_cos", "loss_total")]
+        assert all(torch.isfinite(torch.tensor(v)) and v >= 0 for v in losses)
+        assert record["loss_total"] == pytest.approx(record["loss_soft"] + record["loss_hard"] + record["loss_cos"],
+                                                     abs=1e-4)
+    logged = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert logged == result.history
+    assert not student.training  # handed back in eval mode
+
+
+def test_without_a_teacher_only_the_hard_loss_is_logged(tokenizer) -> None:
+    teacher = tiny_teacher()
+    cfg = TrainConfig(batch_size=8, max_steps=4, log_every=2, max_length=32)
+    result = train(teacher, HEADS, learnable_examples(32), tokenizer, cfg)
+    assert len(result.history) == 2
+    for record in result.history:
+        assert "loss_hard" in record and "loss_soft" not in record and "loss_cos" not in record
+        assert record["loss_total"] == pytest.approx(record["loss_hard"])
+
+
+def test_no_cosine_term_when_its_weight_is_zero(tokenizer) -> None:
+    teacher = tiny_teacher()
+    student = distilbert_from_teacher(teacher, n_layers=2)
+    cfg = TrainConfig(batch_size=8, max_steps=2, log_every=2, max_length=32, alpha_cos=0.0)
+    record = train(student, HEADS, learnable_examples(16), tokenizer, cfg, teacher=teacher).history[-1]
+    assert "loss_soft" in record and "loss_hard" in record and "loss_cos" not in record
+
+
+def test_a_tiny_model_learns_a_trivial_task(tokenizer) -> None:
+    examples = learnable_examples(64)
+    model = tiny_teacher(seed=1)
+    before = dataset_hard_loss(model, tokenizer, examples)
+    cfg = TrainConfig(batch_size=16, max_steps=60, epochs=100, log_every=10, max_length=32, lr=1e-2,
+                      warmup_fraction=0.1)
+    result = train(model, HEADS, examples, tokenizer, cfg)
+    after = dataset_hard_loss(model, tokenizer, examples)
+    assert result.steps == 60
+    assert before > 1.0 and after < 0.2 * before, (before, after)  # two heads at chance: ~ln 2 each
+    assert result.history[-1]["loss_hard"] < 0.2 * result.history[0]["loss_hard"]
+
+
+def test_train_refuses_bad_configs(tokenizer) -> None:
+    model = tiny_teacher()
+    with pytest.raises(ValueError, match="no training examples"):
+        train(model, HEADS, [], tokenizer, TrainConfig())
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        train(model, HEADS, learnable_examples(4), tokenizer, TrainConfig(temperature=0))
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        TrainConfig(batch_size=0).validate()
+
+
+def test_bucketed_batches_cover_every_index_once() -> None:
+    rng = random.Random(0)
+    lengths = [rng.randint(3, 90) for _ in range(1003)]
+    batches = bucketed_batches(lengths, batch_size=16, rng=random.Random(1), chunk=5)
+    flat = [i for batch in batches for i in batch]
+    assert sorted(flat) == list(range(len(lengths)))
+    assert all(1 <= len(b) <= 16 for b in batches)
+    # similar lengths share a batch: far less padding than batches drawn at random
+    def spread(groups: list[list[int]]) -> float:
+        return sum(max(lengths[i] for i in g) - min(lengths[i] for i in g) for g in groups) / len(groups)
+
+    shuffled = list(range(len(lengths)))
+    random.Random(2).shuffle(shuffled)
+    at_random = [shuffled[i : i + 16] for i in range(0, len(shuffled), 16)]
+    assert spread(batches) < 0.35 * spread(at_random)
+    again = bucketed_batches(lengths, batch_size=16, rng=random.Random(1), chunk=5)
+    assert again == batches  # deterministic for a seed
+
+
+def test_make_heads_lays_columns_out_in_order() -> None:
+    tox_head, sent_head = HEADS
+    assert (tox_head.offset, tox_head.width, sent_head.offset, sent_head.width) == (0, 6, 6, 3)
+    only_sentiment = make_heads([Task.SENTIMENT])
+    assert only_sentiment[0].offset == 0 and only_sentiment[0].labels == ["negative", "neutral", "positive"]
