@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -57,10 +58,31 @@ def worker(
     if not web:
         settings.worker.web_enabled = False
     faust_app = create_app(settings)
-    faust.Worker(
+    grace_s = settings.worker.shutdown_grace_s
+
+    class Worker(faust.Worker):
+        async def stop(self) -> None:
+            # aiokafka's fetcher can hang while closing (seen on tansu): once the in-flight batch is done
+            # and offsets are committed, nothing is lost by ending the process after the grace period.
+            watchdog = threading.Timer(grace_s, _force_exit, args=(grace_s,))
+            watchdog.daemon = True
+            watchdog.start()
+            await super().stop()
+
+    Worker(
         faust_app, loglevel=settings.worker.log_level, quiet=True, redirect_stdouts=False,
         logging_config=logging_dict_config(settings.worker.log_level, settings.worker.log_json),
     ).execute_from_commandline()
+
+
+def _force_exit(grace_s: float) -> None:
+    import logging
+    import os
+
+    logging.getLogger("chatmod.worker").warning("shutdown exceeded its grace period; exiting",
+                                                extra={"grace_s": grace_s})
+    logging.shutdown()
+    os._exit(0)
 
 
 @app.command()

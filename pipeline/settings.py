@@ -299,6 +299,7 @@ class WorkerSettings(_Group):
     web_port: int = Field(6066, ge=1, le=65535)
     web_host: str = "127.0.0.1"  # bind address; containers set 0.0.0.0
     datadir: Path | None = None  # Faust's local state folder; default: a folder in the temp dir
+    shutdown_grace_s: float = Field(20.0, gt=0)  # after SIGTERM, the process ends at the latest after this
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     log_json: bool = True
     app_id: str = Field("chatmod", min_length=1)
