@@ -37,9 +37,31 @@ def broker_credentials(kafka: KafkaSettings) -> faust.types.auth.CredentialsT | 
     return None
 
 
+def cap_fetch_wait(max_wait_ms: int) -> None:
+    """Make Faust's consumers use ``max_wait_ms`` as aiokafka's ``fetch_max_wait_ms``.
+
+    Faust's aiokafka driver passes a fixed 1500 ms and offers no setting; the fetcher reads the value
+    when the consumer starts, so setting it right after construction is enough.
+    """
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    original = getattr(AIOKafkaConsumerThread, "_chatmod_original_create", None)
+    if original is None:
+        original = AIOKafkaConsumerThread._create_worker_consumer
+        AIOKafkaConsumerThread._chatmod_original_create = original
+
+    def create(self, transport):  # noqa: ANN001, ANN202 - Faust's own signature
+        consumer = original(self, transport)
+        consumer._fetch_max_wait_ms = max_wait_ms
+        return consumer
+
+    AIOKafkaConsumerThread._create_worker_consumer = create
+
+
 def create_app(settings: Settings, *, with_agents: bool = True) -> faust.App:
     """A Faust app configured from ``settings``, with the moderation agent registered."""
     kafka, batching, worker = settings.kafka, settings.batching, settings.worker
+    cap_fetch_wait(kafka.fetch_max_wait_ms)
     datadir = Path(worker.datadir) if getattr(worker, "datadir", None) else Path(tempfile.gettempdir()) / "chatmod-faust"
     app = faust.App(
         kafka.consumer_group,  # Faust's app id is the Kafka consumer group
