@@ -1,0 +1,121 @@
+"""The moderation batch contract, on a real tiny model and a real Redis; the broker is replaced by an
+in-memory publisher (the integration tests run the same code on tansu)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from models.registry import ModelRegistry
+from pipeline.cache import ResultCache
+from pipeline.moderation import BatchMismatch, InRecord, Moderator
+from pipeline.serving import load_serving
+from pipeline.settings import Settings
+
+pytestmark = pytest.mark.integration  # real Redis
+
+
+class MemoryPublisher:
+    """Records what would be produced; every send is confirmed at once (or fails, if told to)."""
+
+    def __init__(self, fail: bool = False):
+        self.sent: list[tuple[str, bytes | None, bytes, list | None]] = []
+        self.fail = fail
+
+    async def send(self, topic, key, value, headers=None):
+        future = asyncio.get_running_loop().create_future()
+        if self.fail:
+            future.set_exception(ConnectionError("broker unavailable"))
+        else:
+            self.sent.append((topic, key, value, headers))
+            future.set_result(None)
+        return future
+
+    def on(self, topic: str) -> list[tuple]:
+        return [s for s in self.sent if s[0] == topic]
+
+
+@pytest.fixture
+def settings(tmp_path: Path, tiny_artifact: Path, redis_url: str, monkeypatch) -> Settings:
+    for key in [k for k in __import__("os").environ if k.startswith("CHATMOD_")]:
+        monkeypatch.delenv(key)
+    registry = ModelRegistry(tmp_path / "store")
+    registry.promote(registry.add(tiny_artifact).ref)
+    return Settings(models={"store": tmp_path / "store", "threads": 1}, redis={"url": redis_url})
+
+
+def _moderator(settings: Settings, publisher, classifier=None) -> Moderator:
+    serving = load_serving(settings)
+    return Moderator(settings, classifier=lambda: classifier or serving, cache=ResultCache(settings.redis),
+                     policy=lambda: serving.policy, publisher=publisher, executor=ThreadPoolExecutor(1))
+
+
+def _records(values: list[bytes | None]) -> list[InRecord]:
+    return [InRecord("chat.messages.v1", 0, offset, value) for offset, value in enumerate(values)]
+
+
+def _msg(i: str, text: str) -> bytes:
+    return json.dumps({"id": i, "text": text}).encode()
+
+
+async def test_a_batch_ends_as_one_result_per_id_or_a_dead_letter(settings):
+    publisher = MemoryPublisher()
+    moderator = _moderator(settings, publisher)
+    values = [_msg("a", "hello there"), _msg("b", "hello   there"), b"{broken", _msg("c", "you idiot"),
+              _msg("a", "hello there"), None]
+    stats = await moderator.handle(_records(values))
+    moderated = publisher.on(settings.topics.moderated)
+    assert [key for _, key, _, _ in moderated] == [b"a", b"b", b"c", b"a"]
+    assert stats.results == 4 and stats.dead_letters == 2
+    assert stats.classified == 2, "'hello there' and 'hello   there' normalise to one text: one model call"
+    by_key = {}
+    for _, key, value, _ in moderated:
+        by_key.setdefault(key, set()).add(value)
+    assert all(len(v) == 1 for v in by_key.values()), "the same id twice gets the same bytes twice"
+    dlq = publisher.on(settings.topics.dlq)
+    assert [value for _, _, value, _ in dlq] == [b"{broken", b""]
+    reasons = [dict(h)["chatmod.error.reason"] for _, _, _, h in dlq]
+    assert [dict(h)["chatmod.error.kind"] for _, _, _, h in dlq] == [b"not_json", b"not_json"]
+    assert reasons[1] == b"empty value"
+    assert {dict(h)["chatmod.source.offset"] for _, _, _, h in dlq} == {b"2", b"5"}
+
+
+async def test_a_redelivered_batch_republishes_identical_results(settings):
+    first, second = MemoryPublisher(), MemoryPublisher()
+    values = [_msg(str(i), f"message {i}") for i in range(20)]
+    await _moderator(settings, first).handle(_records(values))
+    stats = await _moderator(settings, second).handle(_records(values))
+    assert stats.replayed == 20 and stats.classified == 0
+    assert first.on(settings.topics.moderated) == second.on(settings.topics.moderated)
+
+
+async def test_repeated_text_under_a_new_id_is_served_from_the_cache(settings):
+    publisher = MemoryPublisher()
+    moderator = _moderator(settings, publisher)
+    await moderator.handle(_records([_msg("1", "gg wp")]))
+    stats = await moderator.handle(_records([_msg("2", "GG  wp")]))  # same text for an uncased model
+    result = json.loads(publisher.on(settings.topics.moderated)[-1][2])
+    assert stats.cache_hits == 1 and stats.classified == 0 and result["cached"] is True
+
+
+async def test_a_classifier_breaking_the_batch_contract_publishes_nothing(settings):
+    class ShortClassifier:
+        refs = {"toxicity": "broken@1", "sentiment": "broken@1"}
+        casefold = True
+
+        def predict(self, texts):
+            return [{"toxicity": {}, "sentiment": {}}] * (len(texts) - 1)
+
+    publisher = MemoryPublisher()
+    with pytest.raises(BatchMismatch):
+        await _moderator(settings, publisher, ShortClassifier()).handle(_records([_msg("x", "a"), _msg("y", "b")]))
+    assert publisher.sent == []
+
+
+async def test_an_unconfirmed_publish_fails_the_batch_so_it_is_not_acked(settings):
+    with pytest.raises(ConnectionError):
+        await _moderator(settings, MemoryPublisher(fail=True)).handle(_records([_msg("x", "hello")]))
