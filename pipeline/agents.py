@@ -19,6 +19,7 @@ import faust
 from aiokafka.errors import KafkaError
 
 from pipeline.cache import ResultCache
+from pipeline.metrics import Metrics
 from pipeline.moderation import BatchStats, InRecord, Moderator
 from pipeline.serving import ServingHolder
 from pipeline.settings import Settings
@@ -62,9 +63,20 @@ class WorkerState:
     holder: ServingHolder | None = None
     cache: ResultCache | None = None
     moderator: Moderator | None = None
-    totals: BatchStats = field(default_factory=BatchStats)
+    totals: BatchStats = field(default_factory=BatchStats)  # counters only: ``latencies_ms`` stays empty
     batches: int = 0
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    models_loaded: bool = False
+    consuming: bool = False  # the consumer group has assigned partitions (possibly none) and streams resumed
+    metrics: Metrics = field(default_factory=Metrics)
+
+    @property
+    def ready(self) -> bool:
+        """Models loaded and the agent consuming: what ``/ready`` answers."""
+        return self.models_loaded and self.consuming
+
+    @property
+    def redis_available(self) -> bool:
+        return self.cache is not None and self.cache.available
 
     def add(self, stats: BatchStats) -> None:
         t = self.totals
@@ -73,7 +85,14 @@ class WorkerState:
             setattr(t, name, getattr(t, name) + getattr(stats, name))
         for k, v in stats.decisions.items():
             t.decisions[k] = t.decisions.get(k, 0) + v
+        for k, v in stats.dead_letter_kinds.items():
+            t.dead_letter_kinds[k] = t.dead_letter_kinds.get(k, 0) + v
         t.model_seconds += stats.model_seconds
+        self.metrics.observe_batch(stats, stats.latencies_ms)
+        self.refresh_gauges()
+
+    def refresh_gauges(self) -> None:
+        self.metrics.set_status(ready=self.ready, redis_available=self.redis_available)
 
 
 def register_agents(app: faust.App, settings: Settings) -> WorkerState:
@@ -86,19 +105,27 @@ def register_agents(app: faust.App, settings: Settings) -> WorkerState:
     state = WorkerState(settings)
     app.chatmod_state = state  # type: ignore[attr-defined]
 
+    @app.on_rebalance_complete.connect
+    async def _consuming(sender: faust.App, **kwargs: object) -> None:  # streams resume right after this
+        state.consuming = True
+        state.refresh_gauges()
+
     async def start() -> Moderator:
         if state.moderator is None:
             for topic in outputs:
                 await topic.maybe_declare()
             loop = asyncio.get_running_loop()
             state.holder = await loop.run_in_executor(executor, ServingHolder, settings)
+            state.metrics.set_models(state.holder.current.refs)
+            state.holder.on_reload(state.metrics.set_models)  # model_info follows hot reloads
             state.cache = ResultCache(settings.redis) if settings.redis.enabled else None
             state.moderator = Moderator(
                 settings, classifier=lambda: state.holder.current, cache=state.cache,
                 policy=lambda: state.holder.current.policy, publisher=FaustPublisher(app), executor=executor,
                 dlq_limiter=RateLimiter(batching.dlq_max_per_s),
             )
-            state.ready.set()
+            state.models_loaded = True
+            state.refresh_gauges()
             log.info("worker ready", extra={"models": state.holder.current.refs, "topic": topics.messages})
         return state.moderator
 

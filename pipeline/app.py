@@ -86,8 +86,9 @@ def create_app(settings: Settings, *, with_agents: bool = True) -> faust.App:
     )
     if with_agents:
         from pipeline.agents import register_agents
+        from pipeline.views import register_views
 
-        register_agents(app, settings)
+        register_views(app, register_agents(app, settings))
     return app
 
 

@@ -70,6 +70,9 @@ class BatchStats:
     flagged: int = 0
     decisions: dict[str, int] = field(default_factory=lambda: {"allow": 0, "review": 0, "block": 0})
     model_seconds: float = 0.0
+    dead_letter_kinds: dict[str, int] = field(default_factory=dict)  # error kind -> count
+    # Kafka timestamp -> result, one per published result (replays included); this batch only.
+    latencies_ms: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -122,6 +125,7 @@ class Moderator:
         for rec, err in dead:
             letter = DeadLetter.from_invalid(err, rec.value, rec.topic, rec.partition, rec.offset)
             outputs.append((self.topics.dlq, None, rec.value or b"", letter.to_headers()))
+            stats.dead_letter_kinds[err.kind] = stats.dead_letter_kinds.get(err.kind, 0) + 1
             log.info("dead letter", extra={"kind": err.kind, "reason": err.detail, "topic": rec.topic,
                                            "partition": rec.partition, "offset": rec.offset})
         stats.dead_letters = len(dead)
@@ -166,6 +170,8 @@ class Moderator:
         now = time.time()
         built: dict[str, tuple[bytes, str]] = {}  # message key -> (value, decision): one result per id
         for i, p in enumerate(pending):
+            latency_ms = max(0.0, now - p.record.timestamp) * 1000.0
+            stats.latencies_ms.append(latency_ms)
             if i in replay:
                 value = replay[i]
                 stats.replayed += 1
@@ -181,7 +187,7 @@ class Moderator:
                 result = ModerationResult(
                     id=p.message.id, channel=p.message.channel, user=p.message.user, decision=decision,
                     toxicity=tox, sentiment=s.get(Task.SENTIMENT.value, {}), flags=flags, models=clf.refs,
-                    cached=cached, latency_ms=max(0.0, now - p.record.timestamp) * 1000.0,
+                    cached=cached, latency_ms=latency_ms,
                 )
                 value = result.to_json_bytes()
                 cache_writes[p.message_key] = value

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +71,14 @@ class ServingHolder:
         self.registry = registry or open_registry(settings)
         self._current = load_serving(settings, self.registry)
         self._lock = threading.Lock()
+        self._listeners: list[Callable[[dict[str, str]], None]] = []
+
+    def on_reload(self, listener: Callable[[dict[str, str]], None]) -> None:
+        """Call ``listener(refs)`` ({task: "name@version"}) after every reload that swapped models.
+
+        Listeners run in the reloading thread; one that raises is logged and does not undo the swap.
+        """
+        self._listeners.append(listener)
 
     @property
     def current(self) -> Serving:
@@ -90,4 +99,10 @@ class ServingHolder:
             old = self._current.refs
             self._current = fresh
             log.info("models reloaded", extra={"from": old, "to": fresh.refs})
+            for listener in self._listeners:
+                try:
+                    listener(fresh.refs)
+                except Exception as exc:  # noqa: BLE001 - an observer must not fail a good reload
+                    log.error("reload listener failed",
+                              extra={"listener": repr(listener), "error": repr(exc)})
             return True

@@ -1,0 +1,105 @@
+"""A real worker's /health, /ready and /metrics, checked against what was actually sent through it."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from models.registry import ModelRegistry
+from pipeline.embedded import create_topics
+from tests.harness import WorkerProcess, message, produce, read_topic, results_by_id, worker_env
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+
+MALFORMED = {b"{not json": "not_json", b'{"text": "no id"}': "schema", b"[1, 2, 3]": "not_object"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except OSError:  # not listening yet
+        return 0, b""
+
+
+def _wait_status(url: str, status: int, timeout_s: float, worker: WorkerProcess) -> bytes:
+    deadline = time.monotonic() + timeout_s
+    last = (0, b"")
+    while time.monotonic() < deadline:
+        last = _get(url)
+        if last[0] == status:
+            return last[1]
+        if worker.proc.poll() is not None:
+            raise AssertionError(f"worker exited with {worker.proc.returncode}:\n{worker.log_tail()}")
+        time.sleep(0.2)
+    raise AssertionError(f"{url} answered {last[0]} {last[1][:200]!r}, wanted {status}\n{worker.log_tail()}")
+
+
+def _samples(text: str) -> dict[tuple[str, frozenset], float]:
+    """{(sample name, labels): value} from a Prometheus exposition."""
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_metrics_count_what_was_sent_and_health_and_ready_answer(broker, redis_url, tiny_store, topic_prefix,
+                                                                 tmp_path):
+    port = _free_port()
+    env = worker_env(broker.bootstrap, redis_url, tiny_store, topic_prefix, CHATMOD_WORKER_WEB_ENABLED="true",
+                     CHATMOD_WORKER_WEB_PORT=str(port), CHATMOD_WORKER_WEB_HOST="127.0.0.1")
+    create_topics(broker.bootstrap, {env["CHATMOD_TOPICS_MESSAGES"]: 3})
+    base = f"http://127.0.0.1:{port}"
+    good = [message(i, f"observable message {i % 40}") for i in range(50)]  # 10 repeated texts
+    with WorkerProcess(env, tmp_path / "worker.log") as worker:
+        _wait_status(f"{base}/health", 200, 30, worker)
+        ready = json.loads(_wait_status(f"{base}/ready", 200, 30, worker))
+        assert ready["ready"] and ready["models_loaded"] and ready["consuming"]
+
+        produce(broker.bootstrap, env["CHATMOD_TOPICS_MESSAGES"], good[:25] + list(MALFORMED) + good[25:])
+        out = read_topic(broker.bootstrap, env["CHATMOD_TOPICS_MODERATED"],
+                         lambda rs: len(results_by_id(rs)) >= 50, 30, worker)
+        assert len(results_by_id(out)) == 50, worker.log_tail()
+        deadline = time.monotonic() + 10  # the counters move right after the batch's outputs are confirmed
+        while True:
+            status, body = _get(f"{base}/metrics")
+            metrics = _samples(body.decode())
+            if metrics.get(("chatmod_messages_in_total", frozenset())) == 53 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert _get(f"{base}/health")[0] == 200
+        assert _get(f"{base}/ready")[0] == 200
+
+    assert status == 200
+
+    def value(name: str, **labels: str) -> float:
+        return metrics.get((name, frozenset(labels.items())), 0.0)
+
+    assert value("chatmod_messages_in_total") == 53
+    assert value("chatmod_results_out_total") == 50
+    assert {kind: value("chatmod_dead_letters_total", kind=kind) for kind in MALFORMED.values()} == {
+        "not_json": 1, "schema": 1, "not_object": 1}
+    assert value("chatmod_cache_hits_total") + value("chatmod_cache_misses_total") == 50
+    assert sum(value("chatmod_decisions_total", decision=d) for d in ("allow", "review", "block")) == 50
+    flagged = {r["id"] for rs in results_by_id(out).values() for r in rs if r["decision"] != "allow"}
+    assert value("chatmod_flagged_total") == len(flagged)
+    assert value("chatmod_end_to_end_latency_seconds_count") == 50
+    assert value("chatmod_batch_size_sum") == 53
+    assert value("chatmod_model_latency_seconds_count") >= 1
+    registry = ModelRegistry(tiny_store)
+    for task in ("toxicity", "sentiment"):
+        assert value("chatmod_model_info", task=task, ref=registry.current(task)) == 1
+    assert value("chatmod_worker_ready") == 1
+    assert value("chatmod_redis_available") == 1
