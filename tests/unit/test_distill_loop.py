@@ -75,8 +75,8 @@ def test_distillation_logs_each_term_and_stays_finite(tokenizer, tmp_path: Path)
         assert {"loss_soft", "loss_hard", "loss_cos", "loss_total"} <= set(record)
         losses = [record[k] for k in ("loss_soft", "loss_hard", "loss_cos", "loss_total")]
         assert all(torch.isfinite(torch.tensor(v)) and v >= 0 for v in losses)
-        assert record["loss_total"] == pytest.approx(record["loss_soft"] + record["loss_hard"] + record["loss_cos"],
-                                                     abs=1e-4)
+        weighted_sum = record["loss_soft"] + record["loss_hard"] + record["loss_cos"]  # all weights 1
+        assert record["loss_total"] == pytest.approx(weighted_sum, abs=1e-4)
     logged = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert logged == result.history
     assert not student.training  # handed back in eval mode

@@ -38,7 +38,8 @@ def test_soft_target_loss_is_t_squared_kl_for_a_softmax() -> None:
 def test_soft_target_loss_is_zero_when_student_matches_teacher() -> None:
     logits = torch.tensor([[0.3, -1.2, 2.0], [5.0, 0.0, -5.0]])
     for multi_label in (False, True):
-        assert soft_target_loss(logits, logits.clone(), 3.0, multi_label).item() == pytest.approx(0.0, abs=1e-7)
+        loss = soft_target_loss(logits, logits.clone(), 3.0, multi_label)
+        assert loss.item() == pytest.approx(0.0, abs=1e-7)
 
 
 def test_soft_target_loss_multi_label_is_mean_binary_kl() -> None:

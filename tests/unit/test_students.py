@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    RobertaConfig,
+    RobertaForSequenceClassification,
+)
 
 from training.students import albert_from_teacher, count_parameters, distilbert_from_teacher, select_layers
 
@@ -36,7 +41,8 @@ def ids() -> torch.Tensor:
 def test_distilbert_student_reproduces_chosen_teacher_layers(teacher, ids) -> None:
     student = distilbert_from_teacher(teacher, layers=[0, 2]).eval()
     with torch.no_grad():
-        t = teacher(input_ids=ids, token_type_ids=torch.zeros_like(ids), output_hidden_states=True).hidden_states
+        zeros = torch.zeros_like(ids)
+        t = teacher(input_ids=ids, token_type_ids=zeros, output_hidden_states=True).hidden_states
         s = student(input_ids=ids, output_hidden_states=True).hidden_states
         # t[0] embeddings, t[i+1] output of teacher layer i; s likewise for the student's two layers
         torch.testing.assert_close(s[0], t[0], atol=1e-5, rtol=0)
@@ -65,10 +71,16 @@ def test_albert_student_is_smaller_and_shares_the_chosen_layer(teacher) -> None:
     assert len(albert.albert.encoder.albert_layer_groups) == 1
     shared = albert.albert.encoder.albert_layer_groups[0].albert_layers[0]
     src = teacher.bert.encoder.layer[1]
-    pairs = [(shared.attention.query, src.attention.self.query), (shared.attention.key, src.attention.self.key),
-             (shared.attention.value, src.attention.self.value), (shared.attention.dense, src.attention.output.dense),
-             (shared.attention.LayerNorm, src.attention.output.LayerNorm), (shared.ffn, src.intermediate.dense),
-             (shared.ffn_output, src.output.dense), (shared.full_layer_layer_norm, src.output.LayerNorm)]
+    pairs = [
+        (shared.attention.query, src.attention.self.query),
+        (shared.attention.key, src.attention.self.key),
+        (shared.attention.value, src.attention.self.value),
+        (shared.attention.dense, src.attention.output.dense),
+        (shared.attention.LayerNorm, src.attention.output.LayerNorm),
+        (shared.ffn, src.intermediate.dense),
+        (shared.ffn_output, src.output.dense),
+        (shared.full_layer_layer_norm, src.output.LayerNorm),
+    ]
     for dst, ref in pairs:
         assert torch.equal(dst.weight, ref.weight) and torch.equal(dst.bias, ref.bias)
     assert torch.equal(albert.classifier.weight, teacher.classifier.weight)

@@ -68,8 +68,8 @@ def _convabuse_row(text: str, votes: list[tuple[str, set[str]]]) -> dict[str, st
     for a, (severity, flags) in enumerate(votes, start=1):
         for s in ("1", "0", "-1", "-2", "-3"):
             row[f"Annotator{a}_is_abuse.{s}"] = "1" if s == severity else "0"
-        for k in ("ableist", "homophobic", "intellectual", "racist", "sexist", "sex_harassment", "transphobic",
-                  "target.generalised", "target.individual", "target.system"):
+        for k in ("ableist", "homophobic", "intellectual", "racist", "sexist", "sex_harassment",
+                  "transphobic", "target.generalised", "target.individual", "target.system"):
             row[f"Annotator{a}_{k}"] = "1" if k in flags else "0"
     return row
 
@@ -111,18 +111,22 @@ def data_root(tmp_path: Path) -> Path:
         [0, "", '"Merci, Chlo\\xe9!\\nA bient\\xf4t"'],  # escaped once: code points and a newline
         [0, "", '"   "'],
     ])
-    _write(root / "toxicity/hateval/train_text.txt", "go back home migrants\nlovely weather today\nshared text\n")
+    _write(root / "toxicity/hateval/train_text.txt",
+           "go back home migrants\nlovely weather today\nshared text\n")
     _write(root / "toxicity/hateval/train_labels.txt", "1\n0\n0\n")
     _write(root / "toxicity/hateval/val_text.txt", "shared text\nthey should all leave\n")
     _write(root / "toxicity/hateval/val_labels.txt", "0\n1\n")
     _write_csv(root / "sentiment/semeval2017/train.csv", ["tweet_id", "label", "text", "source_file"], [
-        [1, "negative", "awful game", "a"], [2, "neutral", "game at 8", "a"], [3, "positive", "great game", "a"],
+        [1, "negative", "awful game", "a"],
+        [2, "neutral", "game at 8", "a"],
+        [3, "positive", "great game", "a"],
     ])
     _write_csv(root / "sentiment/sst2/train.tsv", ["sentence", "label"],
                [["a gorgeous film ", 1], ["dull and tedious ", 0], ["  ", 1]], delimiter="\t")
     _write_csv(root / "sentiment/sst2/dev.tsv", ["sentence", "label"], [["a triumph", 1]], delimiter="\t")
     jig = ["id", "comment_text", *TOXICITY_LABELS]
-    natural = [[f"n{i}", f"natural comment {i}", int(i % 5 == 0), 0, 0, 0, int(i % 5 == 0), 0] for i in range(20)]
+    natural = [[f"n{i}", f"natural comment {i}", int(i % 5 == 0), 0, 0, 0, int(i % 5 == 0), 0]
+               for i in range(20)]
     _write_csv(root / "toxicity/jigsaw/train_random5k.csv", jig, natural)
     enriched = natural + [[f"e{i}", f"enriched toxic comment {i}", 1, 0, 1, 0, 1, 0] for i in range(10)]
     _write_csv(root / "toxicity/jigsaw/train_enriched.csv", jig, enriched)
@@ -136,7 +140,8 @@ def test_olid_mapping(data_root: Path) -> None:
     got = {ex.text: ex.toxicity for ex in read_olid(data_root)}
     assert got["@USER have a nice day"] == (0, 0, 0, 0, 0, 0)  # NOT: all six known negatives
     untargeted = dict(zip(TOXICITY_LABELS, got["@USER what the hell"]))
-    assert untargeted == {"toxic": 1, "severe_toxic": M, "obscene": M, "threat": 0, "insult": 0, "identity_hate": 0}
+    assert untargeted == {"toxic": 1, "severe_toxic": M, "obscene": M,
+                          "threat": 0, "insult": 0, "identity_hate": 0}
     assert got["@USER you are a clown"] == (1, M, M, M, M, M)  # targeted: subtype unknown
 
 
@@ -157,7 +162,8 @@ def test_conda_mapping_drops_implicit_and_empty(data_root: Path) -> None:
 def test_convabuse_majority_votes(data_root: Path) -> None:
     got = {ex.text: dict(zip(TOXICITY_LABELS, ex.toxicity)) for ex in read_convabuse(data_root)}
     abusive = got["you are useless and stupid"]
-    assert abusive == {"toxic": 1, "severe_toxic": 1, "obscene": M, "threat": M, "insult": 0, "identity_hate": 1}
+    assert abusive == {"toxic": 1, "severe_toxic": 1, "obscene": M,
+                       "threat": M, "insult": 0, "identity_hate": 1}
     assert got["what is the weather"] == dict.fromkeys(TOXICITY_LABELS, 0)  # 1 of 3 abusive: not a majority
 
 
@@ -204,7 +210,8 @@ def test_stratified_split_is_deterministic_and_keeps_proportions() -> None:
     data = _examples()
     train, val = stratified_split(data, 0.2, seed=7)
     again_train, again_val = stratified_split(list(data), 0.2, seed=7)
-    assert [e.text for e in val] == [e.text for e in again_val] and [e.text for e in train] == [e.text for e in again_train]
+    assert [e.text for e in val] == [e.text for e in again_val]
+    assert [e.text for e in train] == [e.text for e in again_train]
     assert Counter(e.stratum for e in val) == {CLEAN_A: 20, TOXIC_A: 8, TOXIC_B: 2}
     assert sorted(e.text for e in train + val) == sorted(e.text for e in data)  # a partition
     _, other_val = stratified_split(data, 0.2, seed=8)
@@ -235,7 +242,8 @@ def test_load_splits_has_no_text_in_both_train_and_validation(data_root: Path) -
     assert duplicate_validated > 0  # the case that matters did occur
     assert "shared text" not in {ex.text for ex in splits.train}  # in the hateval val file too
     jigsaw_val = splits.validation["jigsaw"]
-    assert len(jigsaw_val) == 4 and all(ex.text.startswith("natural") for ex in jigsaw_val)  # natural rate only
+    assert len(jigsaw_val) == 4  # 20% of the natural-rate file, stratified
+    assert all(ex.text.startswith("natural") for ex in jigsaw_val)  # never the enriched rows
     assert load_splits(data_root, names, seed=3).train == load_splits(data_root, names, seed=3).train
 
 
