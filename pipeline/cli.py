@@ -180,6 +180,38 @@ def tail(
 
 
 @app.command()
+def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False) -> None:
+    """Topics, the consumer group's offsets and lag, current model versions, cache size."""
+    from dataclasses import asdict
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipeline.status import collect_status
+
+    st = collect_status(_settings())
+    if as_json:
+        typer.echo(json.dumps({**asdict(st), "total_lag": st.total_lag}, indent=2))
+        return
+    console = Console()
+    console.print(f"broker {st.bootstrap} ({st.broker}), consumer group [bold]{st.group}[/]")
+    topics = Table("topic", "partitions")
+    for name, n in st.topics.items():
+        topics.add_row(name, str(n) if n else "[red]missing[/]")
+    console.print(topics)
+    offsets = Table("partition", "committed", "end", "lag", title="input topic")
+    for p in st.partitions:
+        offsets.add_row(str(p.partition), str(p.committed), str(p.end) if st.lag_reliable else "?",
+                        str(p.lag) if p.lag is not None else "unknown")
+    console.print(offsets)
+    console.print(f"total lag: {st.total_lag if st.total_lag is not None else 'unknown'}")
+    console.print("models: " + ", ".join(f"{k}={v}" for k, v in st.models.items()))
+    console.print(f"cache entries: {st.cache_keys}" if st.cache_error is None else f"cache: {st.cache_error}")
+    for note in st.notes:
+        console.print(f"[yellow]note:[/] {note}")
+
+
+@app.command()
 def dev() -> None:
     """Run the embedded dev stack (tansu broker + Redis) until interrupted."""
     from pipeline.embedded import EmbeddedStack

@@ -140,3 +140,25 @@ def test_redis_down_keeps_moderating_uncached_then_reuses_the_cache(broker, tiny
         assert all(by_id[str(300 + i)][0]["cached"] for i in range(50)), "the cache is used again once Redis is back"
         log = worker.log_path.read_text()
         assert "unavailable" in log.lower() or "down" in log.lower(), "the outage must be logged"
+
+
+def test_status_reports_topics_offsets_models_and_cache(broker, redis_url, tiny_store, topic_prefix, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env, worker = _start(broker, redis_url, tiny_store, topic_prefix, tmp_path)
+    with worker:
+        produce(broker.bootstrap, env["CHATMOD_TOPICS_MESSAGES"], [message(i, f"status {i}") for i in range(40)])
+        read_topic(broker.bootstrap, env["CHATMOD_TOPICS_MODERATED"], lambda rs: len(results_by_id(rs)) >= 40, 60,
+                   worker)
+        time.sleep(2.5)  # Faust commits acked offsets every second
+    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "status", "--json"], env={**os.environ, **env},
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    st = json.loads(out.stdout)
+    assert st["topics"][env["CHATMOD_TOPICS_MESSAGES"]] == 3
+    assert sum(p["committed"] or 0 for p in st["partitions"]) == 40, "every consumed offset is committed"
+    assert st["broker"] == "tansu" and st["total_lag"] is None, "tansu's end offsets are not trusted"
+    assert st["models"]["toxicity"] == st["models"]["sentiment"] and "@" in st["models"]["toxicity"]
+    assert st["cache_keys"] >= 80, "a content entry and a per-message entry for each of 40 texts"
