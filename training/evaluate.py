@@ -4,7 +4,7 @@ and model cards (JSON + Markdown).
 Headline metrics follow the published benchmarks: OLID offensive macro-F1 (the ``toxic`` label),
 SemEval-2017 sentiment macro-recall, SST-2 accuracy (negative vs positive), Jigsaw mean ROC-AUC.
 Thresholds are calibrated on the pooled validation sets (F1-optimal for review; the lowest score with
-precision >= ``block_precision`` for block) and the metrics are reported at those thresholds.
+precision >= ``BLOCK_PRECISION`` and at least ``BLOCK_FLOOR`` for block) and the metrics are reported at those thresholds.
 """
 
 from __future__ import annotations
@@ -57,8 +57,15 @@ def precision_threshold(y: np.ndarray, p: np.ndarray, target: float, floor: floa
     return float(max(floor, thresholds[ok[0]])) if len(ok) else max(floor, 0.95)
 
 
+# Blocking hides a message without a human look: it must rarely be wrong, and never happen at a score a
+# review would already catch. Pooled validation is rich in offensive tweets (Davidson is 83% offensive),
+# which makes precision look high at low scores; the floor keeps "block" for near-certain cases.
+BLOCK_PRECISION = 0.95
+BLOCK_FLOOR = 0.9
+
+
 def calibrate(tox_probs: dict[str, np.ndarray], tox_targets: dict[str, np.ndarray],
-              block_precision: float = 0.9) -> tuple[dict[str, float], dict[str, float]]:
+              block_precision: float = BLOCK_PRECISION) -> tuple[dict[str, float], dict[str, float]]:
     """Review (F1-optimal) and block (high-precision) thresholds per toxicity label, on pooled validation."""
     probs = np.concatenate(list(tox_probs.values()))
     targets = np.concatenate(list(tox_targets.values()))
@@ -69,7 +76,8 @@ def calibrate(tox_probs: dict[str, np.ndarray], tox_targets: dict[str, np.ndarra
         thr, _ = best_f1_threshold(y, p) if known.sum() else (0.5, 0.0)
         thr = float(np.clip(thr, 0.05, 0.95))
         review[label] = round(thr, 4)
-        block[label] = round(precision_threshold(y, p, block_precision, floor=thr), 4) if known.sum() else 0.95
+        floor = max(thr, BLOCK_FLOOR)
+        block[label] = round(precision_threshold(y, p, block_precision, floor=floor), 4) if known.sum() else 0.95
     return review, block
 
 
@@ -110,7 +118,7 @@ def sentiment_metrics(probs: np.ndarray, targets: np.ndarray, classes: np.ndarra
 
 def evaluate(predict: PredictFn, heads: Sequence[Head], validation: dict[str, list[Example]],
              thresholds: tuple[dict[str, float], dict[str, float]] | None = None,
-             block_precision: float = 0.9) -> dict:
+             block_precision: float = BLOCK_PRECISION) -> dict:
     """Metrics per validation set; calibrates toxicity thresholds unless given."""
     by_task = {h.task: h for h in heads}
     tox_probs, tox_targets, sent = {}, {}, {}
