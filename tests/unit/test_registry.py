@@ -97,10 +97,19 @@ def test_seed_copies_artifacts_and_pointers(tiny_artifact: Path, tmp_path: Path)
     assert again.current("toxicity") == "tiny-distilbert@2"
 
 
-def test_empty_bundled_defaults_give_a_clear_error(tmp_path: Path) -> None:
-    reg = ModelRegistry(tmp_path / "store", seed=DEFAULT_SEED)
+def test_an_empty_seed_store_gives_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "empty-seed").mkdir()
+    reg = ModelRegistry(tmp_path / "store", seed=tmp_path / "empty-seed")
     with pytest.raises(RegistryError, match=r"no default models came with it.*promote"):
         reg.current_path("sentiment")
+
+
+def test_the_bundled_defaults_seed_a_new_store_with_verified_models_for_both_tasks(tmp_path: Path) -> None:
+    reg = ModelRegistry(tmp_path / "store", seed=DEFAULT_SEED)
+    for task in ("toxicity", "sentiment"):
+        manifest = verify_artifact(reg.current_path(task))  # checksums and the label contract
+        assert task in [t.value for t in manifest.tasks]
+        assert "onnx_int8" in manifest.weights
 
 
 def test_bad_refs_are_refused(tmp_path: Path) -> None:
