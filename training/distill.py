@@ -19,20 +19,13 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
-from models.artifact import Head
-from models.labels import TASK_LABELS, TASK_PROBLEM, ProblemType, Task
+from models.artifact import Head, contract_heads
+from models.labels import TASK_LABELS, ProblemType, Task
 from training.data import Example
 from training.losses import hidden_cosine_loss, multi_label_loss, single_label_loss, soft_target_loss
 
 
-def make_heads(tasks: Sequence[Task]) -> list[Head]:
-    """Heads laid out one after another in the logit columns, in the order given."""
-    heads, offset = [], 0
-    for task in tasks:
-        labels = list(TASK_LABELS[Task(task)])
-        heads.append(Head(task=Task(task), labels=labels, problem_type=TASK_PROBLEM[Task(task)], offset=offset))
-        offset += len(labels)
-    return heads
+make_heads = contract_heads  # the recipe's name for the shared layout
 
 
 @dataclass
