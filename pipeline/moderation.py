@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from models.labels import Task
+from models.runtime import BatchMismatch  # noqa: F401 - the one definition; re-exported for callers
 from pipeline.cache import ResultCache
 from pipeline.policy import Policy
 from pipeline.schemas import ChatMessage, DeadLetter, InvalidMessage, ModerationResult, decode_message
@@ -24,11 +25,6 @@ from pipeline.settings import Settings
 from pipeline.textnorm import content_key, message_key, normalise_text
 
 log = logging.getLogger("chatmod.moderation")
-
-
-class BatchMismatch(RuntimeError):
-    def __init__(self, expected: int, got: int):
-        super().__init__(f"classifier returned {got} results for {expected} texts")
 
 
 @dataclass(frozen=True, slots=True)

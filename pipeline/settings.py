@@ -296,7 +296,7 @@ class PolicySettings(_Group):
 
 
 class WorkerSettings(_Group):
-    """The Faust worker process: web server (health, metrics), logging, app id."""
+    """The Faust worker process: web server (health, metrics), logging, shutdown."""
 
     web_enabled: bool = True
     web_port: int = Field(6066, ge=1, le=65535)
@@ -305,7 +305,6 @@ class WorkerSettings(_Group):
     shutdown_grace_s: float = Field(20.0, gt=0)  # after SIGTERM, the process ends at the latest after this
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     log_json: bool = True
-    app_id: str = Field("chatmod", min_length=1)
 
     @field_validator("log_level", mode="before")
     @classmethod

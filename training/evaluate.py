@@ -17,25 +17,12 @@ import numpy as np
 from sklearn.metrics import f1_score, precision_recall_curve, recall_score, roc_auc_score
 
 from models.artifact import Head, dump_json
-from models.labels import ProblemType, Task
+from models.labels import Task
+from models.runtime import head_probabilities
 from training.data import SENT, TOX, Example
 
 PredictFn = Callable[[list[str]], np.ndarray]  # texts -> logits (n, columns)
 HEADLINE = {"olid": "macro_f1", "semeval": "macro_recall", "sst2": "accuracy", "jigsaw": "mean_roc_auc"}
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    z = np.exp(x - x.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
-
-
-def head_probs(logits: np.ndarray, head: Head) -> np.ndarray:
-    cols = logits[:, head.offset : head.offset + head.width]
-    return sigmoid(cols) if head.problem_type == ProblemType.MULTI_LABEL else softmax(cols)
 
 
 def best_f1_threshold(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
@@ -127,10 +114,10 @@ def evaluate(predict: PredictFn, heads: Sequence[Head], validation: dict[str, li
             continue
         logits = predict([ex.text for ex in examples])
         if Task.TOXICITY in by_task and examples[0].toxicity is not None:
-            tox_probs[source] = head_probs(logits, by_task[Task.TOXICITY])
+            tox_probs[source] = head_probabilities(by_task[Task.TOXICITY], logits)
             tox_targets[source] = np.array([ex.toxicity for ex in examples])
         if Task.SENTIMENT in by_task and examples[0].sentiment is not None:
-            sent[source] = (head_probs(logits, by_task[Task.SENTIMENT]),
+            sent[source] = (head_probabilities(by_task[Task.SENTIMENT], logits),
                             np.array([ex.sentiment for ex in examples]),
                             np.array([ex.sentiment_classes for ex in examples]))
     report: dict = {"sets": {}, "thresholds": {}, "block_thresholds": {}}
