@@ -169,6 +169,8 @@ class _OnnxBackend:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads  # on purpose: workers x threads must fit the cores
         options.inter_op_num_threads = 1
+        # No spin-waiting between runs: the worker's event loop, Kafka client and Redis share these cores.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -129,7 +129,10 @@ def register_agents(app: faust.App, settings: Settings) -> WorkerState:
             log.info("worker ready", extra={"models": state.holder.current.refs, "topic": topics.messages})
         return state.moderator
 
-    @app.agent(messages, name="moderate_messages")
+    # Several actors share the topic's events, each taking its own batches: while one batch is in the model,
+    # another is fetched, looked up and published, so the model thread does not wait on I/O. Faust commits
+    # a partition's offsets only up to the first event not yet acked, so no batch is committed early.
+    @app.agent(messages, name="moderate_messages", concurrency=batching.max_inflight_batches)
     async def moderate_messages(stream: faust.StreamT) -> None:
         moderator = await start()
         async for events in stream.take_events(batching.max_batch, within=batching.max_wait_ms / 1000.0):
@@ -138,7 +141,8 @@ def register_agents(app: faust.App, settings: Settings) -> WorkerState:
             stats = await _finish(moderator, records)
             state.add(stats)
             log.debug("batch", extra={"size": len(records), "classified": stats.classified,
-                                      "cache_hits": stats.cache_hits, "dead_letters": stats.dead_letters})
+                                      "cache_hits": stats.cache_hits, "dead_letters": stats.dead_letters,
+                                      "stage_ms": {k: round(v * 1000, 1) for k, v in stats.stage_seconds.items()}})
 
     return state
 

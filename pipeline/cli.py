@@ -244,6 +244,48 @@ def demo(
     raise typer.Exit(run_demo(n_messages=messages, live=live, store=store, rate=rate))
 
 
+@app.command()
+def bench(
+    part: Annotated[list[str] | None, typer.Option("--only", help="model and/or e2e (default: both).")] = None,
+    out: Annotated[Path, typer.Option(help="Where to write the JSON report.")] = Path("bench.json"),
+    store: Annotated[Path | None, typer.Option(help="Model store (default: the bundled defaults).")] = None,
+    texts: Annotated[int, typer.Option(help="Texts per model-only row.")] = 2000,
+    messages: Annotated[int, typer.Option(help="Messages per end-to-end workload.")] = 20000,
+    threads: Annotated[int, typer.Option(help="Model threads (ONNX Runtime and torch alike).")] = 2,
+    batch_size: Annotated[int, typer.Option(help="Model-only batch size.")] = 64,
+    max_batch: Annotated[int, typer.Option(help="The worker's micro-batch size (CHATMOD_BATCHING_MAX_BATCH).")] = 64,
+    latency_rate: Annotated[float | None, typer.Option(help="Offered load of the latency run (default: half "
+                                                              "the unique-text throughput).")] = None,
+    seed: Annotated[int, typer.Option()] = 13,
+) -> None:
+    """Benchmarks: model-only beside the transformers pipeline, end to end on the embedded stack, latency at
+    a fixed load. Prints tables and writes a JSON report."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from pipeline.bench import render, run_bench
+
+    parts = set(part or ("model", "e2e"))
+    if parts - {"model", "e2e"}:
+        raise typer.BadParameter(f"--only takes model or e2e, got {sorted(parts - {'model', 'e2e'})}")
+    console = Console(stderr=True)
+    bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True)
+    ids: dict[str, int] = {}
+
+    def progress(label: str, done: int, total: int) -> None:
+        if label not in ids:
+            ids[label] = bars.add_task(label, total=total)
+        bars.update(ids[label], completed=done)
+
+    with bars:
+        report = run_bench(parts, store, texts, messages, threads, batch_size, max_batch, latency_rate, seed,
+                           say=bars.console.print, progress=progress)
+    out.write_text(json.dumps(report, indent=2))
+    render(report, Console())
+    typer.echo(f"report written to {out}")
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
 def train(ctx: typer.Context) -> None:
     """Training: teacher, distill, evaluate, export, promote, all (see `chatmod train --help`)."""

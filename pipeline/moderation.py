@@ -66,6 +66,7 @@ class BatchStats:
     flagged: int = 0
     decisions: dict[str, int] = field(default_factory=lambda: {"allow": 0, "review": 0, "block": 0})
     model_seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # lookup, model, publish, cache_write
     dead_letter_kinds: dict[str, int] = field(default_factory=dict)  # error kind -> count
     # Kafka timestamp -> result, one per published result (replays included); this batch only.
     latencies_ms: list[float] = field(default_factory=list)
@@ -128,16 +129,22 @@ class Moderator:
         if dead and self.dlq_limiter is not None:
             await self.dlq_limiter(len(dead))
         # Every send is queued first, then all confirmations are awaited together: one wait per batch.
+        started = time.perf_counter()
         futures = [await self.publisher.send(topic, key, value, headers) for topic, key, value, headers in outputs]
         await asyncio.gather(*futures)
+        stats.stage_seconds["publish"] = time.perf_counter() - started
         if cache_writes and self.cache is not None:
+            started = time.perf_counter()
             await self.cache.set_many(cache_writes, self.ttl_s)
+            stats.stage_seconds["cache_write"] = time.perf_counter() - started
         return stats
 
     async def _moderate(self, pending: list[_Pending], clf: Classifier, policy: Policy, stats: BatchStats,
                         outputs: list, cache_writes: dict[str, bytes]) -> None:
         keys = [p.message_key for p in pending] + [p.content_key for p in pending]
+        started = time.perf_counter()
         found = await self.cache.get_many(keys) if self.cache is not None else [None] * len(keys)
+        stats.stage_seconds["lookup"] = time.perf_counter() - started
         by_message, by_content = found[: len(pending)], found[len(pending):]
 
         scores: dict[str, dict[str, dict[str, float]]] = {}  # content key -> {task: {label: p}}
@@ -155,7 +162,7 @@ class Moderator:
             started = time.perf_counter()
             loop = asyncio.get_running_loop()
             predicted = await loop.run_in_executor(self.executor, clf.predict, texts)
-            stats.model_seconds = time.perf_counter() - started
+            stats.model_seconds = stats.stage_seconds["model"] = time.perf_counter() - started
             if len(predicted) != len(texts):
                 raise BatchMismatch(len(texts), len(predicted))
             for (key, _), result in zip(todo, predicted):

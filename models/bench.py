@@ -1,0 +1,165 @@
+"""Model-only benchmark: our runtime beside the transformers ``pipeline`` default, same model, same texts.
+
+Rows per artifact, all measured in one process on the same thread count:
+
+- ``transformers pipeline (default)``: ``pipeline("text-classification")`` with its default settings
+  (one text per forward, torch fp32) on the artifact's model rebuilt from its ONNX weights
+  (:mod:`models.torch_from_onnx`); the baseline every ratio is taken against;
+- ``torch fp32, chatmod batching``: the same torch model fed length-sorted, dynamically padded batches
+  (what batching alone buys);
+- ``chatmod runtime, <backend>``: :class:`models.runtime.TextClassifier` as a worker runs it (tokenise,
+  forward, per-head probabilities), for every ONNX weight file the artifact has;
+- on a machine with CUDA, ``torch <dtype> cuda, chatmod batching``.
+
+Each row times the same texts in batches of ``batch_size``: msgs/s over the whole run, p50/p99 per batch.
+Needs the ``train`` extra (torch, transformers, onnx) for the torch rows.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from models.artifact import read_manifest
+from models.labels import ProblemType
+from models.runtime import TextClassifier
+
+Progress = Callable[[str, int, int], None]  # (row label, batches done, batches in all)
+WARMUP_BATCHES = 2
+
+
+@dataclass
+class ModelRow:
+    model: str  # name@version
+    engine: str
+    threads: int
+    batch_size: int
+    messages: int
+    msgs_per_s: float
+    batch_p50_ms: float
+    batch_p99_ms: float
+    ratio: float | None = None  # msgs/s over the transformers pipeline default on the same model
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else float("nan")
+
+
+def _time_batches(label: str, batches: list[list[str]], run: Callable[[list[str]], object],
+                  progress: Progress | None) -> tuple[float, list[float]]:
+    for batch in batches[:WARMUP_BATCHES]:  # first calls allocate and pick kernels: not what serving sees
+        run(batch)
+    times = []
+    started = time.perf_counter()
+    for i, batch in enumerate(batches):
+        t0 = time.perf_counter()
+        run(batch)
+        times.append((time.perf_counter() - t0) * 1000.0)
+        if progress:
+            progress(label, i + 1, len(batches))
+    return time.perf_counter() - started, times
+
+
+def _row(model: str, engine: str, threads: int, batch_size: int, n: int, wall: float, times: list[float]) -> ModelRow:
+    return ModelRow(model, engine, threads, batch_size, n, n / wall, percentile(times, 50), percentile(times, 99))
+
+
+def bench_artifact(folder: Path, texts: Sequence[str], threads: int, batch_size: int = 64,
+                   baseline: bool = True, progress: Progress | None = None) -> tuple[list[ModelRow], dict]:
+    """Rows for one artifact and a check that the rebuilt torch model is the served one
+    (``{"max_abs_logit_diff", "top_label_agreement"}`` against the ONNX runtime)."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    ref = manifest.ref
+    batches = [list(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
+    rows: list[ModelRow] = []
+    served_logits: np.ndarray | None = None
+    for fmt, backend in (("onnx_int8", "onnx_int8"), ("onnx", "onnx_fp32")):
+        if fmt not in manifest.weights:
+            continue
+        clf = TextClassifier(folder, backend=backend, threads=threads, max_batch=batch_size)
+        label = f"chatmod runtime, {backend}"
+        wall, times = _time_batches(f"{ref} {label}", batches, clf.predict, progress)
+        rows.append(_row(ref, label, threads, batch_size, len(texts), wall, times))
+        if served_logits is None:
+            served_logits = clf.predict_logits(texts)
+    check: dict = {}
+    if baseline:
+        torch_rows, check = _torch_rows(folder, ref, batches, texts, threads, batch_size, served_logits, progress)
+        rows = torch_rows + rows
+        base = next(r for r in rows if r.engine == "transformers pipeline (default)")
+        for row in rows:
+            row.ratio = row.msgs_per_s / base.msgs_per_s
+    return rows, check
+
+
+def _torch_rows(folder: Path, ref: str, batches: list[list[str]], texts: Sequence[str], threads: int,
+                batch_size: int, served_logits: np.ndarray | None,
+                progress: Progress | None) -> tuple[list[ModelRow], dict]:
+    import torch
+    from transformers import AutoTokenizer, pipeline
+
+    from models.torch_from_onnx import torch_model_from_artifact
+
+    torch.set_num_threads(threads)
+    model = torch_model_from_artifact(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    classifier = TextClassifier(folder, backend="onnx", threads=threads, max_batch=batch_size)
+    names = ["input_ids", "attention_mask"]
+    if "token_type_ids" in model.forward.__code__.co_varnames:
+        names.append("token_type_ids")
+
+    def batched(device: str, dtype) -> Callable[[list[str]], np.ndarray]:
+        net = model.to(device=device, dtype=dtype)
+
+        def run(batch: list[str]) -> np.ndarray:
+            encoded = classifier.encode(batch)
+            out = np.empty((len(batch), classifier.manifest.num_logits), dtype=np.float32)
+            for positions, inputs in encoded.batches(batch_size):
+                feed = {n: torch.from_numpy(inputs[n]).to(device) for n in names}
+                with torch.inference_mode():
+                    logits = net(**feed).logits  # (batch, num_labels)
+                out[positions] = logits.float().cpu().numpy()[:, : out.shape[1]]
+            return out
+
+        return run
+
+    rows = []
+    pipe = pipeline("text-classification", model=model, tokenizer=tokenizer, device=-1)
+    label = "transformers pipeline (default)"
+    wall, times = _time_batches(f"{ref} {label}", batches, pipe, progress)
+    rows.append(_row(ref, label, threads, batch_size, len(texts), wall, times))
+
+    cpu_run = batched("cpu", torch.float32)
+    label = "torch fp32, chatmod batching"
+    wall, times = _time_batches(f"{ref} {label}", batches, cpu_run, progress)
+    rows.append(_row(ref, label, threads, batch_size, len(texts), wall, times))
+    check = {}
+    if served_logits is not None:
+        torch_logits = np.concatenate([cpu_run(b) for b in batches])
+        check = {"max_abs_logit_diff": float(np.abs(torch_logits - served_logits).max()),
+                 "mean_abs_logit_diff": float(np.abs(torch_logits - served_logits).mean())}
+        heads = read_manifest(folder).heads
+        agreement = []
+        for head in heads:
+            cols = slice(head.offset, head.offset + head.width)
+            if head.problem_type == ProblemType.SINGLE_LABEL:
+                agreement.append(float((torch_logits[:, cols].argmax(1) == served_logits[:, cols].argmax(1)).mean()))
+            else:
+                agreement.append(float(((torch_logits[:, cols] > 0) == (served_logits[:, cols] > 0)).mean()))
+        check["label_agreement"] = statistics.fmean(agreement)
+    if torch.cuda.is_available():
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        label = f"torch {str(dtype).removeprefix('torch.')} cuda, chatmod batching"
+        wall, times = _time_batches(f"{ref} {label}", batches, batched("cuda", dtype), progress)
+        rows.append(_row(ref, label, threads, batch_size, len(texts), wall, times))
+        model.to(device="cpu", dtype=torch.float32)
+    return rows, check

@@ -1,0 +1,411 @@
+"""``chatmod bench``: model-only, end-to-end and fixed-load latency benchmarks, in one run.
+
+1. model-only (:mod:`models.bench`): each model in the store, our runtime beside the transformers
+   ``pipeline`` default on the same model, texts and threads; ratios against the pipeline.
+2. end-to-end: the embedded broker and Redis, a real ``chatmod worker`` process serving the current
+   models; N messages produced as fast as the producer goes, read back from the moderated topic.
+   Sustained msgs/s (results over the time from first to last result), produce-to-result latency,
+   cache hit rate; once with unique texts and once with 50% repeats of earlier texts.
+3. latency: the same worker at a fixed offered load (by default half the unique-text throughput just
+   measured); produce-to-result p50/p99.
+
+Produce-to-result latency is measured by the benchmark process itself: the wall-clock time a message was
+handed to the producer to the time its result was read back (both on this machine's clock).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import random
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from models.bench import percentile
+
+Say = Callable[[str], None]
+Progress = Callable[[str, int, int], None]
+E2E_PARTITIONS = 3
+WARMUP_MESSAGES = 300
+STALL_TIMEOUT_S = 60.0
+
+
+# workloads ------------------------------------------------------------------------------------------------
+
+
+def chat_lines() -> list[str]:
+    raw = resources.files("pipeline").joinpath("data/sample_chat.txt").read_text(encoding="utf-8")
+    return [line.split("\t", 2)[2] for line in raw.splitlines() if line.count("\t") >= 2]
+
+
+def unique_texts(n: int, seed: int) -> list[str]:
+    """``n`` distinct chat-like texts in a seeded order, as long as the sample chat's lines on average.
+
+    The sample lines first, then splices: the first part of one line (cut at a word) joined to the last
+    part of another. Splicing keeps chat's length distribution (a transformer's cost grows with tokens;
+    joining whole lines would double it) while giving every message its own cache key.
+    """
+    lines = chat_lines()
+    rng = random.Random(seed)
+    out = list(dict.fromkeys(lines))
+    rng.shuffle(out)
+    del out[n:]
+    seen = set(out)
+    words = [line.split() for line in lines]
+    attempts = 0
+    while len(out) < n:
+        attempts += 1
+        if attempts > 50 * n:
+            raise ValueError(f"cannot make {n} distinct texts from the sample chat")
+        a, b = rng.choice(words), rng.choice(words)
+        head = a[: rng.randint(1, len(a))]  # both parts uniform in length: a line's length on average
+        tail = b[rng.randint(1, len(b)) - 1 :]
+        text = " ".join(head + tail)
+        if text not in seen:
+            seen.add(text)
+            out.append(text)
+    return out
+
+
+def workload(n: int, repeat_fraction: float, seed: int) -> list[str]:
+    """``n`` texts in which ``repeat_fraction`` of them repeat a text sent earlier in the same list
+    (chat is repetitive: copypasta, emotes, bots); the rest are distinct."""
+    if not 0.0 <= repeat_fraction < 1.0:
+        raise ValueError(f"repeat_fraction must be in [0, 1), got {repeat_fraction}")
+    rng = random.Random(seed + 1)
+    fresh = iter(unique_texts(n, seed))
+    out: list[str] = []
+    for i in range(n):
+        if i >= 100 and rng.random() < repeat_fraction:
+            out.append(out[rng.randrange(0, i - 50)])  # an earlier text, not one still in the same batch
+        else:
+            out.append(next(fresh))
+    return out
+
+
+# end-to-end ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class E2EResult:
+    workload: str
+    messages: int
+    offered_msgs_per_s: float | None  # None: as fast as the producer goes
+    produced_msgs_per_s: float
+    sustained_msgs_per_s: float
+    latency_p50_ms: float
+    latency_p99_ms: float
+    latency_max_ms: float
+    cache_hit_rate: float
+    results: int
+    lost: int
+    extra: dict = field(default_factory=dict)
+
+
+class _Reader(threading.Thread):
+    """Reads the moderated topic from the end it was at when started; records when each id came back."""
+
+    def __init__(self, bootstrap: str, topic: str):
+        super().__init__(name="chatmod-bench-reader", daemon=True)
+        from kafka import KafkaConsumer, TopicPartition
+
+        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                      fetch_max_wait_ms=10, max_poll_records=5000)
+        self.tps = [TopicPartition(topic, p) for p in sorted(self.consumer.partitions_for_topic(topic) or ())]
+        self.consumer.assign(self.tps)
+        self.consumer.seek_to_end(*self.tps)
+        for tp in self.tps:
+            self.consumer.position(tp)  # resolve "end" now, before anything is produced
+        self.arrivals: dict[str, tuple[float, bool]] = {}  # id -> (monotonic arrival, served from cache)
+        self.lock = threading.Lock()
+        self.error: BaseException | None = None
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self._stop_event.is_set():
+                for records in self.consumer.poll(timeout_ms=50).values():
+                    now = time.monotonic()
+                    with self.lock:
+                        for record in records:
+                            result = json.loads(record.value)
+                            self.arrivals.setdefault(result["id"], (now, bool(result.get("cached"))))
+        except BaseException as exc:  # reported by the main thread
+            self.error = exc
+        finally:
+            self.consumer.close()
+
+    def count(self, ids: set[str]) -> int:
+        with self.lock:
+            return sum(1 for i in ids if i in self.arrivals)
+
+    def close(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=5)
+
+
+def _produce(bootstrap: str, topic: str, payloads: list[tuple[str, bytes]], rate: float | None,
+             sent_at: dict[str, float], progress: Progress | None, label: str) -> float:
+    """Send payloads (at ``rate`` per second, or flat out); returns the achieved rate."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=2 if rate else 5,
+                             batch_size=256 * 1024, max_in_flight_requests_per_connection=5)
+    try:
+        started = time.monotonic()
+        for i, (msg_id, value) in enumerate(payloads):
+            if rate:
+                pause = started + i / rate - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
+            sent_at[msg_id] = time.monotonic()
+            producer.send(topic, key=msg_id.encode(), value=value)
+            if progress and i % 500 == 0:
+                progress(label, i, len(payloads))
+        producer.flush(timeout=60)
+        return len(payloads) / max(1e-9, time.monotonic() - started)
+    finally:
+        producer.close(timeout=5)
+
+
+def run_workload(stack_bootstrap: str, topics, texts: list[str], name: str, rate: float | None,
+                 progress: Progress | None = None) -> E2EResult:
+    """Produce ``texts`` as chat messages, wait for every result, and measure."""
+    run_id = uuid.uuid4().hex[:8]
+    payloads = [(f"bench-{run_id}-{i:06d}",
+                 json.dumps({"id": f"bench-{run_id}-{i:06d}", "text": t, "channel": f"ch{i % 16}"}).encode())
+                for i, t in enumerate(texts)]
+    ids = {msg_id for msg_id, _ in payloads}
+    reader = _Reader(stack_bootstrap, topics.moderated)
+    reader.start()
+    sent_at: dict[str, float] = {}
+    try:
+        produced_rate = _produce(stack_bootstrap, topics.messages, payloads, rate, sent_at, progress, f"{name}: produce")
+        last_count, last_change = -1, time.monotonic()
+        while (count := reader.count(ids)) < len(ids):
+            if reader.error is not None:
+                raise RuntimeError(f"reading results failed: {reader.error!r}")
+            if count != last_count:
+                last_count, last_change = count, time.monotonic()
+                if progress:
+                    progress(f"{name}: results", count, len(ids))
+            elif time.monotonic() - last_change > STALL_TIMEOUT_S:
+                break  # reported as lost
+            time.sleep(0.05)
+        if progress:
+            progress(f"{name}: results", reader.count(ids), len(ids))
+    finally:
+        reader.close()
+    arrivals = {i: reader.arrivals[i] for i in ids if i in reader.arrivals}
+    latencies = [(arrivals[i][0] - sent_at[i]) * 1000.0 for i in arrivals]
+    times = sorted(a for a, _ in arrivals.values())
+    first_sent = min(sent_at.values())
+    # Sustained: results per second between the first message sent and the last result read.
+    span = (times[-1] - first_sent) if times else float("nan")
+    hits = sum(1 for _, cached in arrivals.values() if cached)
+    return E2EResult(
+        workload=name, messages=len(texts), offered_msgs_per_s=rate, produced_msgs_per_s=produced_rate,
+        sustained_msgs_per_s=len(times) / span if times else 0.0,
+        latency_p50_ms=percentile(latencies, 50), latency_p99_ms=percentile(latencies, 99),
+        latency_max_ms=max(latencies) if latencies else float("nan"),
+        cache_hit_rate=hits / len(arrivals) if arrivals else 0.0, results=len(arrivals),
+        lost=len(ids) - len(arrivals),
+    )
+
+
+def _rss_mb(pid: int) -> dict[str, float]:
+    """Resident memory of a process now and at its peak (Linux /proc), in MB."""
+    out = {}
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out["rss_mb" if key == "VmRSS" else "peak_rss_mb"] = int(value.split()[0]) / 1024.0
+    return out
+
+
+@contextlib.contextmanager
+def bench_worker(store: Path | None, threads: int, max_batch: int, say: Say,
+                 extra_env: dict[str, str] | None = None) -> Iterator[tuple[object, object, object]]:
+    """The embedded stack with topics and one ready worker; yields (stack, topics, worker)."""
+    from pipeline.demo import MODELS_LOADED_MARK, PARTITIONS_ASSIGNED_MARK, _prepare_store, _worker_env
+    from pipeline.embedded import EmbeddedStack, create_topics
+    from pipeline.settings import TopicsSettings
+    from pipeline.worker_process import WorkerProcess
+
+    topics = TopicsSettings()
+    with tempfile.TemporaryDirectory(prefix="chatmod-bench-") as tmp, EmbeddedStack() as stack:
+        tmp = Path(tmp)
+        store, tasks = _prepare_store(store, tmp / "store")
+        create_topics(stack.bootstrap, dict.fromkeys((topics.messages, topics.moderated, topics.flagged,
+                                                      topics.dlq), E2E_PARTITIONS))
+        env = _worker_env(stack, store, tasks, topics, tmp)
+        env.update({"CHATMOD_MODELS_THREADS": str(threads), "CHATMOD_BATCHING_MAX_BATCH": str(max_batch)})
+        env.update(extra_env or {})
+        worker = WorkerProcess(env, tmp / "worker.log")
+        try:
+            say(f"starting a worker ({', '.join(f'{t}={r}' for t, r in tasks.items())}, {threads} threads)")
+            deadline = time.monotonic() + 120
+            worker.start()
+            worker.wait_for(MODELS_LOADED_MARK, deadline)
+            worker.wait_for(PARTITIONS_ASSIGNED_MARK, deadline)
+            yield stack, topics, worker
+        finally:
+            worker.stop()
+
+
+def end_to_end(store: Path | None, n: int, threads: int, max_batch: int, seed: int, latency_rate: float | None,
+               say: Say, progress: Progress | None) -> dict:
+    """Unique and 50%-repeat workloads flat out, then a fixed-load latency run, on one worker."""
+    import redis
+
+    out: dict = {"partitions": E2E_PARTITIONS, "max_batch": max_batch, "threads": threads, "runs": []}
+    with bench_worker(store, threads, max_batch, say) as (stack, topics, worker):
+        flush = redis.Redis.from_url(stack.redis_url).flushdb
+        run_workload(stack.bootstrap, topics, unique_texts(WARMUP_MESSAGES, seed + 99), "warm-up", None)
+        plans = [("unique", workload(n, 0.0, seed), None), ("50% repeats", workload(n, 0.5, seed + 7), None)]
+        results: list[E2EResult] = []
+        for name, texts, rate in plans:
+            flush()  # each workload starts from an empty cache
+            say(f"end-to-end, {name}: {n} messages as fast as they can be produced")
+            results.append(run_workload(stack.bootstrap, topics, texts, name, rate, progress))
+        rate = latency_rate or results[0].sustained_msgs_per_s / 2
+        seconds = 20.0
+        flush()
+        say(f"latency at a fixed load: {rate:.0f} msgs/s for {seconds:.0f} s (unique texts)")
+        results.append(run_workload(stack.bootstrap, topics, unique_texts(int(rate * seconds), seed + 13),
+                                    "fixed load", rate, progress))
+        out["runs"] = [r.__dict__ for r in results]
+        out["worker_memory"] = _rss_mb(worker.pid) if worker.pid else {}
+        if not worker.alive:
+            raise RuntimeError(worker.exit_message())
+    return out
+
+
+# the whole run ---------------------------------------------------------------------------------------------
+
+
+def machine() -> dict:
+    import onnxruntime
+
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+            "onnxruntime": onnxruntime.__version__}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    with contextlib.suppress(ImportError):
+        import torch
+
+        info["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def model_only(store: Path | None, n: int, threads: int, batch_size: int, seed: int, say: Say,
+               progress: Progress | None) -> dict:
+    from models.bench import bench_artifact
+    from models.registry import ModelRegistry
+    from pipeline.serving import bundled_store
+
+    with tempfile.TemporaryDirectory(prefix="chatmod-bench-") as tmp:
+        registry = ModelRegistry(store) if store is not None else ModelRegistry(Path(tmp) / "store", seed=bundled_store())
+        texts = unique_texts(n, seed)
+        rows, checks = [], {}
+        for manifest in registry.list():
+            say(f"model-only: {manifest.ref}, {n} texts, batches of {batch_size}, {threads} threads")
+            _, folder = registry.get(manifest.ref)
+            artifact_rows, check = bench_artifact(folder, texts, threads, batch_size, progress=progress)
+            rows += [r.as_dict() for r in artifact_rows]
+            checks[manifest.ref] = check
+    return {"texts": n, "threads": threads, "batch_size": batch_size, "rows": rows, "torch_rebuild_check": checks}
+
+
+def run_bench(parts: set[str], store: Path | None, n_model: int, n_e2e: int, threads: int, batch_size: int,
+              max_batch: int, latency_rate: float | None, seed: int, say: Say, progress: Progress | None) -> dict:
+    """The benchmarks named in ``parts`` (``model``, ``e2e``), one after the other, as one report."""
+    report: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(), "seed": seed}
+    if "model" in parts:
+        report["model_only"] = model_only(store, n_model, threads, batch_size, seed, say, progress)
+    if "e2e" in parts:
+        report["end_to_end"] = end_to_end(store, n_e2e, threads, max_batch, seed, latency_rate, say, progress)
+    report["targets"] = check_targets(report)
+    return report
+
+
+def check_targets(report: dict) -> list[dict]:
+    """The issue's targets, each with the measured figure and whether it is met."""
+    out = []
+    model = report.get("model_only")
+    if model:
+        served = [r for r in model["rows"] if r["engine"] == "chatmod runtime, onnx_int8" and r["ratio"]]
+        for row in served:
+            out.append({"target": f"model-only {row['model']}: >= 8x the transformers pipeline default",
+                        "measured": round(row["ratio"], 1), "met": row["ratio"] >= 8.0})
+    e2e = report.get("end_to_end")
+    if e2e:
+        runs = {r["workload"]: r for r in e2e["runs"]}
+        unique, repeats, fixed = runs.get("unique"), runs.get("50% repeats"), runs.get("fixed load")
+        if unique:
+            out.append({"target": "end-to-end unique: >= 1,000 msgs/s sustained",
+                        "measured": round(unique["sustained_msgs_per_s"]), "met": unique["sustained_msgs_per_s"] >= 1000})
+        if unique and repeats:
+            ratio = repeats["sustained_msgs_per_s"] / unique["sustained_msgs_per_s"]
+            out.append({"target": "50% repeats: >= 1.8x unique throughput", "measured": round(ratio, 2),
+                        "met": ratio >= 1.8})
+        if fixed:
+            out.append({"target": f"p99 produce-to-result <= 150 ms at {fixed['offered_msgs_per_s']:.0f} msgs/s",
+                        "measured": round(fixed["latency_p99_ms"], 1), "met": fixed["latency_p99_ms"] <= 150})
+        peak = e2e.get("worker_memory", {}).get("peak_rss_mb")
+        if peak is not None:
+            out.append({"target": "worker peak RSS <= 600 MB", "measured": round(peak), "met": peak <= 600})
+        lost = sum(r["lost"] for r in e2e["runs"])
+        out.append({"target": "nothing lost", "measured": lost, "met": lost == 0})
+    return out
+
+
+def render(report: dict, console) -> None:  # console: rich.console.Console
+    """The report as tables: model-only rows with ratios, end-to-end runs, targets."""
+    from rich.table import Table
+
+    model = report.get("model_only")
+    if model:
+        table = Table(title=f"model-only: {model['texts']} chat texts, batches of {model['batch_size']}, "
+                            f"{model['threads']} threads")
+        for col in ("model", "engine", "msgs/s", "batch p50 ms", "batch p99 ms", "x pipeline"):
+            table.add_column(col, justify="left" if col in ("model", "engine") else "right")
+        for r in model["rows"]:
+            table.add_row(r["model"], r["engine"], f"{r['msgs_per_s']:,.0f}", f"{r['batch_p50_ms']:.1f}",
+                          f"{r['batch_p99_ms']:.1f}", f"{r['ratio']:.1f}x" if r["ratio"] else "-")
+        console.print(table)
+    e2e = report.get("end_to_end")
+    if e2e:
+        table = Table(title=f"end-to-end: tansu + Redis + 1 worker ({e2e['threads']} model threads), "
+                            f"{e2e['partitions']} partitions")
+        for col in ("workload", "messages", "offered/s", "sustained msgs/s", "p50 ms", "p99 ms", "cache hits", "lost"):
+            table.add_column(col, justify="left" if col == "workload" else "right")
+        for r in e2e["runs"]:
+            offered = f"{r['offered_msgs_per_s']:,.0f}" if r["offered_msgs_per_s"] else "flat out"
+            table.add_row(r["workload"], f"{r['messages']:,}", offered, f"{r['sustained_msgs_per_s']:,.0f}",
+                          f"{r['latency_p50_ms']:.0f}", f"{r['latency_p99_ms']:.0f}", f"{r['cache_hit_rate']:.0%}",
+                          str(r["lost"]))
+        console.print(table)
+        memory = e2e.get("worker_memory")
+        if memory:
+            console.print(f"worker memory: {memory.get('rss_mb', 0):.0f} MB resident, "
+                          f"{memory.get('peak_rss_mb', 0):.0f} MB peak")
+    for t in report.get("targets", []):
+        mark = "[green]met[/]" if t["met"] else "[red]NOT met[/]"
+        console.print(f"{mark}  {t['target']}: {t['measured']}")
+    machine_info = report.get("machine", {})
+    console.print(f"[dim]{machine_info.get('cpu', '?')}, {machine_info.get('cpus')} CPUs[/]")
