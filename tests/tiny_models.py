@@ -55,6 +55,10 @@ def save_tiny_hf_model(out_dir: Path, family: str = "distilbert", num_labels: in
         raise ValueError(f"family must be 'distilbert' or 'albert', got {family!r}")
     torch.manual_seed(seed)
     model = model_cls(config).eval()
+    with torch.no_grad():  # trained models have no two equal tensors; fresh LayerNorms (all ones/zeros) do
+        for param in model.parameters():
+            if param.ndim == 1:
+                param.add_(0.02 * torch.randn_like(param))
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)  # safetensors by default
     for name in TOKENIZER_FILES:

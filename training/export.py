@@ -148,8 +148,9 @@ def fuse_for_cpu(onnx_path: Path, out_path: Path, config: dict[str, Any]) -> Pat
         fused = optimizer.optimize_model(str(onnx_path), model_type="bert", num_heads=int(heads),
                                          hidden_size=int(hidden), opt_level=1)
     stats = fused.get_fused_operator_statistics()
-    if not stats.get("Attention"):
-        return None
+    layers = config.get("num_hidden_layers", config.get("n_layers"))
+    if not stats.get("Attention") or stats["Attention"] != layers:
+        return None  # partly fused (ALBERT's shared layer): no faster, and each fused copy duplicates weights
     fused.save_model_to_file(str(out_path))
     return Path(out_path)
 
