@@ -39,23 +39,8 @@ def _module_path(node_name: str) -> str:
     return ".".join(_SUFFIX.sub("", p) for p in parts)
 
 
-def _qkv_triplets(param_names: set[str]) -> list[tuple[str, str, str]]:
-    """Per attention block, in layer order, the (query, key, value) Linear names of a BERT-like model."""
-    out = []
-    for name in sorted(param_names, key=_layer_order):
-        for q, k, v in (("q_lin", "k_lin", "v_lin"), ("query", "key", "value")):
-            if name.endswith(f".{q}.weight"):
-                stem = name[: -len(f"{q}.weight")]
-                out.append((stem + q, stem + k, stem + v))
-    return out
-
-
-def _layer_order(name: str) -> tuple:
-    return tuple(int(p) if p.isdigit() else p for p in name.split("."))
-
-
 def onnx_state_dict(onnx_path: Path, param_names: set[str]) -> dict[str, np.ndarray]:
-    """Torch parameter name -> float32 array, read from an ONNX file: plain or int8, fused or not."""
+    """Torch parameter name -> float32 array, read from an ONNX file, plain or int8 (as exported here)."""
     import onnx
     from onnx import numpy_helper
 
@@ -74,20 +59,12 @@ def onnx_state_dict(onnx_path: Path, param_names: set[str]) -> dict[str, np.ndar
     out: dict[str, np.ndarray] = {}
     for name in inits:  # parameters the exporter kept under their torch names (biases, norms, embeddings)
         stem = name[: -len("_quantized")] if name.endswith("_quantized") else name
-        stem = stem.removesuffix("_Transposed")  # a Gemm's weight the fuser stored as (in, out)
         if stem in param_names:
             out[stem] = value(name).T.copy() if name in transposed else value(name)
     for node in matmuls:  # the other MatMul weights were renamed (onnx::MatMul_423): the node's path says whose
         param = _module_path(node.name) + ".weight"
         if param in param_names and param not in out:
             out[param] = value(node.input[1]).T.copy()
-    # ORT's fused Attention packs query, key and value into one (in, 3 * out) weight and one bias, in layer order
-    attentions = [n for n in graph.node if n.op_type in ("Attention", "QAttention")]
-    for node, names in zip(attentions, _qkv_triplets(param_names), strict=False):
-        weight, bias = value(node.input[1]).T, value(node.input[2])  # (3 * out, in), (3 * out,)
-        for name, w, b in zip(names, np.split(weight, 3), np.split(bias, 3), strict=True):
-            out.setdefault(name + ".weight", w.copy())
-            out.setdefault(name + ".bias", b.copy())
     return out
 
 

@@ -13,7 +13,6 @@ from training.export import (
     ExportMismatch,
     build_artifact,
     export_onnx,
-    fuse_for_cpu,
     quantize_int8,
     verify_export,
 )
@@ -38,24 +37,6 @@ def test_export_and_int8_pass_verification(hf_models: tuple[Path, Path], tmp_pat
     assert int8.stat().st_size < onnx.stat().st_size / 2  # the MatMuls really are int8
     check8 = verify_export(model, int8, DEFAULT_VERIFY_TEXTS, 0.05, 0.9, heads=HEADS)
     assert 0 < check8.max_abs_diff < 0.05
-
-
-def test_fused_graph_computes_what_torch_computes(hf_models: tuple[Path, Path], tmp_path: Path) -> None:
-    import json
-
-    import onnx
-
-    model, _ = hf_models
-    plain = export_onnx(model, tmp_path / "model.onnx")
-    fused = fuse_for_cpu(plain, tmp_path / "fused.onnx", json.loads((model / "config.json").read_text()))
-    assert fused is not None
-    ops = {node.op_type for node in onnx.load(str(fused)).graph.node}
-    assert {"Attention", "SkipLayerNormalization"} <= ops  # ORT's fused kernels, not MatMul/Softmax chains
-    check = verify_export(model, fused, DEFAULT_VERIFY_TEXTS, 1e-4, 1.0, heads=HEADS)
-    assert check.agreement == 1.0 and check.max_abs_diff < 1e-4
-    check8 = verify_export(model, quantize_int8(fused, tmp_path / "fused.int8.onnx"), DEFAULT_VERIFY_TEXTS,
-                           0.05, 0.9, heads=HEADS)
-    assert check8.max_abs_diff < 0.05
 
 
 def test_export_of_another_model_is_refused(hf_models: tuple[Path, Path], tmp_path: Path) -> None:
