@@ -11,7 +11,8 @@ Rows per artifact, all measured in one process on the same thread count:
   forward, per-head probabilities), for every ONNX weight file the artifact has;
 - on a machine with CUDA, ``torch <dtype> cuda, chatmod batching``.
 
-Each row times the same texts in batches of ``batch_size``: msgs/s over the whole run, p50/p99 per batch.
+Each row times the same texts in calls of ``batch_size`` texts (a worker's micro-batch; our rows cut each
+call into length-sorted sub-batches as serving does): msgs/s over the whole run, p50/p99 per call.
 Needs the ``train`` extra (torch, transformers, onnx) for the torch rows.
 """
 
@@ -85,7 +86,7 @@ def bench_artifact(folder: Path, texts: Sequence[str], threads: int, batch_size:
     for fmt, backend in (("onnx_int8", "onnx_int8"), ("onnx", "onnx_fp32")):
         if fmt not in manifest.weights:
             continue
-        clf = TextClassifier(folder, backend=backend, threads=threads, max_batch=batch_size)
+        clf = TextClassifier(folder, backend=backend, threads=threads)  # sub-batches as a worker runs them
         label = f"chatmod runtime, {backend}"
         wall, times = _time_batches(f"{ref} {label}", batches, clf.predict, progress)
         rows.append(_row(ref, label, threads, batch_size, len(texts), wall, times))
@@ -112,7 +113,7 @@ def _torch_rows(folder: Path, ref: str, batches: list[list[str]], texts: Sequenc
     torch.set_num_threads(threads)
     model = torch_model_from_artifact(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    classifier = TextClassifier(folder, backend="onnx", threads=threads, max_batch=batch_size)
+    classifier = TextClassifier(folder, backend="onnx", threads=threads)
     names = ["input_ids", "attention_mask"]
     if "token_type_ids" in model.forward.__code__.co_varnames:
         names.append("token_type_ids")
@@ -123,7 +124,7 @@ def _torch_rows(folder: Path, ref: str, batches: list[list[str]], texts: Sequenc
         def run(batch: list[str]) -> np.ndarray:
             encoded = classifier.encode(batch)
             out = np.empty((len(batch), classifier.manifest.num_logits), dtype=np.float32)
-            for positions, inputs in encoded.batches(batch_size):
+            for positions, inputs in encoded.batches(classifier.max_batch):
                 feed = {n: torch.from_numpy(inputs[n]).to(device) for n in names}
                 with torch.inference_mode():
                     logits = net(**feed).logits  # (batch, num_labels)

@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "onnx", "onnx_int8", "onnx_fp32", "torch")
 Scores = dict[Task, dict[str, float]]  # {task: {label: probability}}
+# Texts per forward pass. Measured on 2 cores (int8 DistilBERT student, chat-length texts, length-sorted
+# per call): sub-batches of 16 ran 750-900 msgs/s, of 32 550-850, of 64 415-430: less padding per
+# sub-batch, and activations that stay in cache.
+DEFAULT_SUB_BATCH = 16
 
 
 class BatchMismatch(RuntimeError):
@@ -269,7 +273,7 @@ class TextClassifier:
         folder: Path,
         backend: str = "auto",
         threads: int | None = None,
-        max_batch: int = 32,
+        max_batch: int = DEFAULT_SUB_BATCH,
         device: str | None = None,
     ) -> None:
         if max_batch < 1:
@@ -362,7 +366,7 @@ class ModelSet:
         paths_by_task: Mapping[Task | str, Path],
         backend: str = "auto",
         threads: int | None = None,
-        max_batch: int = 32,
+        max_batch: int = DEFAULT_SUB_BATCH,
     ) -> None:
         if not paths_by_task:
             raise ValueError("ModelSet needs at least one task -> artifact path")

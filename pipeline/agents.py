@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -68,6 +69,7 @@ class WorkerState:
     models_loaded: bool = False
     consuming: bool = False  # the consumer group has assigned partitions (possibly none) and streams resumed
     metrics: Metrics = field(default_factory=Metrics)
+    reload_models: Callable[[str], Awaitable[str]] | None = None  # set by the agents' registration
 
     @property
     def ready(self) -> bool:
@@ -144,7 +146,40 @@ def register_agents(app: faust.App, settings: Settings) -> WorkerState:
                                       "cache_hits": stats.cache_hits, "dead_letters": stats.dead_letters,
                                       "stage_ms": {k: round(v * 1000, 1) for k, v in stats.stage_seconds.items()}})
 
+    _register_reloads(app, settings, state)
     return state
+
+
+def _register_reloads(app: faust.App, settings: Settings, state: WorkerState) -> None:
+    """Hot reload: on a control notice (Redis pub/sub) and on a periodic registry poll."""
+    from pipeline.control import listen_for_changes
+
+    reloader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chatmod-reload")  # off the model thread
+
+    async def reload_models(reason: str) -> str:
+        if state.holder is None:
+            return "unchanged"  # still starting: the first load reads the registry anyway
+        outcome = await asyncio.get_running_loop().run_in_executor(reloader, state.holder.reload)
+        if outcome != "unchanged":
+            state.metrics.model_reloads.labels(outcome=outcome).inc()
+            log.info("model reload", extra={"outcome": outcome, "reason": reason,
+                                            "serving": state.holder.current.refs})
+        return outcome
+
+    state.reload_models = reload_models
+
+    if settings.redis.enabled:
+        @app.task
+        async def watch_control_channel() -> None:
+            async def on_change(notice: dict) -> None:
+                await reload_models(f"control notice: {notice.get('reason', '?')}")
+
+            await listen_for_changes(settings.redis, on_change)
+
+    if settings.models.reload_poll_s > 0:
+        @app.timer(interval=settings.models.reload_poll_s)
+        async def poll_registry() -> None:
+            await reload_models("registry poll")
 
 
 async def _finish(moderator: Moderator, records: list[InRecord]) -> BatchStats:

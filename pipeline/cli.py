@@ -253,7 +253,7 @@ def bench(
     messages: Annotated[int, typer.Option(help="Messages per end-to-end workload.")] = 20000,
     threads: Annotated[int, typer.Option(help="Model threads (ONNX Runtime and torch alike).")] = 2,
     batch_size: Annotated[int, typer.Option(help="Model-only batch size.")] = 64,
-    max_batch: Annotated[int, typer.Option(help="The worker's micro-batch size (CHATMOD_BATCHING_MAX_BATCH).")] = 64,
+    max_batch: Annotated[int, typer.Option(help="The worker's micro-batch size (CHATMOD_BATCHING_MAX_BATCH).")] = 128,
     latency_rate: Annotated[float | None, typer.Option(help="Offered load of the latency run (default: half "
                                                               "the unique-text throughput).")] = None,
     seed: Annotated[int, typer.Option()] = 13,
@@ -325,8 +325,11 @@ def models_promote(ref: Annotated[str, typer.Argument(help="name@version")],
     """Make a model current (its checksums and labels are verified first)."""
     from pipeline.serving import open_registry
 
-    open_registry(_settings()).promote(ref, tasks=task or None)
+    settings = _settings()
+    registry = open_registry(settings)
+    registry.promote(ref, tasks=task or None)
     typer.echo(f"promoted {ref}")
+    _announce(settings, registry, f"promoted {ref}")
 
 
 @models_app.command("rollback")
@@ -334,8 +337,26 @@ def models_rollback(task: Annotated[str, typer.Argument(help="toxicity or sentim
     """Go back to the previous current model of a task."""
     from pipeline.serving import open_registry
 
-    ref = open_registry(_settings()).rollback(task)
+    settings = _settings()
+    registry = open_registry(settings)
+    ref = registry.rollback(task)
     typer.echo(f"{task}: rolled back to {ref}")
+    _announce(settings, registry, f"{task} rolled back to {ref}")
+
+
+def _announce(settings: Settings, registry, reason: str) -> None:  # noqa: ANN001 - ModelRegistry
+    """Tell running workers to reload now (they would also notice at their next registry poll)."""
+    from pipeline.control import announce_models_changed
+
+    if not settings.redis.enabled:
+        return
+    refs = {t: registry.current(t) for t in ("toxicity", "sentiment")}
+    heard = announce_models_changed(settings.redis, refs, reason)
+    if heard is None:
+        typer.echo(f"Redis unreachable: running workers switch at their next registry poll "
+                   f"(every {settings.models.reload_poll_s:g} s)")
+    else:
+        typer.echo(f"{heard} running worker(s) notified")
 
 
 def main() -> None:

@@ -54,6 +54,10 @@ class Metrics:
             buckets=END_TO_END_BUCKETS, **kw)
         self.model_info = Gauge("model_info", "1 for the model version serving each task.", ["task", "ref"],
                                 **kw)
+        self.model_reloads = Counter("model_reloads", "Model reloads that swapped or were refused (the previous "
+                                     "models kept serving).", ["outcome"], **kw)
+        for outcome in ("swapped", "refused"):
+            self.model_reloads.labels(outcome=outcome)
         self.redis_available = Gauge("redis_available", "1 when the result cache answers, else 0.", **kw)
         self.worker_ready = Gauge("worker_ready", "1 once models are loaded and the agent consumes.", **kw)
         for decision in DECISIONS:  # present (at 0) from the first scrape, so rate() works at once

@@ -84,18 +84,22 @@ class ServingHolder:
     def current(self) -> Serving:
         return self._current
 
-    def reload(self) -> bool:
-        """Load what the registry names as current; keep the old models on any failure."""
+    def reload(self) -> str:
+        """Load what the registry names as current; keep the old models on any failure.
+
+        Returns ``"swapped"``, ``"unchanged"`` (the registry names what is serving), or ``"refused"``
+        (the new artifact failed its checksums, its label contract or loading; the error is logged).
+        """
         with self._lock:
             try:
                 wanted = {str(t): self.registry.current(Task(t)) for t in self.settings.models.tasks}
                 if wanted == self._current.refs:
-                    return False
+                    return "unchanged"
                 fresh = load_serving(self.settings, self.registry)
             except (ArtifactError, OSError, ValueError, RuntimeError) as exc:
                 log.error("model reload refused; previous models keep serving",
                           extra={"error": str(exc), "serving": self._current.refs})
-                return False
+                return "refused"
             old = self._current.refs
             self._current = fresh
             log.info("models reloaded", extra={"from": old, "to": fresh.refs})
@@ -105,4 +109,4 @@ class ServingHolder:
                 except Exception as exc:  # noqa: BLE001 - an observer must not fail a good reload
                     log.error("reload listener failed",
                               extra={"listener": repr(listener), "error": repr(exc)})
-            return True
+            return "swapped"

@@ -214,7 +214,7 @@ class RedisSettings(_Group):
 class BatchingSettings(_Group):
     """Micro-batching and the bounds on every buffer and input."""
 
-    max_batch: int = Field(64, ge=1)
+    max_batch: int = Field(128, ge=1)  # records per micro-batch; more sort into less padding (bench: 64 -> 128 = +15%)
     max_wait_ms: float = Field(25.0, gt=0)
     max_text_chars: int = Field(2000, ge=1)  # longer texts are truncated for the model, never rejected
     max_message_bytes: int = Field(65536, ge=1)  # bigger raw values go to the DLQ
@@ -239,6 +239,8 @@ class ModelsSettings(_Group):
     store: Path = Path("model-store")
     backend: Literal["auto", "onnx", "torch"] = "auto"
     threads: int | None = Field(None, ge=1)
+    # Re-read the registry this often (0: only on control notices); covers notices missed while Redis was away.
+    reload_poll_s: float = Field(30.0, ge=0)
     tasks: Annotated[list[Task], NoDecode] = Field(default_factory=lambda: [Task.TOXICITY, Task.SENTIMENT])
 
     @field_validator("tasks", mode="before")

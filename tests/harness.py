@@ -8,11 +8,14 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -135,3 +138,32 @@ def results_by_id(records: list) -> dict[str, list[dict]]:
         value = json.loads(r.value)
         out.setdefault(value["id"], []).append(value)
     return out
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except OSError:  # not listening yet
+        return 0, b""
+
+
+def wait_http_status(url: str, status: int, timeout_s: float, worker: WorkerProcess) -> bytes:
+    deadline = time.monotonic() + timeout_s
+    last = (0, b"")
+    while time.monotonic() < deadline:
+        last = http_get(url)
+        if last[0] == status:
+            return last[1]
+        if worker.proc.poll() is not None:
+            raise AssertionError(f"worker exited with {worker.proc.returncode}:\n{worker.log_tail()}")
+        time.sleep(0.2)
+    raise AssertionError(f"{url} answered {last[0]} {last[1][:200]!r}, wanted {status}\n{worker.log_tail()}")
+
+
+def metric_samples(text: str) -> dict[tuple[str, frozenset], float]:
+    """{(sample name, labels): value} from a Prometheus exposition."""
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}

@@ -3,69 +3,32 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
-import urllib.error
-import urllib.request
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from models.registry import ModelRegistry
+from pipeline.childproc import free_port
 from pipeline.embedded import create_topics
-from tests.harness import WorkerProcess, message, produce, read_topic, results_by_id, worker_env
+from tests.harness import (WorkerProcess, http_get, message, metric_samples, produce, read_topic, results_by_id,
+                           wait_http_status, worker_env)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
 MALFORMED = {b"{not json": "not_json", b'{"text": "no id"}': "schema", b"[1, 2, 3]": "not_object"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-    except OSError:  # not listening yet
-        return 0, b""
-
-
-def _wait_status(url: str, status: int, timeout_s: float, worker: WorkerProcess) -> bytes:
-    deadline = time.monotonic() + timeout_s
-    last = (0, b"")
-    while time.monotonic() < deadline:
-        last = _get(url)
-        if last[0] == status:
-            return last[1]
-        if worker.proc.poll() is not None:
-            raise AssertionError(f"worker exited with {worker.proc.returncode}:\n{worker.log_tail()}")
-        time.sleep(0.2)
-    raise AssertionError(f"{url} answered {last[0]} {last[1][:200]!r}, wanted {status}\n{worker.log_tail()}")
-
-
-def _samples(text: str) -> dict[tuple[str, frozenset], float]:
-    """{(sample name, labels): value} from a Prometheus exposition."""
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
 def test_metrics_count_what_was_sent_and_health_and_ready_answer(broker, redis_url, tiny_store, topic_prefix,
                                                                  tmp_path):
-    port = _free_port()
+    port = free_port()
     env = worker_env(broker.bootstrap, redis_url, tiny_store, topic_prefix, CHATMOD_WORKER_WEB_ENABLED="true",
                      CHATMOD_WORKER_WEB_PORT=str(port), CHATMOD_WORKER_WEB_HOST="127.0.0.1")
     create_topics(broker.bootstrap, {env["CHATMOD_TOPICS_MESSAGES"]: 3})
     base = f"http://127.0.0.1:{port}"
     good = [message(i, f"observable message {i % 40}") for i in range(50)]  # 10 repeated texts
     with WorkerProcess(env, tmp_path / "worker.log") as worker:
-        _wait_status(f"{base}/health", 200, 30, worker)
-        ready = json.loads(_wait_status(f"{base}/ready", 200, 30, worker))
+        wait_http_status(f"{base}/health", 200, 30, worker)
+        ready = json.loads(wait_http_status(f"{base}/ready", 200, 30, worker))
         assert ready["ready"] and ready["models_loaded"] and ready["consuming"]
 
         produce(broker.bootstrap, env["CHATMOD_TOPICS_MESSAGES"], good[:25] + list(MALFORMED) + good[25:])
@@ -74,13 +37,13 @@ def test_metrics_count_what_was_sent_and_health_and_ready_answer(broker, redis_u
         assert len(results_by_id(out)) == 50, worker.log_tail()
         deadline = time.monotonic() + 10  # the counters move right after the batch's outputs are confirmed
         while True:
-            status, body = _get(f"{base}/metrics")
-            metrics = _samples(body.decode())
+            status, body = http_get(f"{base}/metrics")
+            metrics = metric_samples(body.decode())
             if metrics.get(("chatmod_messages_in_total", frozenset())) == 53 or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
-        assert _get(f"{base}/health")[0] == 200
-        assert _get(f"{base}/ready")[0] == 200
+        assert http_get(f"{base}/health")[0] == 200
+        assert http_get(f"{base}/ready")[0] == 200
 
     assert status == 200
 

@@ -67,7 +67,7 @@ def test_model_info_follows_a_hot_reload(tiny_store: Path, tmp_path: Path):
     new = registry.add(old_path).ref  # the same weights as the next version
     registry.promote(new)
 
-    assert holder.reload()
+    assert holder.reload() == "swapped"
     info = {dict(labels)["task"]: dict(labels)["ref"] for (name, labels), value in _samples(metrics).items()
             if name == "chatmod_model_info" and value == 1}
     assert info == {"toxicity": new, "sentiment": new} and new != old

@@ -1,0 +1,98 @@
+"""Model rollouts without restarts: a notice on a Redis channel, and a registry poll as a safety net.
+
+``chatmod models promote|rollback`` (and a retrain that passes its gate) change the registry, then
+publish ``{"event": "models-changed", ...}`` on ``<key_prefix>:control``. Every worker subscribes (Redis
+pub/sub is a broadcast, which one Kafka consumer group is not) and reloads: the new model set is built
+and verified completely in a side thread while the current one keeps serving, then swapped between
+batches. A notice can be missed (Redis down, a worker starting), so each worker also re-reads the
+registry every ``CHATMOD_MODELS_RELOAD_POLL_S`` seconds. A corrupt or contract-breaking artifact is
+refused by the reload, logged, counted in ``chatmod_model_reloads_total{outcome="refused"}``, and the
+previous models keep serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from pipeline.settings import RedisSettings
+
+log = logging.getLogger("chatmod.control")
+
+
+def control_channel(redis: RedisSettings) -> str:
+    return f"{redis.key_prefix}:control"
+
+
+def _client_kwargs(redis: RedisSettings) -> dict:
+    kwargs: dict = {"socket_timeout": max(2.0, redis.socket_timeout_s),
+                    "socket_connect_timeout": max(2.0, redis.socket_timeout_s)}
+    if redis.password is not None:
+        kwargs["password"] = redis.password.get_secret_value()
+    if redis.ssl_cafile is not None:
+        kwargs["ssl_ca_certs"] = str(redis.ssl_cafile)
+    return kwargs
+
+
+def announce_models_changed(redis: RedisSettings, refs: dict[str, str | None], reason: str) -> int | None:
+    """Tell running workers the registry changed; the number of workers that heard it, or ``None`` when
+    Redis could not be reached (workers then pick the change up at their next registry poll)."""
+    import redis as redis_lib
+
+    notice = json.dumps({"event": "models-changed", "current": refs, "reason": reason, "at": time.time()})
+    try:
+        client = redis_lib.Redis.from_url(redis.url, **_client_kwargs(redis))
+        try:
+            return int(client.publish(control_channel(redis), notice))
+        finally:
+            client.close()
+    except (redis_lib.RedisError, OSError) as exc:
+        log.warning("could not announce the model change; workers will see it at their next registry poll",
+                    extra={"error": str(exc)})
+        return None
+
+
+async def listen_for_changes(redis: RedisSettings, on_change: Callable[[dict], Awaitable[None]],
+                             stop: asyncio.Event | None = None) -> None:
+    """Call ``on_change(notice)`` for every notice on the control channel, until ``stop`` is set.
+
+    Reconnects after ``retry_interval_s`` when Redis is away; never raises for Redis errors.
+    """
+    from redis import asyncio as aioredis
+    from redis.exceptions import RedisError
+
+    channel = control_channel(redis)
+    stop = stop or asyncio.Event()
+    while not stop.is_set():
+        client = aioredis.Redis.from_url(redis.url, **(_client_kwargs(redis) | {"socket_timeout": None}))
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(channel)
+            log.info("listening for model changes", extra={"channel": channel})
+            while not stop.is_set():
+                message = await pubsub.get_message(timeout=1.0)
+                if message is None:
+                    continue
+                try:
+                    notice = json.loads(message["data"])
+                except (TypeError, ValueError):
+                    log.warning("ignored a malformed control notice", extra={"channel": channel})
+                    continue
+                if isinstance(notice, dict) and notice.get("event") == "models-changed":
+                    await on_change(notice)
+        except (RedisError, OSError) as exc:
+            log.warning("control channel unavailable; retrying", extra={"error": str(exc),
+                                                                        "retry_in_s": redis.retry_interval_s})
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=redis.retry_interval_s)
+            except TimeoutError:
+                pass
+        finally:
+            try:
+                await pubsub.aclose()
+                await client.aclose()
+            except (RedisError, OSError):
+                pass
