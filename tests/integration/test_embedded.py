@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable
 
@@ -13,6 +12,7 @@ from kafka.structs import TopicPartition
 from pipeline.embedded import (
     EmbeddedBroker,
     EmbeddedS3,
+    moto_server_binary,
     ServiceStartError,
     create_topics,
     wait_for_topics,
@@ -137,7 +137,7 @@ def test_broker_that_cannot_start_raises_with_its_log(tansu_binary: str) -> None
     broker.stop()
 
 
-@pytest.mark.skipif(shutil.which("moto_server") is None, reason="persistent storage needs moto_server (S3)")
+@pytest.mark.skipif(moto_server_binary() is None, reason="persistent storage needs moto_server (S3)")
 def test_restart_on_s3_storage_keeps_records_and_committed_offsets(
     tansu_binary: str, unique_name: Callable[[str], str]
 ) -> None:
