@@ -146,8 +146,52 @@ def register_agents(app: faust.App, settings: Settings) -> WorkerState:
                                       "cache_hits": stats.cache_hits, "dead_letters": stats.dead_letters,
                                       "stage_ms": {k: round(v * 1000, 1) for k, v in stats.stage_seconds.items()}})
 
+    if settings.feedback.enabled:
+        _register_feedback(app, settings, state)
     _register_reloads(app, settings, state)
     return state
+
+
+def _register_feedback(app: faust.App, settings: Settings, state: WorkerState) -> None:
+    """Moderator verdicts: valid ones appended (and fsynced) to the feedback store, bad ones to the DLQ;
+    the batch is acked only after both."""
+    from pipeline.feedback import FeedbackStore
+    from pipeline.schemas import DeadLetter, InvalidMessage, decode_feedback
+
+    topics = settings.topics
+    feedback = app.topic(topics.feedback, value_type=bytes, key_type=bytes, value_serializer="raw",
+                         key_serializer="raw", partitions=topics.partitions)
+    store = FeedbackStore(settings.feedback.store)
+    publisher = FaustPublisher(app)
+
+    @app.agent(feedback, name="collect_feedback")
+    async def collect_feedback(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(settings.feedback.max_batch, within=1.0):
+            good, letters = [], []
+            for e in events:
+                m = e.message
+                try:
+                    good.append(decode_feedback(m.value, settings.batching.max_message_bytes))
+                except InvalidMessage as err:
+                    letters.append(DeadLetter.from_invalid(err, m.value, m.topic, m.partition, m.offset))
+            attempt = 0
+            while True:  # never ack a batch that is not stored: retry until the disk or broker is back
+                attempt += 1
+                try:
+                    if good:
+                        await asyncio.get_running_loop().run_in_executor(None, store.append, good)
+                    futures = [await publisher.send(topics.dlq, None, d.value or b"", d.to_headers()) for d in letters]
+                    await asyncio.gather(*futures)
+                    break
+                except (OSError, KafkaError) as exc:
+                    delay = min(30.0, 0.5 * 2 ** min(attempt, 6))
+                    log.error("feedback batch not stored; retrying", extra={"error": repr(exc), "retry_in_s": delay})
+                    await asyncio.sleep(delay)
+            state.metrics.feedback.labels(outcome="stored").inc(len(good))
+            state.metrics.feedback.labels(outcome="dead_letter").inc(len(letters))
+            for d in letters:
+                log.info("dead letter", extra={"kind": d.kind, "reason": d.reason, "topic": d.source_topic,
+                                               "partition": d.source_partition, "offset": d.source_offset})
 
 
 def _register_reloads(app: faust.App, settings: Settings, state: WorkerState) -> None:

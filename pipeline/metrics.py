@@ -58,6 +58,8 @@ class Metrics:
                                      "models kept serving).", ["outcome"], **kw)
         for outcome in ("swapped", "refused"):
             self.model_reloads.labels(outcome=outcome)
+        self.feedback = Counter("feedback", "Moderator verdicts consumed: stored, or sent to the DLQ.", ["outcome"],
+                                **kw)
         self.redis_available = Gauge("redis_available", "1 when the result cache answers, else 0.", **kw)
         self.worker_ready = Gauge("worker_ready", "1 once models are loaded and the agent consumes.", **kw)
         for decision in DECISIONS:  # present (at 0) from the first scrape, so rate() works at once

@@ -137,13 +137,12 @@ class TopicsSettings(_Group):
     flagged: str = "chat.flagged.v1"
     dlq: str = "chat.messages.dlq.v1"
     feedback: str = "chat.feedback.v1"
-    control: str = "chatmod.control.v1"
     partitions: int = Field(6, ge=1)
     replication_factor: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> TopicsSettings:
-        fields = ("messages", "moderated", "flagged", "dlq", "feedback", "control")
+        fields = ("messages", "moderated", "flagged", "dlq", "feedback")
         names = {f: getattr(self, f) for f in fields}
         for field, name in names.items():
             if not _TOPIC_NAME.match(name):
@@ -297,6 +296,14 @@ class PolicySettings(_Group):
         return self
 
 
+class FeedbackSettings(_Group):
+    """Moderator verdicts from the feedback topic, appended to a store that retraining reads."""
+
+    enabled: bool = True
+    store: Path = Path("feedback-store")  # a folder shared with the trainer (see pipeline/feedback.py)
+    max_batch: int = Field(256, ge=1)
+
+
 class WorkerSettings(_Group):
     """The Faust worker process: web server (health, metrics), logging, shutdown."""
 
@@ -332,6 +339,7 @@ class Settings(BaseSettings):
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     models: ModelsSettings = Field(default_factory=ModelsSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
+    feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
 
     def redacted(self) -> dict[str, Any]:
