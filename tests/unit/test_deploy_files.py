@@ -192,7 +192,7 @@ def test_compose_volumes_are_declared_and_bind_mounts_exist():
         for volume in service.get("volumes", []):
             source = interpolate(volume).split(":")[0]
             if source.startswith((".", "/")):
-                if name != "trainer":  # the trainer's data folder is the user's (../shared/data by default)
+                if name not in ("trainer", "retrainer"):  # their data folder is the user's (../shared/data)
                     assert (ROOT / source).exists(), f"{name}: bind mount {source} does not exist"
             else:
                 assert source in declared, f"{name}: volume {source} is not declared at the top level"
@@ -377,7 +377,7 @@ def test_worker_deployment_probes_resources_and_shutdown(monkeypatch):
         settings_field(env["name"])
     assert pod["securityContext"]["runAsNonRoot"] is True
     claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
-    assert claims == {"chatmod-model-store"}
+    assert claims == {"chatmod-model-store", "chatmod-feedback"}
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert str(settings.models.store) in mounts
     for claim in claims:
@@ -446,6 +446,20 @@ def test_cron_check_itself(expr, ok):
     assert valid_cron(expr) is ok
 
 
+def test_compose_retrainer_reads_the_workers_feedback_and_writes_their_store():
+    compose = load_compose()
+    retrainer, worker = compose["services"]["retrainer"], compose["services"]["worker"]
+    assert retrainer["profiles"] == ["train"] and retrainer["command"][:2] == ["train", "schedule"]
+    assert retrainer["build"]["args"]["CHATMOD_EXTRAS"] == "train"
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in retrainer["volumes"]}
+    worker_mounts = {v.split(":")[1]: v.split(":")[0] for v in worker["volumes"]}
+    feedback = worker["environment"]["CHATMOD_FEEDBACK_STORE"]
+    assert retrainer["environment"]["CHATMOD_FEEDBACK_STORE"] == feedback
+    assert mounts[feedback] == worker_mounts[feedback], "the retrainer must read what the workers append"
+    assert mounts["/var/lib/chatmod/model-store"] == worker_mounts["/var/lib/chatmod/model-store"]
+    assert retrainer["environment"]["CHATMOD_REDIS_URL"] == worker["environment"]["CHATMOD_REDIS_URL"]
+
+
 def test_retraining_cronjob_trains_and_promotes_into_the_shared_store():
     cron = one("CronJob", "chatmod-retrain")
     assert cron["apiVersion"] == "batch/v1"
@@ -456,14 +470,16 @@ def test_retraining_cronjob_trains_and_promotes_into_the_shared_store():
     (container,) = pod["containers"]
     assert container["image"].split(":")[0] == "chatmod-train"
     script = " ".join(container.get("command", []) + container.get("args", []))
-    assert "chatmod train all" in script and "--store" in script
+    assert "chatmod train retrain" in script and "--task" in script
+    refs = {next(iter(ref.values()))["name"] for ref in container.get("envFrom", [])}
+    assert refs == {"chatmod-config", "chatmod-secrets"}, "the workers' store, feedback folder and Redis"
     for env in container.get("env", []):
         if env["name"].startswith(ENV_PREFIX):
             settings_field(env["name"])
         else:
             assert env["name"] in {"HF_HUB_OFFLINE"}, f"unexpected variable {env['name']}"
     claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
-    assert "chatmod-model-store" in claims
+    assert {"chatmod-model-store", "chatmod-feedback"} <= claims
     for claim in claims:
         one("PersistentVolumeClaim", claim)
     store_volume = next(v["name"] for v in pod["volumes"]
