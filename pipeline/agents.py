@@ -119,6 +119,7 @@ def register_agents(app: faust.App, settings: Settings) -> WorkerState:
             loop = asyncio.get_running_loop()
             state.holder = await loop.run_in_executor(executor, ServingHolder, settings)
             state.metrics.set_models(state.holder.current.refs)
+            state.metrics.set_shadow(state.holder.current.shadow_refs)
             state.holder.on_reload(state.metrics.set_models)  # model_info follows hot reloads
             state.cache = ResultCache(settings.redis) if settings.redis.enabled else None
             state.moderator = Moderator(

@@ -304,9 +304,13 @@ def models_list() -> None:
 
     registry = open_registry(_settings())
     current = {t: registry.current(t) for t in ("toxicity", "sentiment")}
+    candidates = set(registry.candidates())
     for manifest in registry.list():
         serving = [t for t, ref in current.items() if ref == manifest.ref]
         mark = f"  <- current for {', '.join(serving)}" if serving else ""
+        if manifest.ref in candidates and not serving:
+            gate = manifest.metrics.get("retrain", {}).get("gate", {})
+            mark = "  (candidate" + (", gate refused" if gate and not gate.get("passed") else "") + ")"
         typer.echo(f"{manifest.ref:40s} {manifest.family:10s} {','.join(str(t) for t in manifest.tasks):20s}{mark}")
 
 

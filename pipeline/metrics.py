@@ -60,6 +60,14 @@ class Metrics:
             self.model_reloads.labels(outcome=outcome)
         self.feedback = Counter("feedback", "Moderator verdicts consumed: stored, or sent to the DLQ.", ["outcome"],
                                 **kw)
+        self.shadow_compared = Counter("shadow_compared", "Texts classified by both the serving and the shadow "
+                                       "model.", **kw)
+        self.shadow_agreements = Counter("shadow_agreements", "Texts where the shadow model decided as the serving "
+                                         "one (toxicity: allow/review/block; sentiment: class).", ["task"], **kw)
+        self.shadow_drift = Histogram("shadow_score_drift", "Mean |shadow - serving| probability per text.",
+                                      ["task"], buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0), **kw)
+        self.shadow_info = Gauge("shadow_model_info", "1 for the shadow model compared on each task.",
+                                 ["task", "ref"], **kw)
         self.redis_available = Gauge("redis_available", "1 when the result cache answers, else 0.", **kw)
         self.worker_ready = Gauge("worker_ready", "1 once models are loaded and the agent consumes.", **kw)
         for decision in DECISIONS:  # present (at 0) from the first scrape, so rate() works at once
@@ -87,6 +95,18 @@ class Metrics:
             self.model_latency.observe(stats.model_seconds)
         for ms in stats.latencies_ms if latencies_ms is None else latencies_ms:
             self.end_to_end_latency.observe(ms / 1000.0)
+        if stats.shadow is not None:
+            self.shadow_compared.inc(stats.shadow.compared)
+            for task, n in stats.shadow.agreements.items():
+                self.shadow_agreements.labels(task=task).inc(n)
+            for task, values in stats.shadow.drift.items():
+                for value in values:
+                    self.shadow_drift.labels(task=task).observe(value)
+
+    def set_shadow(self, refs: Mapping[str, str]) -> None:
+        self.shadow_info.clear()
+        for task, ref in refs.items():
+            self.shadow_info.labels(task=str(task), ref=ref).set(1)
 
     def set_models(self, refs: Mapping[str, str]) -> None:
         """Mark ``refs`` ({task: "name@version"}) as the serving models; earlier versions disappear."""

@@ -70,6 +70,33 @@ class BatchStats:
     dead_letter_kinds: dict[str, int] = field(default_factory=dict)  # error kind -> count
     # Kafka timestamp -> result, one per published result (replays included); this batch only.
     latencies_ms: list[float] = field(default_factory=list)
+    shadow: ShadowStats | None = None
+
+
+@dataclass
+class ShadowStats:
+    """The shadow model beside the serving one on this batch's classified texts."""
+
+    compared: int = 0
+    agreements: dict[str, int] = field(default_factory=dict)  # task -> texts where both decide the same
+    drift: dict[str, list[float]] = field(default_factory=dict)  # task -> mean |p_shadow - p_serving| per text
+
+
+def compare_shadow(serving: list[dict], shadow: list[dict], policy: Policy, shadow_policy: Policy) -> ShadowStats:
+    """Toxicity: the same decision (each model under its own thresholds); sentiment: the same class."""
+    stats = ShadowStats(compared=len(serving))
+    for main, other in zip(serving, shadow, strict=True):
+        for task, scores in other.items():
+            if task not in main:
+                continue
+            if task == Task.TOXICITY.value:
+                same = policy.decide(main[task])[0] == shadow_policy.decide(scores)[0]
+            else:
+                same = max(main[task], key=main[task].get) == max(scores, key=scores.get)
+            stats.agreements[task] = stats.agreements.get(task, 0) + int(same)
+            drift = sum(abs(scores[k] - main[task][k]) for k in scores) / max(1, len(scores))
+            stats.drift.setdefault(task, []).append(drift)
+    return stats
 
 
 @dataclass
@@ -169,6 +196,10 @@ class Moderator:
                 scores[key] = result
                 cache_writes[key] = json.dumps(result, separators=(",", ":")).encode()
             stats.classified = len(todo)
+            shadow = getattr(clf, "shadow", None)
+            if shadow is not None:  # after the serving model: the shadow never delays a decision's inputs
+                shadowed = await loop.run_in_executor(self.executor, shadow.predict, texts)
+                stats.shadow = compare_shadow(predicted, shadowed, policy, shadow.policy)
 
         now = time.time()
         built: dict[str, tuple[bytes, str]] = {}  # message key -> (value, decision): one result per id

@@ -41,6 +41,11 @@ class Serving:
     models: ModelSet
     policy: Policy
     casefold: bool
+    shadow: Serving | None = None  # a candidate compared on live traffic; never decides
+
+    @property
+    def shadow_refs(self) -> dict[str, str]:
+        return self.shadow.refs if self.shadow is not None else {}
 
     @property
     def refs(self) -> dict[str, str]:
@@ -55,11 +60,21 @@ def load_serving(settings: Settings, registry: ModelRegistry | None = None) -> S
     tasks = [Task(t) for t in settings.models.tasks]
     if Task.TOXICITY not in tasks:
         raise ValueError("the toxicity task is required: decisions are made from its scores")
-    paths = {task: registry.current_path(task) for task in tasks}
+    serving = _serving({task: registry.current_path(task) for task in tasks}, settings)
+    if settings.models.shadow:
+        manifest, folder = registry.get(settings.models.shadow)
+        shadow_tasks = [t for t in tasks if t in manifest.tasks]
+        if Task.TOXICITY not in shadow_tasks:
+            raise ValueError(f"shadow model {settings.models.shadow} has no toxicity head to compare decisions")
+        serving = Serving(serving.models, serving.policy, serving.casefold,
+                          shadow=_serving(dict.fromkeys(shadow_tasks, folder), settings))
+    return serving
+
+
+def _serving(paths: dict[Task, Path], settings: Settings) -> Serving:
     model_set = ModelSet(paths, backend=settings.models.backend, threads=settings.models.threads)
     manifests = model_set.manifests
-    head = manifests[Task.TOXICITY].head(Task.TOXICITY)
-    policy = Policy.from_heads(head, settings.policy)
+    policy = Policy.from_heads(manifests[Task.TOXICITY].head(Task.TOXICITY), settings.policy)
     return Serving(model_set, policy, casefold=all(m.lowercase for m in manifests.values()))
 
 

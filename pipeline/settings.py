@@ -240,6 +240,9 @@ class ModelsSettings(_Group):
     threads: int | None = Field(None, ge=1)
     # Re-read the registry this often (0: only on control notices); covers notices missed while Redis was away.
     reload_poll_s: float = Field(30.0, ge=0)
+    # A candidate ("name@version") run beside the current models on live traffic; its results only feed
+    # the chatmod_shadow_* metrics (agreement, score drift), never a decision.
+    shadow: str | None = None
     tasks: Annotated[list[Task], NoDecode] = Field(default_factory=lambda: [Task.TOXICITY, Task.SENTIMENT])
 
     @field_validator("tasks", mode="before")
