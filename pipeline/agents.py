@@ -112,24 +112,27 @@ def register_agents(app: faust.App, settings: Settings) -> WorkerState:
         state.consuming = True
         state.refresh_gauges()
 
+    starting = asyncio.Lock()  # the actors start together: one of them loads the models, the others wait
+
     async def start() -> Moderator:
-        if state.moderator is None:
-            for topic in outputs:
-                await topic.maybe_declare()
-            loop = asyncio.get_running_loop()
-            state.holder = await loop.run_in_executor(executor, ServingHolder, settings)
-            state.metrics.set_models(state.holder.current.refs)
-            state.metrics.set_shadow(state.holder.current.shadow_refs)
-            state.holder.on_reload(state.metrics.set_models)  # model_info follows hot reloads
-            state.cache = ResultCache(settings.redis) if settings.redis.enabled else None
-            state.moderator = Moderator(
-                settings, classifier=lambda: state.holder.current, cache=state.cache,
-                policy=lambda: state.holder.current.policy, publisher=FaustPublisher(app), executor=executor,
-                dlq_limiter=RateLimiter(batching.dlq_max_per_s),
-            )
-            state.models_loaded = True
-            state.refresh_gauges()
-            log.info("worker ready", extra={"models": state.holder.current.refs, "topic": topics.messages})
+        async with starting:
+            if state.moderator is None:
+                for topic in outputs:
+                    await topic.maybe_declare()
+                loop = asyncio.get_running_loop()
+                state.holder = await loop.run_in_executor(executor, ServingHolder, settings)
+                state.metrics.set_models(state.holder.current.refs)
+                state.metrics.set_shadow(state.holder.current.shadow_refs)
+                state.holder.on_reload(state.metrics.set_models)  # model_info follows hot reloads
+                state.cache = ResultCache(settings.redis) if settings.redis.enabled else None
+                state.moderator = Moderator(
+                    settings, classifier=lambda: state.holder.current, cache=state.cache,
+                    policy=lambda: state.holder.current.policy, publisher=FaustPublisher(app), executor=executor,
+                    dlq_limiter=RateLimiter(batching.dlq_max_per_s),
+                )
+                state.models_loaded = True
+                state.refresh_gauges()
+                log.info("worker ready", extra={"models": state.holder.current.refs, "topic": topics.messages})
         return state.moderator
 
     # Several actors share the topic's events, each taking its own batches: while one batch is in the model,

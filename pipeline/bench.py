@@ -118,12 +118,14 @@ class E2EResult:
 class _Reader(threading.Thread):
     """Reads the moderated topic from the end it was at when started; records when each id came back."""
 
-    def __init__(self, bootstrap: str, topic: str):
+    def __init__(self, bootstrap: str, topic: str, fetch_max_wait_ms: int):
         super().__init__(name="chatmod-bench-reader", daemon=True)
         from kafka import KafkaConsumer, TopicPartition
 
+        # tansu holds every fetch for the full wait: short for latency runs (the wait adds to what is measured),
+        # long for throughput runs, where a busy reader would take CPU from the worker it measures.
         self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                      fetch_max_wait_ms=10, max_poll_records=5000)
+                                      fetch_max_wait_ms=fetch_max_wait_ms, max_poll_records=5000)
         self.tps = [TopicPartition(topic, p) for p in sorted(self.consumer.partitions_for_topic(topic) or ())]
         self.consumer.assign(self.tps)
         self.consumer.seek_to_end(*self.tps)
@@ -189,7 +191,7 @@ def run_workload(stack_bootstrap: str, topics, texts: list[str], name: str, rate
                  json.dumps({"id": f"bench-{run_id}-{i:06d}", "text": t, "channel": f"ch{i % 16}"}).encode())
                 for i, t in enumerate(texts)]
     ids = {msg_id for msg_id, _ in payloads}
-    reader = _Reader(stack_bootstrap, topics.moderated)
+    reader = _Reader(stack_bootstrap, topics.moderated, fetch_max_wait_ms=10 if rate else 250)
     reader.start()
     sent_at: dict[str, float] = {}
     try:

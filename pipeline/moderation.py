@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from pipeline.settings import Settings
 from pipeline.textnorm import content_key, message_key, normalise_text
 
 log = logging.getLogger("chatmod.moderation")
+RECENT_SCORES = 4096  # content keys whose scores a worker keeps in memory (a few MB)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +127,10 @@ class Moderator:
         self.topics = settings.topics
         self.ttl_s = settings.redis.ttl_s
         self.prefix = settings.redis.key_prefix
+        self._inflight: dict[str, asyncio.Future] = {}  # content key -> scores, while a batch classifies it
+        # The scores this worker computed last: a text classified a moment ago by a concurrent batch whose
+        # cache write has not landed yet is taken from here, so this worker scores it once and only once.
+        self._recent: OrderedDict[str, dict] = OrderedDict()
 
     async def handle(self, records: Sequence[InRecord]) -> BatchStats:
         stats = BatchStats(received=len(records))
@@ -144,8 +150,22 @@ class Moderator:
 
         outputs: list[tuple[str, bytes, bytes, list | None]] = []  # topic, key, value, headers
         cache_writes: dict[str, bytes] = {}
+        owned: dict[str, asyncio.Future] = {}  # texts this batch classifies, shared with concurrent batches
+        try:
+            return await self._handle(pending, dead, clf, policy, stats, outputs, cache_writes, owned)
+        finally:
+            # Texts stay "in flight" until their scores are in the cache, so that no batch looking them up in
+            # between classifies them a second time; on failure, batches waiting on them fail and retry.
+            for key, future in owned.items():
+                if not future.done():
+                    future.set_exception(RuntimeError("the batch classifying this text did not finish"))
+                if self._inflight.get(key) is future:
+                    del self._inflight[key]
+
+    async def _handle(self, pending: list[_Pending], dead: list, clf: Classifier, policy: Policy, stats: BatchStats,
+                      outputs: list, cache_writes: dict[str, bytes], owned: dict[str, asyncio.Future]) -> BatchStats:
         if pending:
-            await self._moderate(pending, clf, policy, stats, outputs, cache_writes)
+            await self._moderate(pending, clf, policy, stats, outputs, cache_writes, owned)
         for rec, err in dead:
             letter = DeadLetter.from_invalid(err, rec.value, rec.topic, rec.partition, rec.offset)
             outputs.append((self.topics.dlq, None, rec.value or b"", letter.to_headers()))
@@ -167,7 +187,7 @@ class Moderator:
         return stats
 
     async def _moderate(self, pending: list[_Pending], clf: Classifier, policy: Policy, stats: BatchStats,
-                        outputs: list, cache_writes: dict[str, bytes]) -> None:
+                        outputs: list, cache_writes: dict[str, bytes], owned: dict[str, asyncio.Future]) -> None:
         keys = [p.message_key for p in pending] + [p.content_key for p in pending]
         started = time.perf_counter()
         found = await self.cache.get_many(keys) if self.cache is not None else [None] * len(keys)
@@ -181,13 +201,35 @@ class Moderator:
                 replay[i] = by_message[i]
             elif by_content[i] is not None and p.content_key not in scores:
                 scores[p.content_key] = json.loads(by_content[i])
+        for p in pending:
+            if p.content_key not in scores and p.content_key in self._recent:
+                scores[p.content_key] = self._recent[p.content_key]
         cached_keys = set(scores)
-        todo = sorted({p.content_key: p.text for i, p in enumerate(pending)
-                       if i not in replay and p.content_key not in scores}.items())
+        misses = sorted({p.content_key: p.text for i, p in enumerate(pending)
+                         if i not in replay and p.content_key not in scores}.items())
+        # Single flight: a text another in-flight batch is classifying right now is awaited, not classified
+        # again. The scores then match whatever the cache will hold (int8 scores move a little with a
+        # text's batch neighbours), and the model does the work once.
+        borrowed = {key: self._inflight[key] for key, _ in misses if key in self._inflight}
+        todo = [(key, text) for key, text in misses if key not in borrowed]
         if todo:
+            await self._classify(todo, clf, policy, stats, scores, cache_writes, owned)
+        for key, shared in borrowed.items():
+            scores[key] = await asyncio.shield(shared)
+        self._finish_results(pending, replay, scores, cached_keys, clf, policy, stats, outputs, cache_writes)
+
+    async def _classify(self, todo: list[tuple[str, str]], clf: Classifier, policy: Policy, stats: BatchStats,
+                        scores: dict, cache_writes: dict[str, bytes], shared: dict[str, asyncio.Future]) -> None:
+        """Run the model on ``todo`` (content key, text), publishing each result to batches waiting on it."""
+        loop = asyncio.get_running_loop()
+        for key, _ in todo:
+            shared[key] = loop.create_future()
+            # a failure nobody awaited must not be reported as "exception never retrieved"
+            shared[key].add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._inflight.update(shared)
+        try:
             texts = [text for _, text in todo]
             started = time.perf_counter()
-            loop = asyncio.get_running_loop()
             predicted = await loop.run_in_executor(self.executor, clf.predict, texts)
             stats.model_seconds = stats.stage_seconds["model"] = time.perf_counter() - started
             if len(predicted) != len(texts):
@@ -195,12 +237,24 @@ class Moderator:
             for (key, _), result in zip(todo, predicted):
                 scores[key] = result
                 cache_writes[key] = json.dumps(result, separators=(",", ":")).encode()
+                shared[key].set_result(result)
+                self._recent[key] = result
+            while len(self._recent) > RECENT_SCORES:
+                self._recent.popitem(last=False)
             stats.classified = len(todo)
             shadow = getattr(clf, "shadow", None)
             if shadow is not None:  # after the serving model: the shadow never delays a decision's inputs
                 shadowed = await loop.run_in_executor(self.executor, shadow.predict, texts)
                 stats.shadow = compare_shadow(predicted, shadowed, policy, shadow.policy)
+        except BaseException as exc:
+            for future in shared.values():
+                if not future.done():
+                    future.set_exception(RuntimeError(f"the batch classifying this text failed: {exc!r}"))
+            raise
 
+    def _finish_results(self, pending: list[_Pending], replay: dict[int, bytes], scores: dict, cached_keys: set,
+                        clf: Classifier, policy: Policy, stats: BatchStats, outputs: list,
+                        cache_writes: dict[str, bytes]) -> None:
         now = time.time()
         built: dict[str, tuple[bytes, str]] = {}  # message key -> (value, decision): one result per id
         for i, p in enumerate(pending):

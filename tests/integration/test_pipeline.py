@@ -125,7 +125,9 @@ def test_redis_down_keeps_moderating_uncached_then_reuses_the_cache(broker, tiny
             produce(broker.bootstrap, topic_in, [message(i, f"before {i % 20}") for i in range(100)])
             read_topic(broker.bootstrap, topic_out, lambda rs: len(results_by_id(rs)) >= 100, 90, worker)
             redis_server.stop()
-            produce(broker.bootstrap, topic_in, [message(100 + i, f"before {i % 20}") for i in range(100)])
+            # texts the worker has not seen: with Redis down every one needs the model (recently scored
+            # texts would still come from the worker's own memory)
+            produce(broker.bootstrap, topic_in, [message(100 + i, f"during the outage {i}") for i in range(100)])
             out = read_topic(broker.bootstrap, topic_out, lambda rs: len(results_by_id(rs)) >= 200, 60, worker)
             down = [results_by_id(out)[str(100 + i)][0] for i in range(100)]
             assert not any(r["cached"] for r in down), "with Redis down nothing can come from the cache"
@@ -135,9 +137,13 @@ def test_redis_down_keeps_moderating_uncached_then_reuses_the_cache(broker, tiny
             read_topic(broker.bootstrap, topic_out, lambda rs: len(results_by_id(rs)) >= 250, 60, worker)
             produce(broker.bootstrap, topic_in, [message(300 + i, f"after {i % 10}") for i in range(50)])
             out = read_topic(broker.bootstrap, topic_out, lambda rs: len(results_by_id(rs)) >= 300, 60, worker)
+            import redis as redis_lib
+
+            keys = redis_lib.Redis.from_url(redis_server.url).keys(f"{env['CHATMOD_REDIS_KEY_PREFIX']}*")
         by_id = results_by_id(out)
         assert len(by_id) == 300, worker.log_tail()
-        assert all(by_id[str(300 + i)][0]["cached"] for i in range(50)), "the cache is used again once Redis is back"
+        assert all(by_id[str(300 + i)][0]["cached"] for i in range(50)), "repeats are served without the model"
+        assert len(keys) >= 100, "scores and results are written to Redis again once it is back"
         log = worker.log_path.read_text()
         assert "unavailable" in log.lower() or "down" in log.lower(), "the outage must be logged"
 
