@@ -81,13 +81,22 @@ def unique_texts(n: int, seed: int) -> list[str]:
     return out
 
 
-def workload(n: int, repeat_fraction: float, seed: int) -> list[str]:
+def fresh_texts(n: int, seed: int, exclude: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """``n`` distinct texts, none of them in ``exclude`` (a worker remembers the scores it computed last,
+    so a workload that is to be new must not reuse an earlier workload's texts)."""
+    texts = [t for t in unique_texts(min(n + len(exclude) + 1000, MAX_TEXTS), seed) if t not in exclude]
+    if len(texts) < n:
+        raise ValueError(f"cannot make {n} texts that avoid the {len(exclude)} given")
+    return texts[:n]
+
+
+def workload(n: int, repeat_fraction: float, seed: int, exclude: set[str] | frozenset[str] = frozenset()) -> list[str]:
     """``n`` texts in which ``repeat_fraction`` of them repeat a text sent earlier in the same list
-    (chat is repetitive: copypasta, emotes, bots); the rest are distinct."""
+    (chat is repetitive: copypasta, emotes, bots); the rest are distinct and not in ``exclude``."""
     if not 0.0 <= repeat_fraction < 1.0:
         raise ValueError(f"repeat_fraction must be in [0, 1), got {repeat_fraction}")
     rng = random.Random(seed + 1)
-    fresh = iter(unique_texts(n, seed))
+    fresh = iter(fresh_texts(n, seed, exclude))
     out: list[str] = []
     for i in range(n):
         if i >= 100 and rng.random() < repeat_fraction:
@@ -280,7 +289,8 @@ def end_to_end(store: Path | None, n: int, threads: int, max_batch: int, seed: i
         flush = redis.Redis.from_url(stack.redis_url).flushdb  # each workload starts with an empty Redis
         warm_up = [f"warming up {text}" for text in unique_texts(WARMUP_MESSAGES, seed + 99)]  # none reused later
         run_workload(stack.bootstrap, topics, warm_up, "warm-up", None)
-        plans = [("unique", workload(n, 0.0, seed), None), ("50% repeats", workload(n, 0.5, seed + 7), None)]
+        unique = workload(n, 0.0, seed)
+        plans = [("unique", unique, None), ("50% repeats", workload(n, 0.5, seed + 7, exclude=set(unique)), None)]
         results: list[E2EResult] = []
         for name, texts, rate in plans:
             flush()  # each workload starts from an empty cache
@@ -291,9 +301,8 @@ def end_to_end(store: Path | None, n: int, threads: int, max_batch: int, seed: i
         flush()
         say(f"latency at a fixed load: {rate:.0f} msgs/s for {seconds:.0f} s (unique texts)")
         used = {text for _, texts, _ in plans for text in texts}  # the worker remembers recent scores
-        n_fixed = int(rate * seconds)
-        fresh = [t for t in unique_texts(min(n_fixed + len(used) + 1000, MAX_TEXTS), seed + 13) if t not in used]
-        results.append(run_workload(stack.bootstrap, topics, fresh[:n_fixed], "fixed load", rate, progress))
+        results.append(run_workload(stack.bootstrap, topics, fresh_texts(int(rate * seconds), seed + 13, used),
+                                    "fixed load", rate, progress))
         out["runs"] = [r.__dict__ for r in results]
         out["worker_memory"] = _rss_mb(worker.pid) if worker.pid else {}
         if not worker.alive:
