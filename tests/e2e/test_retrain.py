@@ -48,6 +48,7 @@ def _base_examples() -> list[dict]:
 
 def _first_model(root: Path, base: list[dict]) -> ModelRegistry:
     """A tiny model trained on the base data plus '<slur>' texts labeled harmless, current in a new store."""
+    import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from training.distill import TrainConfig, train
@@ -60,7 +61,13 @@ def _first_model(root: Path, base: list[dict]) -> ModelRegistry:
     mistaken = [{"text": TEMPLATES[i % len(TEMPLATES)].format(NEW_SLUR), "labels": _labels(0)} for i in range(60)]
     examples = [example_from_labels(r["text"], r["labels"], "base") for r in base + mistaken]
     heads = contract_heads(["toxicity", "sentiment"])
-    train(model, heads, examples, tokenizer, TrainConfig(epochs=25, lr=3e-3, batch_size=16, seed=1, log_every=1000))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same numbers whatever ran before in this process (retrain runs with 1 too)
+    try:
+        train(model, heads, examples, tokenizer, TrainConfig(epochs=25, lr=3e-3, batch_size=16, seed=1,
+                                                             log_every=1000))
+    finally:
+        torch.set_num_threads(threads)
     model.save_pretrained(root / "trained")
     tokenizer.save_pretrained(root / "trained")
     build_artifact(root / "trained", root / "artifact", name="tiny-chat", version="1", heads=heads,
@@ -127,7 +134,7 @@ def test_feedback_fixes_a_systematic_error_passes_the_gate_and_a_running_worker_
         dead = read_topic(env["CHATMOD_KAFKA_BOOTSTRAP"], env["CHATMOD_TOPICS_DLQ"], lambda rs: len(rs) >= 2, 30)
         assert {r.value for r in dead} == set(bad_records), "malformed feedback goes to the DLQ"
 
-        done = _retrain(env, tmp_path, "--epochs", "10", "--lr", "2e-3")
+        done = _retrain(env, tmp_path, "--epochs", "20", "--lr", "5e-4", "--feedback-weight", "6")
         assert done.returncode == 0, done.stdout + done.stderr
         assert "gate passed" in done.stdout and "1 running worker(s) notified" in done.stdout, done.stdout
         report = json.loads((tmp_path / "run" / "retrain_report.json").read_text())
