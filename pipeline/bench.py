@@ -238,7 +238,7 @@ def run_workload(stack_bootstrap: str, topics, texts: list[str], name: str, rate
     )
 
 
-def _rss_mb(pid: int) -> dict[str, float]:
+def rss_mb(pid: int) -> dict[str, float]:
     """Resident memory of a process now and at its peak (Linux /proc), in MB."""
     out = {}
     with contextlib.suppress(OSError):
@@ -304,7 +304,7 @@ def end_to_end(store: Path | None, n: int, threads: int, max_batch: int, seed: i
         results.append(run_workload(stack.bootstrap, topics, fresh_texts(int(rate * seconds), seed + 13, used),
                                     "fixed load", rate, progress))
         out["runs"] = [r.__dict__ for r in results]
-        out["worker_memory"] = _rss_mb(worker.pid) if worker.pid else {}
+        out["worker_memory"] = rss_mb(worker.pid) if worker.pid else {}
         if not worker.alive:
             raise RuntimeError(worker.exit_message())
     return out

@@ -52,11 +52,8 @@ def _make_client(settings: RedisSettings) -> Redis:
         "max_connections": settings.max_connections,
         "timeout": settings.socket_timeout_s,  # wait for a free pooled connection at most this long
         "decode_responses": False,
+        **settings.credential_kwargs(),
     }
-    if settings.password is not None:
-        kwargs["password"] = settings.password.get_secret_value()
-    if settings.ssl_cafile is not None:
-        kwargs["ssl_ca_certs"] = str(settings.ssl_cafile)
     pool = BlockingConnectionPool.from_url(settings.url, **kwargs)
     client = Redis(connection_pool=pool)
     client.auto_close_connection_pool = True

@@ -28,13 +28,8 @@ def control_channel(redis: RedisSettings) -> str:
 
 
 def _client_kwargs(redis: RedisSettings) -> dict:
-    kwargs: dict = {"socket_timeout": max(2.0, redis.socket_timeout_s),
-                    "socket_connect_timeout": max(2.0, redis.socket_timeout_s)}
-    if redis.password is not None:
-        kwargs["password"] = redis.password.get_secret_value()
-    if redis.ssl_cafile is not None:
-        kwargs["ssl_ca_certs"] = str(redis.ssl_cafile)
-    return kwargs
+    timeout = max(2.0, redis.socket_timeout_s)  # a control call is rare: no need for the hot path's short fuse
+    return {"socket_timeout": timeout, "socket_connect_timeout": timeout, **redis.credential_kwargs()}
 
 
 def announce_models_changed(redis: RedisSettings, refs: dict[str, str | None], reason: str) -> int | None:

@@ -174,6 +174,15 @@ class RedisSettings(_Group):
     ssl_cafile: Path | None = None
     enabled: bool = True
 
+    def credential_kwargs(self) -> dict[str, str]:
+        """Password and TLS CA for any redis-py client built from these settings."""
+        out = {}
+        if self.password is not None:
+            out["password"] = self.password.get_secret_value()
+        if self.ssl_cafile is not None:
+            out["ssl_ca_certs"] = str(self.ssl_cafile)
+        return out
+
     @field_validator("url")
     @classmethod
     def _check_url(cls, value: str) -> str:

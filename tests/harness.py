@@ -187,3 +187,12 @@ def metric_samples(text: str) -> dict[tuple[str, frozenset], float]:
     """{(sample name, labels): value} from a Prometheus exposition."""
     return {(s.name, frozenset(s.labels.items())): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def wait_for_log(worker: WorkerProcess, mark: str, count: int = 1, timeout_s: float = 30) -> None:
+    """Block until ``mark`` appears ``count`` times in the worker's log."""
+    deadline = time.monotonic() + timeout_s
+    while worker.log_path.read_text(errors="replace").count(mark) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {mark!r} in the worker log\n{worker.log_tail()}")
+        time.sleep(0.2)

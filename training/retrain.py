@@ -137,7 +137,8 @@ def feedback_accuracy(logits: np.ndarray, head: Head, examples: Sequence[Example
     probs = head_probabilities(head, logits)
     if head.problem_type == ProblemType.SINGLE_LABEL:
         return float(np.mean(probs.argmax(1) == np.array([ex.sentiment for ex in examples])))
-    thresholds = np.array([served_head(head).thresholds[label] for label in head.labels])
+    served = served_head(head)
+    thresholds = np.array([served.thresholds[label] for label in head.labels])
     decided = probs >= thresholds
     targets = np.array([ex.toxicity for ex in examples])
     known = targets != MASK

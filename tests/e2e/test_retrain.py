@@ -16,7 +16,7 @@ import pytest
 from models.registry import ModelRegistry
 from pipeline.embedded import create_topics
 from pipeline.feedback import FeedbackStore
-from tests.harness import ROOT, WorkerProcess, message, produce, read_topic, results_by_id, worker_env
+from tests.harness import ROOT, WorkerProcess, message, produce, read_topic, results_by_id, wait_for_log, worker_env
 from tests.tiny_models import contract_heads, save_tiny_hf_model
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -143,9 +143,7 @@ def test_feedback_fixes_a_systematic_error_passes_the_gate_and_a_running_worker_
         assert registry.current("toxicity") == report["candidate"] == "tiny-chat@2"
         assert registry.current("sentiment") == "tiny-chat@1", "only the retrained task is promoted"
 
-        deadline = time.monotonic() + 30
-        while '"outcome": "swapped"' not in worker.log_path.read_text() and time.monotonic() < deadline:
-            time.sleep(0.3)
+        wait_for_log(worker, '"outcome": "swapped"')
         after = _moderate(env, worker, [(f"after-{i}", t) for i, t in enumerate(probes)], len(probes))
     assert after["after-0"]["models"]["toxicity"] == "tiny-chat@2"
     assert after["after-0"]["decision"] != "allow" and after["after-1"]["decision"] != "allow", "the error is fixed"

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
+from pipeline.bench import rss_mb
 from pipeline.childproc import free_port
 from pipeline.embedded import EmbeddedBroker, EmbeddedS3, create_topics, moto_server_binary
 from tests.harness import (WorkerProcess, message, metric_samples, produce, read_topic, results_by_id,
@@ -29,13 +29,6 @@ def _assert_complete(records: list, ids: set[str], worker: WorkerProcess) -> Non
     assert not missing, f"{len(missing)} of {len(ids)} lost, e.g. {sorted(missing)[:5]}\n{worker.log_tail()}"
     for values in by_id.values():
         assert all(v == values[0] for v in values), "a redelivered message must get the identical result"
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024.0
-    raise AssertionError("no VmRSS")
 
 
 @pytest.mark.skipif(moto_server_binary() is None, reason="a broker that keeps its data over a restart needs "
@@ -105,12 +98,12 @@ def test_poison_at_volume_every_good_message_moderated_every_bad_one_in_the_dlq_
         produce(broker.bootstrap, topic_in, values[: len(values) // 4])
         read_topic(broker.bootstrap, env["CHATMOD_TOPICS_MODERATED"],
                    lambda rs: len(results_by_id(rs)) >= n // 4, 120, worker)
-        rss_early = _rss_mb(worker.proc.pid)
+        rss_early = rss_mb(worker.proc.pid)["rss_mb"]
         produce(broker.bootstrap, topic_in, values[len(values) // 4:])
         out = read_topic(broker.bootstrap, env["CHATMOD_TOPICS_MODERATED"],
                          lambda rs: len(results_by_id(rs)) >= n, 180, worker)
         dead = read_topic(broker.bootstrap, env["CHATMOD_TOPICS_DLQ"], lambda rs: len(rs) >= n, 60, worker)
-        rss_late = _rss_mb(worker.proc.pid)
+        rss_late = rss_mb(worker.proc.pid)["rss_mb"]
     _assert_complete(out, {f"g{i}" for i in range(n)}, worker)
     assert len({r.value for r in dead}) == n, "every malformed record reaches the DLQ, once"
     reasons = [dict(r.headers).get("chatmod.error.reason", b"") for r in dead]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from pipeline.childproc import free_port
 from pipeline.control import announce_models_changed
 from pipeline.embedded import create_topics
 from pipeline.settings import RedisSettings
-from tests.harness import (ROOT, WorkerProcess, message, metric_samples, produce, read_topic, results_by_id,
+from tests.harness import (ROOT, WorkerProcess, wait_for_log, message, metric_samples, produce, read_topic, results_by_id,
                            wait_http_status, worker_env)
 from tests.tiny_models import build_tiny_artifact
 
@@ -42,14 +41,6 @@ def _moderate(env: dict, worker: WorkerProcess, tag: str, seen: int) -> list[dic
     return [by_id[f"{tag}-{i}"][0] for i in range(len(TEXTS))]
 
 
-def _wait_for_log(worker: WorkerProcess, mark: str, count: int, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while worker.log_path.read_text(errors="replace").count(mark) < count:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {mark!r} in the worker log\n{worker.log_tail()}")
-        time.sleep(0.2)
-
-
 def test_promote_switches_a_running_worker_and_a_corrupt_artifact_is_refused(broker, redis_url, topic_prefix,
                                                                             tmp_path):
     registry = _store(tmp_path)
@@ -60,7 +51,7 @@ def test_promote_switches_a_running_worker_and_a_corrupt_artifact_is_refused(bro
     metrics_url = f"http://127.0.0.1:{port}/metrics"
     with WorkerProcess(env, tmp_path / "worker.log") as worker:
         wait_http_status(f"http://127.0.0.1:{port}/ready", 200, 60, worker)
-        _wait_for_log(worker, "listening for model changes", 1)
+        wait_for_log(worker, "listening for model changes", 1)
         before = _moderate(env, worker, "before", 0)
         assert {r["models"]["toxicity"] for r in before} == {"tiny-distilbert@1"}
 
@@ -68,7 +59,7 @@ def test_promote_switches_a_running_worker_and_a_corrupt_artifact_is_refused(bro
                                   cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
         assert promoted.returncode == 0, promoted.stderr
         assert "1 running worker(s) notified" in promoted.stdout
-        _wait_for_log(worker, '"outcome": "swapped"', 1)
+        wait_for_log(worker, '"outcome": "swapped"', 1)
         after = _moderate(env, worker, "after", len(TEXTS))
         assert {r["models"]["toxicity"] for r in after} == {"tiny-distilbert@2"}
         assert [r["toxicity"] for r in after] != [r["toxicity"] for r in before]  # really another model
@@ -83,7 +74,7 @@ def test_promote_switches_a_running_worker_and_a_corrupt_artifact_is_refused(bro
         weights.write_bytes(weights.read_bytes()[:-64] + b"\0" * 64)
         redis = RedisSettings(url=redis_url, key_prefix=env["CHATMOD_REDIS_KEY_PREFIX"])
         assert announce_models_changed(redis, {"toxicity": "tiny-distilbert@3"}, "test: broken rollout") == 1
-        _wait_for_log(worker, '"outcome": "refused"', 1)
+        wait_for_log(worker, '"outcome": "refused"', 1)
         assert "checksum" in worker.log_path.read_text()
         still = _moderate(env, worker, "still", 2 * len(TEXTS))
         assert {r["models"]["toxicity"] for r in still} == {"tiny-distilbert@2"}  # the previous model serves on
