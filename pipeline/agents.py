@@ -12,7 +12,6 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -69,7 +68,6 @@ class WorkerState:
     models_loaded: bool = False
     consuming: bool = False  # the consumer group has assigned partitions (possibly none) and streams resumed
     metrics: Metrics = field(default_factory=Metrics)
-    reload_models: Callable[[str], Awaitable[str]] | None = None  # set by the agents' registration
 
     @property
     def ready(self) -> bool:
@@ -213,8 +211,6 @@ def _register_reloads(app: faust.App, settings: Settings, state: WorkerState) ->
             log.info("model reload", extra={"outcome": outcome, "reason": reason,
                                             "serving": state.holder.current.refs})
         return outcome
-
-    state.reload_models = reload_models
 
     if settings.redis.enabled:
         @app.task
