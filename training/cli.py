@@ -144,12 +144,13 @@ def promote(artifact: Annotated[Path, typer.Argument(help="Artifact folder to re
 def all_(out: Annotated[Path, typer.Option(help="Run folder (resumable).")] = Path("runs/latest"),
          store: Annotated[Path | None, typer.Option(help="Model store to register into.")] = Path("model-store"),
          task: TasksOpt = ["all"], data_root: DataOpt = None, base: str = "minilm",
-         teacher_epochs: float = 1.0, student_epochs: float = 1.0, seed: int = 13, threads: int | None = None) -> None:
+         teacher_epochs: float = 2.0, student_epochs: float = 1.0, teacher_lr: float = 1e-4, student_lr: float = 1e-4,
+         seed: int = 13, threads: int | None = None) -> None:
     """The whole recipe: teacher, both students, evaluation, export, registration, default choice."""
     from training.train_all import run_all
 
-    cfg = _cfg(task, data_root, student_epochs, 32, 1e-4, 96, seed, threads)
-    teacher_cfg = _cfg(task, data_root, teacher_epochs, 32, 6e-5, 96, seed, threads)
+    cfg = _cfg(task, data_root, student_epochs, 32, student_lr, 96, seed, threads)
+    teacher_cfg = _cfg(task, data_root, teacher_epochs, 32, teacher_lr, 96, seed, threads)
     bars = _Bars()
     with bars.progress:
         summary = run_all(cfg, out, store, base=base, teacher_cfg=teacher_cfg, progress=bars, say=console.print)

@@ -46,8 +46,8 @@ def _base_examples() -> list[dict]:
     return rows
 
 
-def _first_model(root: Path, base: list[dict]) -> ModelRegistry:
-    """A tiny model trained on the base data plus '<slur>' texts labeled harmless, current in a new store."""
+def _first_artifact(root: Path, base: list[dict]) -> Path:
+    """A tiny model trained on the base data plus '<slur>' texts labeled harmless, as an artifact."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -72,17 +72,22 @@ def _first_model(root: Path, base: list[dict]) -> ModelRegistry:
     tokenizer.save_pretrained(root / "trained")
     build_artifact(root / "trained", root / "artifact", name="tiny-chat", version="1", heads=heads,
                    max_length=32, formats=("onnx",))  # fp32: int8 rounding is coarse at a width of 32
-    registry = ModelRegistry(root / "store")
-    registry.add(root / "artifact", version="1")
-    registry.promote("tiny-chat@1")
-    return registry
+    return root / "artifact"
+
+
+@pytest.fixture(scope="module")
+def first_artifact(tmp_path_factory) -> Path:
+    """Trained once for the module: every test registers it in a store of its own."""
+    return _first_artifact(tmp_path_factory.mktemp("first-model"), _base_examples())
 
 
 @pytest.fixture
-def setup(broker, redis_url, topic_prefix, tmp_path):
+def setup(broker, redis_url, topic_prefix, tmp_path, first_artifact):
     base = _base_examples()
     (tmp_path / "base.jsonl").write_text("\n".join(json.dumps(r) for r in base) + "\n")
-    registry = _first_model(tmp_path, base)
+    registry = ModelRegistry(tmp_path / "store")
+    registry.add(first_artifact, version="1")
+    registry.promote("tiny-chat@1")
     env = worker_env(broker.bootstrap, redis_url, registry.store, topic_prefix, CHATMOD_MODELS_RELOAD_POLL_S="0",
                      CHATMOD_FEEDBACK_STORE=str(tmp_path / "feedback"))
     create_topics(broker.bootstrap, {env["CHATMOD_TOPICS_MESSAGES"]: 3, env["CHATMOD_TOPICS_FEEDBACK"]: 3})

@@ -252,6 +252,22 @@ def test_load_splits_caps_each_source(data_root: Path) -> None:
     assert len(splits.train) == 10
 
 
+def test_recipe_repeats_a_source_and_leaves_validation_alone(data_root: Path, monkeypatch) -> None:
+    from models.labels import Task
+    from training import recipe
+    from training.recipe import StageConfig, training_examples
+
+    monkeypatch.setitem(recipe.DEFAULT_SOURCES, Task.TOXICITY, ["olid", "jigsaw", "hateval"])  # what the fixture has
+    once = StageConfig(tasks=["toxicity"], data_root=str(data_root), repeats={})
+    twice = StageConfig(tasks=["toxicity"], data_root=str(data_root), repeats={"olid": 2})
+    train_once, val_once, _ = training_examples(once)
+    train_twice, val_twice, _ = training_examples(twice)
+    olid = Counter(ex.text for ex in train_once if ex.source == "olid")
+    assert olid and Counter(ex.text for ex in train_twice if ex.source == "olid") == olid + olid
+    assert len(train_twice) == len(train_once) + sum(olid.values())
+    assert val_twice == val_once
+
+
 def test_load_splits_refuses_unknown_sources_and_missing_roots(data_root: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown data set 'reddit'"):
         load_splits(data_root, ["reddit"])
