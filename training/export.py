@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import re
 import shutil
 import tempfile
 import warnings
@@ -131,8 +132,30 @@ def export_onnx(hf_model_dir: Path, onnx_path: Path, opset: int = 17) -> Path:
     return onnx_path
 
 
-def quantize_int8(onnx_path: Path, out_path: Path) -> Path:
-    """Dynamic int8 quantisation, per-channel weights. Pre-processed first, or most MatMuls stay fp32."""
+# The MatMuls that project a layer's feed-forward activations back to the hidden size: their inputs (GELU
+# outputs) carry outliers that one dynamic int8 scale per tensor holds badly, the first layer's worst
+# (measured on the DistilBERT student: keeping only that one in fp32 took the largest logit change on 400
+# validation texts from 0.62 to 0.44 for 11% of the FLOPs). BERT, DistilBERT and ALBERT names.
+_FFN_OUT = re.compile(r"(layer\.\d+/output/dense|ffn/lin2|ffn_output(_\d+)?)/MatMul")
+
+
+def fp32_fallbacks(onnx_path: Path) -> list[list[str]]:
+    """What to keep in fp32, in the order to try when int8 misses its bounds: nothing, the first
+    feed-forward output projection, all of them."""
+    import onnx
+
+    names = [n.name for n in onnx.load(str(onnx_path), load_external_data=False).graph.node
+             if n.op_type == "MatMul" and _FFN_OUT.search(n.name)]
+    ladder: list[list[str]] = [[]]
+    for step in (names[:1], names):
+        if step and step != ladder[-1]:
+            ladder.append(step)
+    return ladder
+
+
+def quantize_int8(onnx_path: Path, out_path: Path, keep_fp32: Sequence[str] = ()) -> Path:
+    """Dynamic int8 quantisation, per-channel weights. Pre-processed first, or most MatMuls stay fp32.
+    ``keep_fp32``: node names left unquantised (see :func:`fp32_fallbacks`)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -151,6 +174,7 @@ def quantize_int8(onnx_path: Path, out_path: Path) -> Path:
             str(out_path),
             per_channel=True,  # per-tensor int8 visibly degrades real encoders
             weight_type=QuantType.QInt8,
+            nodes_to_exclude=list(keep_fp32),
             extra_options={"MatMulConstBOnly": True},  # weights only; activation x activation stays fp32
         )
     return out_path
@@ -357,8 +381,17 @@ def build_artifact(
                     shutil.copy2(fp32, staging / ONNX_NAME)
                     weights["onnx"] = ONNX_NAME
                 if "onnx_int8" in formats:
-                    int8 = quantize_int8(fp32, staging / ONNX_INT8_NAME)
-                    export["onnx_int8"] = checked(int8, int8_tolerance)
+                    ladder = fp32_fallbacks(fp32)
+                    for step, keep in enumerate(ladder):
+                        int8 = quantize_int8(fp32, staging / ONNX_INT8_NAME, keep_fp32=keep)
+                        try:
+                            export["onnx_int8"] = checked(int8, int8_tolerance) | {"fp32_nodes": keep}
+                            break
+                        except ExportMismatch as exc:
+                            if step == len(ladder) - 1:
+                                raise
+                            log.warning("int8 export beyond its bounds; retrying with fp32 feed-forward outputs",
+                                        extra={"reason": str(exc), "keep_fp32": ladder[step + 1]})
                     weights["onnx_int8"] = ONNX_INT8_NAME
         for path in staging.iterdir():
             path.chmod(0o644)

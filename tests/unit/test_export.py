@@ -67,3 +67,35 @@ def test_heads_must_match_model_outputs(hf_models: tuple[Path, Path], tmp_path: 
     with pytest.raises(Exception, match="9 outputs but the heads need 3"):
         build_artifact(model, tmp_path / "x", name="x", version="1", heads=contract_heads(["sentiment"]))
     np.testing.assert_equal(list(tmp_path.iterdir()), [])
+
+
+@pytest.mark.parametrize("family", ["distilbert", "albert"])
+def test_fp32_fallbacks_name_the_feed_forward_output_projections(family: str, tmp_path: Path) -> None:
+    import onnx
+
+    from training.export import fp32_fallbacks
+
+    model = save_tiny_hf_model(tmp_path / family, family=family, seed=0)
+    fp32 = export_onnx(model, tmp_path / "model.onnx")
+    ladder = fp32_fallbacks(fp32)
+    assert ladder[0] == [] and len(ladder) == 3  # nothing, the first layer's, every layer's (2 layers)
+    assert ladder[1] == ladder[2][:1] and len(ladder[2]) == 2
+    int8 = quantize_int8(fp32, tmp_path / "model.int8.onnx", keep_fp32=ladder[2])
+    nodes = {n.name: n.op_type for n in onnx.load(str(int8)).graph.node}
+    assert all(nodes[name] == "MatMul" for name in ladder[2])  # left as they were
+    assert sum(op == "MatMulInteger" for op in nodes.values()) >= 4  # the rest is int8
+
+
+def test_int8_retries_with_fp32_feed_forward_outputs_then_refuses(hf_models: tuple[Path, Path], tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    from training.export import ExportTolerance
+
+    model, _ = hf_models
+    exact = ExportTolerance(max_abs_logit_diff=0.0, min_agreement=1.0)  # no int8 graph can meet it
+    with pytest.raises(ExportMismatch, match="model.int8.onnx"):
+        build_artifact(model, tmp_path / "x", name="x", version="1", heads=HEADS, formats=("onnx_int8",),
+                       int8_tolerance=exact)
+    retries = [r for r in caplog.records if "retrying with fp32" in r.getMessage()]
+    assert [len(r.keep_fp32) for r in retries] == [1, 2]
+    manifest = build_artifact(model, tmp_path / "y", name="y", version="1", heads=HEADS, formats=("onnx_int8",))
+    assert manifest.metrics["export"]["onnx_int8"]["fp32_nodes"] == []  # within bounds at once: all int8
