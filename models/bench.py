@@ -54,23 +54,30 @@ def percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else float("nan")
 
 
-def _time_batches(label: str, batches: list[list[str]], run: Callable[[list[str]], object],
-                  progress: Progress | None) -> tuple[float, list[float]]:
-    for batch in batches[:WARMUP_BATCHES]:  # first calls allocate and pick kernels: not what serving sees
-        run(batch)
-    times = []
-    started = time.perf_counter()
+def _time_interleaved(label: str, batches: list[list[str]], runs: dict[str, Callable[[list[str]], object]],
+                      progress: Progress | None) -> dict[str, list[float]]:
+    """Milliseconds per batch for every engine, timed side by side: each batch goes through every engine
+    in turn, so a slow spell of a shared machine falls on all of them alike and the ratios hold."""
+    for run in runs.values():
+        for batch in batches[:WARMUP_BATCHES]:  # first calls allocate and pick kernels: not what serving sees
+            run(batch)
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for i, batch in enumerate(batches):
-        t0 = time.perf_counter()
-        run(batch)
-        times.append((time.perf_counter() - t0) * 1000.0)
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            run(batch)
+            times[name].append((time.perf_counter() - t0) * 1000.0)
         if progress:
             progress(label, i + 1, len(batches))
-    return time.perf_counter() - started, times
+    return times
 
 
-def _row(model: str, engine: str, threads: int, batch_size: int, n: int, wall: float, times: list[float]) -> ModelRow:
+def _row(model: str, engine: str, threads: int, batch_size: int, n: int, times: list[float]) -> ModelRow:
+    wall = sum(times) / 1000.0
     return ModelRow(model, engine, threads, batch_size, n, n / wall, percentile(times, 50), percentile(times, 99))
+
+
+BASELINE = "transformers pipeline (default)"
 
 
 def bench_artifact(folder: Path, texts: Sequence[str], threads: int, batch_size: int = 64,
@@ -81,30 +88,33 @@ def bench_artifact(folder: Path, texts: Sequence[str], threads: int, batch_size:
     manifest = read_manifest(folder)
     ref = manifest.ref
     batches = [list(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
-    rows: list[ModelRow] = []
+    runs: dict[str, Callable[[list[str]], object]] = {}
+    compare: Callable[[np.ndarray], dict] | None = None
+    if baseline:
+        torch_runs, compare = _torch_runs(folder, batches, threads)
+        runs.update(torch_runs)
     served_logits: np.ndarray | None = None
     for fmt, backend in (("onnx_int8", "onnx_int8"), ("onnx", "onnx_fp32")):
         if fmt not in manifest.weights:
             continue
         clf = TextClassifier(folder, backend=backend, threads=threads)  # sub-batches as a worker runs them
-        label = f"chatmod runtime, {backend}"
-        wall, times = _time_batches(f"{ref} {label}", batches, clf.predict, progress)
-        rows.append(_row(ref, label, threads, batch_size, len(texts), wall, times))
+        runs[f"chatmod runtime, {backend}"] = clf.predict
         if served_logits is None:
             served_logits = clf.predict_logits(texts)
-    check: dict = {}
+    check = compare(served_logits) if compare is not None and served_logits is not None else {}
+    times = _time_interleaved(ref, batches, runs, progress)
+    rows = [_row(ref, label, threads, batch_size, len(texts), t) for label, t in times.items()]
     if baseline:
-        torch_rows, check = _torch_rows(folder, ref, batches, texts, threads, batch_size, served_logits, progress)
-        rows = torch_rows + rows
-        base = next(r for r in rows if r.engine == "transformers pipeline (default)")
+        base = next(r for r in rows if r.engine == BASELINE)
         for row in rows:
             row.ratio = row.msgs_per_s / base.msgs_per_s
     return rows, check
 
 
-def _torch_rows(folder: Path, ref: str, batches: list[list[str]], texts: Sequence[str], threads: int,
-                batch_size: int, served_logits: np.ndarray | None,
-                progress: Progress | None) -> tuple[list[ModelRow], dict]:
+def _torch_runs(folder: Path, batches: list[list[str]],
+                threads: int) -> tuple[dict[str, Callable], Callable[[np.ndarray], dict]]:
+    """The transformers pipeline default and torch with chatmod's batching (and CUDA where present) on the
+    served model rebuilt in torch, plus a check of the rebuilt model against the served logits."""
     import torch
     from transformers import AutoTokenizer, pipeline
 
@@ -118,9 +128,7 @@ def _torch_rows(folder: Path, ref: str, batches: list[list[str]], texts: Sequenc
     if "token_type_ids" in model.forward.__code__.co_varnames:
         names.append("token_type_ids")
 
-    def batched(device: str, dtype) -> Callable[[list[str]], np.ndarray]:
-        net = model.to(device=device, dtype=dtype)
-
+    def batched(net, device: str) -> Callable[[list[str]], np.ndarray]:
         def run(batch: list[str]) -> np.ndarray:
             encoded = classifier.encode(batch)
             out = np.empty((len(batch), classifier.manifest.num_logits), dtype=np.float32)
@@ -133,34 +141,28 @@ def _torch_rows(folder: Path, ref: str, batches: list[list[str]], texts: Sequenc
 
         return run
 
-    rows = []
-    pipe = pipeline("text-classification", model=model, tokenizer=tokenizer, device=-1)
-    label = "transformers pipeline (default)"
-    wall, times = _time_batches(f"{ref} {label}", batches, pipe, progress)
-    rows.append(_row(ref, label, threads, batch_size, len(texts), wall, times))
+    cpu_run = batched(model, "cpu")
+    runs: dict[str, Callable] = {BASELINE: pipeline("text-classification", model=model, tokenizer=tokenizer, device=-1),
+                                 "torch fp32, chatmod batching": cpu_run}
 
-    cpu_run = batched("cpu", torch.float32)
-    label = "torch fp32, chatmod batching"
-    wall, times = _time_batches(f"{ref} {label}", batches, cpu_run, progress)
-    rows.append(_row(ref, label, threads, batch_size, len(texts), wall, times))
-    check = {}
-    if served_logits is not None:
+    def compare(served_logits: np.ndarray) -> dict:
         torch_logits = np.concatenate([cpu_run(b) for b in batches])
         check = {"max_abs_logit_diff": float(np.abs(torch_logits - served_logits).max()),
                  "mean_abs_logit_diff": float(np.abs(torch_logits - served_logits).mean())}
-        heads = read_manifest(folder).heads
         agreement = []
-        for head in heads:
+        for head in read_manifest(folder).heads:
             cols = slice(head.offset, head.offset + head.width)
             if head.problem_type == ProblemType.SINGLE_LABEL:
                 agreement.append(float((torch_logits[:, cols].argmax(1) == served_logits[:, cols].argmax(1)).mean()))
             else:
                 agreement.append(float(((torch_logits[:, cols] > 0) == (served_logits[:, cols] > 0)).mean()))
         check["label_agreement"] = statistics.fmean(agreement)
-    if torch.cuda.is_available():
+        return check
+
+    if torch.cuda.is_available():  # a copy on the GPU: the CPU rows keep their fp32 model
+        import copy
+
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        label = f"torch {str(dtype).removeprefix('torch.')} cuda, chatmod batching"
-        wall, times = _time_batches(f"{ref} {label}", batches, batched("cuda", dtype), progress)
-        rows.append(_row(ref, label, threads, batch_size, len(texts), wall, times))
-        model.to(device="cpu", dtype=torch.float32)
-    return rows, check
+        runs[f"torch {str(dtype).removeprefix('torch.')} cuda, chatmod batching"] = batched(
+            copy.deepcopy(model).to(device="cuda", dtype=dtype), "cuda")
+    return runs, compare

@@ -285,12 +285,14 @@ def bench_worker(store: Path | None, threads: int, max_batch: int, say: Say,
 
 
 def end_to_end(store: Path | None, n: int, threads: int, max_batch: int, seed: int, latency_rate: float | None,
-               say: Say, progress: Progress | None, latency_seconds: float = 20.0) -> dict:
+               say: Say, progress: Progress | None, latency_seconds: float = 20.0,
+               worker_env: dict[str, str] | None = None) -> dict:
     """Unique and 50%-repeat workloads flat out, then a fixed-load latency run, on one worker."""
     import redis
 
-    out: dict = {"partitions": E2E_PARTITIONS, "max_batch": max_batch, "threads": threads, "runs": []}
-    with bench_worker(store, threads, max_batch, say) as (stack, topics, worker):
+    out: dict = {"partitions": E2E_PARTITIONS, "max_batch": max_batch, "threads": threads,
+                 "worker_settings": dict(worker_env or {}), "runs": []}
+    with bench_worker(store, threads, max_batch, say, extra_env=worker_env) as (stack, topics, worker):
         flush = redis.Redis.from_url(stack.redis_url).flushdb  # each workload starts with an empty Redis
         warm_up = [f"warming up {text}" for text in unique_texts(WARMUP_MESSAGES, seed + 99)]  # none reused later
         run_workload(stack.bootstrap, topics, warm_up, "warm-up", None)
@@ -358,14 +360,14 @@ def model_only(store: Path | None, n: int, threads: int, batch_size: int, seed: 
 
 def run_bench(parts: set[str], store: Path | None, n_model: int, n_e2e: int, threads: int, batch_size: int,
               max_batch: int, latency_rate: float | None, seed: int, say: Say, progress: Progress | None,
-              latency_seconds: float = 20.0) -> dict:
+              latency_seconds: float = 20.0, worker_env: dict[str, str] | None = None) -> dict:
     """The benchmarks named in ``parts`` (``model``, ``e2e``), one after the other, as one report."""
     report: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(), "seed": seed}
     if "model" in parts:
         report["model_only"] = model_only(store, n_model, threads, batch_size, seed, say, progress)
     if "e2e" in parts:
         report["end_to_end"] = end_to_end(store, n_e2e, threads, max_batch, seed, latency_rate, say, progress,
-                                          latency_seconds)
+                                          latency_seconds, worker_env)
     report["targets"] = check_targets(report)
     return report
 

@@ -257,6 +257,9 @@ def bench(
     latency_rate: Annotated[float | None, typer.Option(help="Offered load of the latency run (default: half "
                                                               "the unique-text throughput).")] = None,
     seed: Annotated[int, typer.Option()] = 13,
+    worker_setting: Annotated[list[str] | None, typer.Option(
+        "--worker-setting", help="A worker setting for the end-to-end runs, as its environment variable: "
+                                 "CHATMOD_KAFKA_FETCH_MAX_WAIT_MS=20 (repeatable).")] = None,
 ) -> None:
     """Benchmarks: model-only beside the transformers pipeline, end to end on the embedded stack, latency at
     a fixed load. Prints tables and writes a JSON report."""
@@ -268,6 +271,12 @@ def bench(
     parts = set(part or ("model", "e2e"))
     if parts - {"model", "e2e"}:
         raise typer.BadParameter(f"--only takes model or e2e, got {sorted(parts - {'model', 'e2e'})}")
+    worker_env: dict[str, str] = {}
+    for item in worker_setting or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.startswith("CHATMOD_"):
+            raise typer.BadParameter(f"--worker-setting takes CHATMOD_<GROUP>_<NAME>=value, got {item!r}")
+        worker_env[key] = value
     console = Console(stderr=True)
     bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=console, transient=True)
@@ -280,7 +289,7 @@ def bench(
 
     with bars:
         report = run_bench(parts, store, texts, messages, threads, batch_size, max_batch, latency_rate, seed,
-                           say=bars.console.print, progress=progress)
+                           say=bars.console.print, progress=progress, worker_env=worker_env)
     out.write_text(json.dumps(report, indent=2))
     render(report, Console())
     typer.echo(f"report written to {out}")

@@ -92,3 +92,8 @@ def test_produce_then_tail_round_trips_text_and_json_lines(broker, unique_name, 
     assert [v["text"] for v in values] == ["hello chat", "a json line", "ünïcödé 🎮"]
     assert values[1] == {"id": "j1", "text": "a json line", "channel": "c"}  # JSON lines pass through verbatim
     assert values[0]["channel"] == "cli" and values[0]["id"]  # plain text gets an id and the default channel
+
+
+def test_bench_refuses_a_worker_setting_that_is_not_a_chatmod_variable():
+    done = chatmod("bench", "--only", "e2e", "--worker-setting", "FETCH=20")
+    assert done.returncode == 2 and "CHATMOD_<GROUP>_<NAME>=value" in done.stderr

@@ -16,7 +16,9 @@ def test_end_to_end_bench_measures_every_message(tiny_store: Path, tmp_path: Pat
     from rich.console import Console
 
     report = run_bench({"e2e"}, tiny_store, n_model=0, n_e2e=400, threads=1, batch_size=32, max_batch=32,
-                       latency_rate=100.0, seed=5, say=lambda _: None, progress=None, latency_seconds=3.0)
+                       latency_rate=100.0, seed=5, say=lambda _: None, progress=None, latency_seconds=3.0,
+                       worker_env={"CHATMOD_KAFKA_FETCH_MAX_WAIT_MS": "50"})
+    assert report["end_to_end"]["worker_settings"] == {"CHATMOD_KAFKA_FETCH_MAX_WAIT_MS": "50"}
     runs = {r["workload"]: r for r in report["end_to_end"]["runs"]}
     assert set(runs) == {"unique", "50% repeats", "fixed load"}
     assert all(r["lost"] == 0 and r["results"] == r["messages"] for r in runs.values())
@@ -25,6 +27,8 @@ def test_end_to_end_bench_measures_every_message(tiny_store: Path, tmp_path: Pat
     assert 0.25 < runs["50% repeats"]["cache_hit_rate"] <= 0.4
     assert runs["fixed load"]["messages"] == 300 and runs["fixed load"]["offered_msgs_per_s"] == 100.0
     assert 0 < runs["fixed load"]["latency_p50_ms"] <= runs["fixed load"]["latency_p99_ms"]
+    for r in runs.values():  # the worker's share of the latency: produced -> result built, before publishing
+        assert 0 < r["extra"]["worker_latency_p50_ms"] <= r["latency_p50_ms"]
     assert report["end_to_end"]["worker_memory"]["peak_rss_mb"] > 50
     assert {t["target"] for t in report["targets"]} >= {"nothing lost", "worker peak RSS <= 600 MB"}
     console = Console(file=open(tmp_path / "out.txt", "w"), width=160)  # noqa: SIM115
