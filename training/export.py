@@ -153,31 +153,40 @@ def fp32_fallbacks(onnx_path: Path) -> list[list[str]]:
     return ladder
 
 
-def quantize_int8(onnx_path: Path, out_path: Path, keep_fp32: Sequence[str] = ()) -> Path:
-    """Dynamic int8 quantisation, per-channel weights. Pre-processed first, or most MatMuls stay fp32.
-    ``keep_fp32``: node names left unquantised (see :func:`fp32_fallbacks`)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+def prepare_for_int8(onnx_path: Path, pre_path: Path) -> Path:
+    """ONNX Runtime's pre-processing (shape inference, graph clean-up): without it most MatMuls stay fp32."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    onnx_path, out_path = Path(onnx_path), Path(out_path)
+    try:
+        # auto_merge: symbolic shape inference otherwise gives up on transformers' mask arithmetic
+        quant_pre_process(str(onnx_path), str(pre_path), auto_merge=True)
+    except Exception as exc:  # noqa: BLE001 - fall back to ONNX shape inference only
+        log.warning("symbolic shape inference failed (%s); pre-processing without it", exc)
+        quant_pre_process(str(onnx_path), str(pre_path), skip_symbolic_shape=True)
+    return Path(pre_path)
+
+
+def _quantize_prepared(pre_path: Path, out_path: Path, keep_fp32: Sequence[str]) -> Path:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        str(pre_path),
+        str(out_path),
+        per_channel=True,  # per-tensor int8 visibly degrades real encoders
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=list(keep_fp32),
+        extra_options={"MatMulConstBOnly": True},  # weights only; activation x activation stays fp32
+    )
+    return Path(out_path)
+
+
+def quantize_int8(onnx_path: Path, out_path: Path, keep_fp32: Sequence[str] = ()) -> Path:
+    """Dynamic int8 quantisation, per-channel weights, of a pre-processed copy of ``onnx_path``.
+    ``keep_fp32``: node names left unquantised (see :func:`fp32_fallbacks`)."""
+    out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        try:
-            # auto_merge: symbolic shape inference otherwise gives up on transformers' mask arithmetic
-            quant_pre_process(str(onnx_path), str(pre), auto_merge=True)
-        except Exception as exc:  # noqa: BLE001 - fall back to ONNX shape inference only
-            log.warning("symbolic shape inference failed (%s); pre-processing without it", exc)
-            quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
-        quantize_dynamic(
-            str(pre),
-            str(out_path),
-            per_channel=True,  # per-tensor int8 visibly degrades real encoders
-            weight_type=QuantType.QInt8,
-            nodes_to_exclude=list(keep_fp32),
-            extra_options={"MatMulConstBOnly": True},  # weights only; activation x activation stays fp32
-        )
-    return out_path
+        return _quantize_prepared(prepare_for_int8(onnx_path, Path(tmp) / "pre.onnx"), out_path, keep_fp32)
 
 
 def _decisions(logits: np.ndarray, heads: Sequence[Head]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -381,9 +390,10 @@ def build_artifact(
                     shutil.copy2(fp32, staging / ONNX_NAME)
                     weights["onnx"] = ONNX_NAME
                 if "onnx_int8" in formats:
-                    ladder = fp32_fallbacks(fp32)
+                    pre = prepare_for_int8(fp32, Path(tmp) / "pre.onnx")  # once, whatever the retries
+                    ladder = fp32_fallbacks(pre)
                     for step, keep in enumerate(ladder):
-                        int8 = quantize_int8(fp32, staging / ONNX_INT8_NAME, keep_fp32=keep)
+                        int8 = _quantize_prepared(pre, staging / ONNX_INT8_NAME, keep)
                         try:
                             export["onnx_int8"] = checked(int8, int8_tolerance) | {"fp32_nodes": keep}
                             break
