@@ -139,7 +139,10 @@ def test_redis_down_keeps_moderating_uncached_then_reuses_the_cache(broker, tiny
             out = read_topic(broker.bootstrap, topic_out, lambda rs: len(results_by_id(rs)) >= 300, 60, worker)
             import redis as redis_lib
 
-            keys = redis_lib.Redis.from_url(redis_server.url).keys(f"{env['CHATMOD_REDIS_KEY_PREFIX']}*")
+            # a batch's cache write follows its publish: the last batch's keys may land just after its results
+            client, deadline = redis_lib.Redis.from_url(redis_server.url), time.monotonic() + 10
+            while len(keys := client.keys(f"{env['CHATMOD_REDIS_KEY_PREFIX']}*")) < 100 and time.monotonic() < deadline:
+                time.sleep(0.2)
         by_id = results_by_id(out)
         assert len(by_id) == 300, worker.log_tail()
         assert all(by_id[str(300 + i)][0]["cached"] for i in range(50)), "repeats are served without the model"
