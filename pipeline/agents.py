@@ -1,23 +1,27 @@
 """Faust agents: thin glue from topics to the ``Moderator``.
 
-At-least-once: ``take_events`` acks a batch's events only after the agent body has finished with it,
-and ``Moderator.handle`` returns only after the broker confirmed every output. A batch that cannot be
-finished is never acked: transient errors are retried; an unexpected one stops the process without
-committing, so the batch is redelivered after restart instead of being lost.
+At-least-once: a batch's events are acked only after ``Moderator.handle`` returned for it, i.e. after the
+broker confirmed every output. A batch that cannot be finished is never acked: transient errors are
+retried; an unexpected one stops the process without committing, so the batch is redelivered after restart
+instead of being lost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 import faust
 from aiokafka.errors import KafkaError
 
+from pipeline.batching import MicroBatcher
 from pipeline.cache import ResultCache
 from pipeline.metrics import Metrics
 from pipeline.moderation import BatchStats, InRecord, Moderator
@@ -133,20 +137,28 @@ def register_agents(app: faust.App, settings: Settings) -> WorkerState:
                 log.info("worker ready", extra={"models": state.holder.current.refs, "topic": topics.messages})
         return state.moderator
 
-    # Several actors share the topic's events, each taking its own batches: while one batch is in the model,
-    # another is fetched, looked up and published, so the model thread does not wait on I/O. Faust commits
-    # a partition's offsets only up to the first event not yet acked, so no batch is committed early.
-    @app.agent(messages, name="moderate_messages", concurrency=batching.max_inflight_batches)
+    # One actor feeds an adaptive batcher; batches are taken when the model is ready for the next one, so
+    # whatever arrived meanwhile rides along (big batches under load, no waiting when idle). A batch past the
+    # model publishes while the next is in the model: up to max_inflight_batches are in flight. Events are
+    # acked only when their batch is confirmed; Faust commits a partition only up to its first unacked
+    # event, so nothing is committed early, whatever order batches finish in.
+    @app.agent(messages, name="moderate_messages")
     async def moderate_messages(stream: faust.StreamT) -> None:
         moderator = await start()
-        async for events in stream.take_events(batching.max_batch, within=batching.max_wait_ms / 1000.0):
-            records = [InRecord(e.message.topic, e.message.partition, e.message.offset, e.message.value,
-                                e.message.timestamp or time.time()) for e in events]
-            stats = await _finish(moderator, records)
-            state.add(stats)
-            log.debug("batch", extra={"size": len(records), "classified": stats.classified,
-                                      "cache_hits": stats.cache_hits, "dead_letters": stats.dead_letters,
-                                      "stage_ms": {k: round(v * 1000, 1) for k, v in stats.stage_seconds.items()}})
+        manual = stream.noack()  # acks are ours: after the batch's outputs are confirmed
+        batcher: MicroBatcher[faust.EventT] = MicroBatcher(
+            batching.max_batch, batching.max_wait_ms / 1000.0,
+            capacity=batching.max_batch * (batching.max_inflight_batches + 1))
+        runner = asyncio.ensure_future(_run_batches(moderator, batcher, manual, state, batching.max_inflight_batches))
+        try:
+            async for event in manual.events():
+                await batcher.put(event)
+        finally:
+            batcher.close()  # buffered events are not acked: they are redelivered after a restart
+            if not runner.done():
+                runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner  # started batches finish and are acked first
 
     if settings.feedback.enabled:
         _register_feedback(app, settings, state)
@@ -226,13 +238,60 @@ def _register_reloads(app: faust.App, settings: Settings, state: WorkerState) ->
             await reload_models("registry poll")
 
 
-async def _finish(moderator: Moderator, records: list[InRecord]) -> BatchStats:
+async def _run_batches(moderator: Moderator, batcher: MicroBatcher, stream: faust.StreamT, state: WorkerState,
+                       max_inflight: int) -> None:
+    """Take batches from ``batcher`` one model slot at a time; each finishes (publish, cache, ack) in its own
+    task. Cancelled: the batches already taken run to the end before this returns."""
+    inflight: set[asyncio.Task] = set()
+
+    def batch_done(task: asyncio.Task) -> None:
+        inflight.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # _finish retries; this is a bug
+            _exit_uncommitted("batch failed after it was handled", task.exception(), 0)
+
+    try:
+        while True:
+            while len(inflight) >= max_inflight:  # bounded: a slow broker slows the model down too
+                await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+            events = await batcher.next_batch()
+            model_free = asyncio.Event()
+            task = asyncio.ensure_future(_complete(moderator, events, stream, state, model_free.set))
+            inflight.add(task)
+            task.add_done_callback(batch_done)
+            waiter = asyncio.ensure_future(model_free.wait())
+            try:  # the next batch forms while this one is in the model
+                await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+    except asyncio.CancelledError:  # stopping: what was taken is finished and acked, the rest redelivered
+        batcher.close()
+        if inflight:
+            await asyncio.shield(asyncio.gather(*inflight, return_exceptions=True))
+        raise
+    except Exception as exc:  # a bug outside the retried part: never ack what was not finished
+        _exit_uncommitted("batch loop failed", exc, len(batcher))
+
+
+async def _complete(moderator: Moderator, events: list, stream: faust.StreamT, state: WorkerState,
+                    model_done: Callable[[], None]) -> None:
+    records = [InRecord(e.message.topic, e.message.partition, e.message.offset, e.message.value,
+                        e.message.timestamp or time.time()) for e in events]
+    stats = await _finish(moderator, records, model_done)
+    for event in events:
+        await stream.ack(event)
+    state.add(stats)
+    log.debug("batch", extra={"size": len(records), "classified": stats.classified, "cache_hits": stats.cache_hits,
+                              "dead_letters": stats.dead_letters,
+                              "stage_ms": {k: round(v * 1000, 1) for k, v in stats.stage_seconds.items()}})
+
+
+async def _finish(moderator: Moderator, records: list[InRecord], model_done: Callable[[], None]) -> BatchStats:
     """Handle one batch to completion: retried on broker errors, shielded from cancellation (a SIGTERM
     lets the in-flight batch finish before its offsets are acked)."""
     attempt = 0
     while True:
         attempt += 1
-        task = asyncio.ensure_future(moderator.handle(records))
+        task = asyncio.ensure_future(moderator.handle(records, model_done))
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -248,7 +307,12 @@ async def _finish(moderator: Moderator, records: list[InRecord]) -> BatchStats:
                 log.exception("batch failed; retrying", extra={"attempt": attempt, "error": repr(exc)})
                 await asyncio.sleep(0.5 * attempt)
                 continue
-            log.critical("batch keeps failing; exiting without committing it (it will be redelivered)",
-                         extra={"error": repr(exc), "size": len(records)})
-            logging.shutdown()
-            os._exit(70)
+            _exit_uncommitted("batch keeps failing", exc, len(records))
+
+
+def _exit_uncommitted(what: str, exc: BaseException, size: int) -> NoReturn:
+    """End the process at once, without committing: the unfinished batches are redelivered on restart."""
+    log.critical(f"{what}; exiting without committing (it will be redelivered)",
+                 extra={"error": repr(exc), "size": size})
+    logging.shutdown()
+    os._exit(70)

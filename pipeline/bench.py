@@ -195,9 +195,23 @@ def _produce(bootstrap: str, topic: str, payloads: list[tuple[str, bytes]], rate
         producer.close(timeout=5)
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds a process has used so far, all its threads (Linux /proc)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state is field 0, utime 11, stime 12
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_workload(stack_bootstrap: str, topics, texts: list[str], name: str, rate: float | None,
-                 progress: Progress | None = None) -> E2EResult:
-    """Produce ``texts`` as chat messages, wait for every result, and measure."""
+                 progress: Progress | None = None, processes: dict[str, int] | None = None) -> E2EResult:
+    """Produce ``texts`` as chat messages, wait for every result, and measure.
+
+    ``processes`` (name -> pid): their CPU time over the run is reported per message, which says where
+    the machine's time went (the worker, the broker, Redis, this load generator).
+    """
     run_id = uuid.uuid4().hex[:8]
     payloads = [(f"bench-{run_id}-{i:06d}",
                  json.dumps({"id": f"bench-{run_id}-{i:06d}", "text": t, "channel": f"ch{i % 16}"}).encode())
@@ -206,6 +220,7 @@ def run_workload(stack_bootstrap: str, topics, texts: list[str], name: str, rate
     reader = _Reader(stack_bootstrap, topics.moderated, fetch_max_wait_ms=10 if rate else 250)
     reader.start()
     sent_at: dict[str, float] = {}
+    cpu_before = {label: cpu_seconds(pid) for label, pid in (processes or {}).items()}
     try:
         produced_rate = _produce(stack_bootstrap, topics.messages, payloads, rate, sent_at, progress, f"{name}: produce")
         last_count, last_change = -1, time.monotonic()
@@ -223,6 +238,11 @@ def run_workload(stack_bootstrap: str, topics, texts: list[str], name: str, rate
             progress(f"{name}: results", reader.count(ids), len(ids))
     finally:
         reader.close()
+    cpu_ms_per_msg = {}
+    for label, pid in (processes or {}).items():
+        after, before = cpu_seconds(pid), cpu_before[label]
+        if after is not None and before is not None:
+            cpu_ms_per_msg[label] = round((after - before) * 1000.0 / len(texts), 3)
     arrivals = {i: reader.arrivals[i] for i in ids if i in reader.arrivals}
     latencies = [(arrivals[i][0] - sent_at[i]) * 1000.0 for i in arrivals]
     in_worker = [w for _, _, w in arrivals.values()]
@@ -239,7 +259,8 @@ def run_workload(stack_bootstrap: str, topics, texts: list[str], name: str, rate
         cache_hit_rate=hits / len(arrivals) if arrivals else 0.0, results=len(arrivals),
         lost=len(ids) - len(arrivals),
         # where the time goes: produced -> result built in the worker, the rest is transport both ways
-        extra={"worker_latency_p50_ms": percentile(in_worker, 50), "worker_latency_p99_ms": percentile(in_worker, 99)},
+        extra={"worker_latency_p50_ms": percentile(in_worker, 50), "worker_latency_p99_ms": percentile(in_worker, 99),
+               "cpu_ms_per_msg": cpu_ms_per_msg},
     )
 
 
@@ -294,6 +315,9 @@ def end_to_end(store: Path | None, n: int, threads: int, max_batch: int, seed: i
                  "worker_settings": dict(worker_env or {}), "runs": []}
     with bench_worker(store, threads, max_batch, say, extra_env=worker_env) as (stack, topics, worker):
         flush = redis.Redis.from_url(stack.redis_url).flushdb  # each workload starts with an empty Redis
+        processes = {label: pid for label, pid in (("worker", worker.pid), ("broker", stack.broker.pid),
+                                                   ("redis", stack.redis.pid), ("load generator", os.getpid()))
+                     if pid is not None}
         warm_up = [f"warming up {text}" for text in unique_texts(WARMUP_MESSAGES, seed + 99)]  # none reused later
         run_workload(stack.bootstrap, topics, warm_up, "warm-up", None)
         unique = workload(n, 0.0, seed)
@@ -302,14 +326,14 @@ def end_to_end(store: Path | None, n: int, threads: int, max_batch: int, seed: i
         for name, texts, rate in plans:
             flush()  # each workload starts from an empty cache
             say(f"end-to-end, {name}: {n} messages as fast as they can be produced")
-            results.append(run_workload(stack.bootstrap, topics, texts, name, rate, progress))
+            results.append(run_workload(stack.bootstrap, topics, texts, name, rate, progress, processes))
         rate = latency_rate or results[0].sustained_msgs_per_s / 2
         seconds = latency_seconds
         flush()
         say(f"latency at a fixed load: {rate:.0f} msgs/s for {seconds:.0f} s (unique texts)")
         used = {text for _, texts, _ in plans for text in texts}  # the worker remembers recent scores
         results.append(run_workload(stack.bootstrap, topics, fresh_texts(int(rate * seconds), seed + 13, used),
-                                    "fixed load", rate, progress))
+                                    "fixed load", rate, progress, processes))
         out["runs"] = [r.__dict__ for r in results]
         out["worker_memory"] = rss_mb(worker.pid) if worker.pid else {}
         if not worker.alive:
@@ -432,6 +456,17 @@ def render(report: dict, console) -> None:  # console: rich.console.Console
                           f"{r['latency_p50_ms']:.0f}", f"{r['latency_p99_ms']:.0f}", in_worker,
                           f"{r['cache_hit_rate']:.0%}", str(r["lost"]))
         console.print(table)
+        cpu = Table(title="machine time per message, ms of CPU (where the 2 cores went)")
+        labels = sorted({k for r in e2e["runs"] for k in r.get("extra", {}).get("cpu_ms_per_msg", {})})
+        for col in ("workload", *labels, "total"):
+            cpu.add_column(col, justify="left" if col == "workload" else "right")
+        for r in e2e["runs"]:
+            used = r.get("extra", {}).get("cpu_ms_per_msg", {})
+            if used:
+                cpu.add_row(r["workload"], *(f"{used.get(k, float('nan')):.3f}" for k in labels),
+                            f"{sum(used.values()):.3f}")
+        if labels:
+            console.print(cpu)
         memory = e2e.get("worker_memory")
         if memory:
             console.print(f"worker memory: {memory.get('rss_mb', 0):.0f} MB resident, "

@@ -6,6 +6,7 @@ Serving commands import no training code; ``chatmod train ...`` loads the traini
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import threading
 import time
@@ -31,8 +32,13 @@ def _settings() -> Settings:
         raise typer.Exit(2) from exc
 
 
-def logging_dict_config(level: str, json_lines: bool) -> dict:
-    """dictConfig for Faust's worker: our formatter and the content guard on the root logger."""
+LIBRARY_LOGGERS = ("aiokafka", "kafka", "faust", "mode")
+
+
+def logging_dict_config(level: str, json_lines: bool, library_level: str = "info") -> dict:
+    """dictConfig for Faust's worker: our formatter and the content guard on the root logger; the Kafka
+    client's and Faust's own loggers at ``library_level`` (or ``level``, where that is less verbose)."""
+    quieter = max(logging.getLevelName(level.upper()), logging.getLevelName(library_level.upper()))
     formatter = "pipeline.logging.JsonFormatter" if json_lines else "pipeline.logging.TextFormatter"
     return {
         "version": 1,
@@ -42,6 +48,7 @@ def logging_dict_config(level: str, json_lines: bool) -> dict:
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "chatmod", "filters": ["guard"],
                                 "stream": "ext://sys.stderr"}},
         "root": {"level": level.upper(), "handlers": ["stderr"]},
+        "loggers": {name: {"level": logging.getLevelName(quieter)} for name in LIBRARY_LOGGERS},
     }
 
 
@@ -71,7 +78,8 @@ def worker(
 
     Worker(
         faust_app, loglevel=settings.worker.log_level, quiet=True, redirect_stdouts=False,
-        logging_config=logging_dict_config(settings.worker.log_level, settings.worker.log_json),
+        logging_config=logging_dict_config(settings.worker.log_level, settings.worker.log_json,
+                                           settings.worker.library_log_level),
     ).execute_from_commandline()
 
 

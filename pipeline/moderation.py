@@ -132,8 +132,24 @@ class Moderator:
         # cache write has not landed yet is taken from here, so this worker scores it once and only once.
         self._recent: OrderedDict[str, dict] = OrderedDict()
 
-    async def handle(self, records: Sequence[InRecord]) -> BatchStats:
+    async def handle(self, records: Sequence[InRecord], model_done: Callable[[], None] | None = None) -> BatchStats:
+        """Moderate ``records`` to the end: results and dead letters published and confirmed, cache written.
+
+        ``model_done`` is called once, as soon as this batch no longer needs the model (its misses are
+        classified, or it had none), so that the caller can form the next batch while this one publishes.
+        """
+        signalled = False
+
+        def release_model() -> None:
+            nonlocal signalled
+            if not signalled:
+                signalled = True
+                if model_done is not None:
+                    model_done()
+
         stats = BatchStats(received=len(records))
+        if records:  # the oldest record's age as the batch starts: broker, fetch and queueing before the worker
+            stats.stage_seconds["queued"] = max(0.0, time.time() - min(r.timestamp for r in records))
         clf = self._classifier()
         policy = self._policy()
         pending: list[_Pending] = []
@@ -152,8 +168,9 @@ class Moderator:
         cache_writes: dict[str, bytes] = {}
         owned: dict[str, asyncio.Future] = {}  # texts this batch classifies, shared with concurrent batches
         try:
-            return await self._handle(pending, dead, clf, policy, stats, outputs, cache_writes, owned)
+            return await self._handle(pending, dead, clf, policy, stats, outputs, cache_writes, owned, release_model)
         finally:
+            release_model()
             # Texts stay "in flight" until their scores are in the cache, so that no batch looking them up in
             # between classifies them a second time; on failure, batches waiting on them fail and retry.
             for key, future in owned.items():
@@ -163,9 +180,11 @@ class Moderator:
                     del self._inflight[key]
 
     async def _handle(self, pending: list[_Pending], dead: list, clf: Classifier, policy: Policy, stats: BatchStats,
-                      outputs: list, cache_writes: dict[str, bytes], owned: dict[str, asyncio.Future]) -> BatchStats:
+                      outputs: list, cache_writes: dict[str, bytes], owned: dict[str, asyncio.Future],
+                      release_model: Callable[[], None]) -> BatchStats:
         if pending:
-            await self._moderate(pending, clf, policy, stats, outputs, cache_writes, owned)
+            await self._moderate(pending, clf, policy, stats, outputs, cache_writes, owned, release_model)
+        release_model()
         for rec, err in dead:
             letter = DeadLetter.from_invalid(err, rec.value, rec.topic, rec.partition, rec.offset)
             outputs.append((self.topics.dlq, None, rec.value or b"", letter.to_headers()))
@@ -187,7 +206,8 @@ class Moderator:
         return stats
 
     async def _moderate(self, pending: list[_Pending], clf: Classifier, policy: Policy, stats: BatchStats,
-                        outputs: list, cache_writes: dict[str, bytes], owned: dict[str, asyncio.Future]) -> None:
+                        outputs: list, cache_writes: dict[str, bytes], owned: dict[str, asyncio.Future],
+                        release_model: Callable[[], None]) -> None:
         keys = [p.message_key for p in pending] + [p.content_key for p in pending]
         started = time.perf_counter()
         found = await self.cache.get_many(keys) if self.cache is not None else [None] * len(keys)
@@ -214,6 +234,7 @@ class Moderator:
         todo = [(key, text) for key, text in misses if key not in borrowed]
         if todo:
             await self._classify(todo, clf, policy, stats, scores, cache_writes, owned)
+        release_model()
         for key, shared in borrowed.items():
             scores[key] = await asyncio.shield(shared)
         self._finish_results(pending, replay, scores, cached_keys, clf, policy, stats, outputs, cache_writes)

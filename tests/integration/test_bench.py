@@ -29,9 +29,13 @@ def test_end_to_end_bench_measures_every_message(tiny_store: Path, tmp_path: Pat
     assert 0 < runs["fixed load"]["latency_p50_ms"] <= runs["fixed load"]["latency_p99_ms"]
     for r in runs.values():  # the worker's share of the latency: produced -> result built, before publishing
         assert 0 < r["extra"]["worker_latency_p50_ms"] <= r["latency_p50_ms"]
+        cpu = r["extra"]["cpu_ms_per_msg"]  # where the machine's time went, per process
+        assert set(cpu) == {"worker", "broker", "redis", "load generator"}
+        assert cpu["worker"] > 0 and all(v >= 0 for v in cpu.values())
     assert report["end_to_end"]["worker_memory"]["peak_rss_mb"] > 50
     assert {t["target"] for t in report["targets"]} >= {"nothing lost", "worker peak RSS <= 600 MB"}
     console = Console(file=open(tmp_path / "out.txt", "w"), width=160)  # noqa: SIM115
     render(json.loads(json.dumps(report)), console)  # what the CLI prints, from what it writes
     console.file.close()
-    assert "fixed load" in (tmp_path / "out.txt").read_text()
+    printed = (tmp_path / "out.txt").read_text()
+    assert "fixed load" in printed and "machine time per message" in printed

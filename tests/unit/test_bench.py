@@ -83,3 +83,17 @@ def test_targets_are_judged_from_the_measured_figures() -> None:
     verdicts = {t["target"].split(":")[0]: t["met"] for t in check_targets(report)}
     assert verdicts == {"end-to-end unique": True, "50% repeats": False, "p99 produce-to-result <= 150 ms at 600 msgs/s": False,
                         "worker peak RSS <= 600 MB": True, "nothing lost": False}
+
+
+def test_cpu_seconds_counts_this_process_and_is_none_for_a_gone_one() -> None:
+    import os
+    import time
+
+    from pipeline.bench import cpu_seconds
+
+    before = cpu_seconds(os.getpid())
+    deadline = time.process_time() + 0.2
+    while time.process_time() < deadline:  # burn 0.2 s of CPU
+        pass
+    assert before is not None and cpu_seconds(os.getpid()) - before >= 0.15
+    assert cpu_seconds(2**22 + 12345) is None  # above Linux's pid_max default: no such process

@@ -119,3 +119,47 @@ async def test_a_classifier_breaking_the_batch_contract_publishes_nothing(settin
 async def test_an_unconfirmed_publish_fails_the_batch_so_it_is_not_acked(settings):
     with pytest.raises(ConnectionError):
         await _moderator(settings, MemoryPublisher(fail=True)).handle(_records([_msg("x", "hello")]))
+
+
+async def test_the_model_is_released_before_the_batch_publishes_and_exactly_once(settings):
+    """The worker forms its next batch on this signal: it must come after the model work and before the
+    (slow) broker confirmations, once per batch, also for a batch with nothing to classify."""
+    confirm = asyncio.Event()
+    events: list[str] = []
+
+    class SlowBroker(MemoryPublisher):
+        async def send(self, topic, key, value, headers=None):
+            events.append("send")
+            future = asyncio.get_running_loop().create_future()
+
+            async def confirm_later():
+                await confirm.wait()
+                future.set_result(None)
+
+            asyncio.ensure_future(confirm_later())
+            return future
+
+    moderator = _moderator(settings, SlowBroker())
+    released = asyncio.Event()
+
+    def model_done():
+        events.append("model done")
+        released.set()
+
+    batch = asyncio.ensure_future(moderator.handle(_records([_msg("1", "hi all"), _msg("2", "you idiot")]), model_done))
+    await asyncio.wait_for(released.wait(), 30)
+    assert not batch.done(), "released while the publish is still unconfirmed"
+    confirm.set()
+    stats = await batch
+    assert stats.classified == 2 and events.count("model done") == 1 and events[0] == "model done"
+
+    repeat = await moderator.handle(_records([_msg("3", "hi all")]), model_done)  # a cache hit: no model work
+    assert repeat.classified == 0 and events.count("model done") == 2
+
+
+async def test_the_model_is_released_when_a_batch_fails(settings):
+    released = []
+    with pytest.raises(ConnectionError):
+        await _moderator(settings, MemoryPublisher(fail=True)).handle(_records([_msg("x", "hello")]),
+                                                                       lambda: released.append(1))
+    assert released == [1]
