@@ -62,3 +62,17 @@ def test_text_format_and_bad_level(capsys, restore_root_logger):
     assert "ERROR" in err and "chatmod.test: down event='cache_down'" in err
     with pytest.raises(ValueError, match="unknown log level"):
         configure_logging("loud")
+
+
+def test_worker_debug_keeps_the_kafka_client_and_faust_at_their_own_level():
+    """``CHATMOD_WORKER_LOG_LEVEL=debug`` is for chatmod's own loggers: aiokafka at debug writes a line per
+    fetch and send (tens of thousands a minute), so library loggers follow ``library_log_level``."""
+    from pipeline.cli import LIBRARY_LOGGERS, logging_dict_config
+
+    config = logging_dict_config("debug", True)
+    assert config["root"]["level"] == "DEBUG"
+    assert {name: c["level"] for name, c in config["loggers"].items()} == dict.fromkeys(LIBRARY_LOGGERS, "INFO")
+    assert config["loggers"]["aiokafka"]["level"] == "INFO"
+    assert logging_dict_config("debug", True, "debug")["loggers"]["aiokafka"]["level"] == "DEBUG"
+    # never more verbose than the worker's own level
+    assert logging_dict_config("warning", True, "debug")["loggers"]["faust"]["level"] == "WARNING"
