@@ -114,7 +114,7 @@ def register_agents(app: faust.App, settings: Settings) -> WorkerState:
         state.consuming = True
         state.refresh_gauges()
 
-    starting = asyncio.Lock()  # the actors start together: one of them loads the models, the others wait
+    starting = asyncio.Lock()  # one model load, also if Faust restarts the agent while a start is under way
 
     async def start() -> Moderator:
         async with starting:
@@ -258,11 +258,14 @@ async def _run_batches(moderator: Moderator, batcher: MicroBatcher, stream: faus
             task = asyncio.ensure_future(_complete(moderator, events, stream, state, model_free.set))
             inflight.add(task)
             task.add_done_callback(batch_done)
-            waiter = asyncio.ensure_future(model_free.wait())
-            try:  # the next batch forms while this one is in the model
-                await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            # The next batch forms while this one is in the model; with a whole batch already waiting it is
+            # taken at once, so its decoding and look-ups overlap the model and the model never idles.
+            waiters = {asyncio.ensure_future(model_free.wait()), asyncio.ensure_future(batcher.wait_full())}
+            try:
+                await asyncio.wait({task, *waiters}, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                waiter.cancel()
+                for waiter in waiters:
+                    waiter.cancel()
     except asyncio.CancelledError:  # stopping: what was taken is finished and acked, the rest redelivered
         batcher.close()
         if inflight:

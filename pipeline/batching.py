@@ -6,6 +6,10 @@ Under load, batches grow by themselves and the model runs at its most efficient 
 a message waits at most ``linger_s`` for company before it goes to the model alone. The same idea as
 Ray Serve's and BentoML's adaptive batching and Kafka's ``linger.ms``.
 
+Under a backlog (a whole batch already waiting) the consumer may take the next batch before the model is
+free, so that its preparation (decoding, cache look-ups) overlaps the model's work and the model never
+idles between batches.
+
 The buffer holds at most ``capacity`` items: ``put`` waits while it is full, so a slow model slows the
 consumer down (and Faust stops fetching) instead of growing memory.
 """
@@ -38,6 +42,7 @@ class MicroBatcher(Generic[T]):
         self._items: deque[tuple[float, T]] = deque()  # (monotonic time it arrived, item)
         self._arrived = asyncio.Event()  # something was put since the consumer last looked
         self._space = asyncio.Event()  # a batch was taken since a producer found the buffer full
+        self._full = asyncio.Event()  # a whole batch is waiting
         self._closed: BaseException | None = None
 
     def __len__(self) -> int:
@@ -52,6 +57,8 @@ class MicroBatcher(Generic[T]):
             raise BatcherClosed("the batch consumer stopped") from self._closed
         self._items.append((time.monotonic(), item))
         self._arrived.set()
+        if len(self._items) >= self.max_batch:
+            self._full.set()
 
     async def next_batch(self) -> list[T]:
         """The next batch: waits for a first item, then until ``max_batch`` items are here or the oldest
@@ -72,6 +79,13 @@ class MicroBatcher(Generic[T]):
         self._space.set()
         return batch
 
+    async def wait_full(self) -> None:
+        """Returns once ``max_batch`` items are waiting: under a backlog the next batch can be taken (and
+        prepared) while the model still works on the previous one, since waiting would not make it bigger."""
+        while len(self._items) < self.max_batch and self._closed is None:
+            self._full.clear()
+            await self._full.wait()
+
     def close(self, reason: BaseException | None = None) -> list[T]:
         """Stop accepting items (waiting producers get ``BatcherClosed``); returns what was still buffered,
         which no batch will take."""
@@ -79,4 +93,5 @@ class MicroBatcher(Generic[T]):
         left = [item for _, item in self._items]
         self._items.clear()
         self._space.set()
+        self._full.set()
         return left

@@ -86,3 +86,16 @@ async def test_close_wakes_a_waiting_producer_with_the_reason_and_returns_the_le
 def test_bad_bounds_are_refused(max_batch, linger_s, capacity, field):
     with pytest.raises(ValueError, match=field):
         MicroBatcher(max_batch, linger_s, capacity)
+
+
+async def test_wait_full_returns_once_a_whole_batch_waits():
+    batcher: MicroBatcher[int] = MicroBatcher(max_batch=3, linger_s=0.0, capacity=6)
+    waiting = asyncio.ensure_future(batcher.wait_full())
+    for i in range(2):
+        await batcher.put(i)
+    await asyncio.sleep(0.02)
+    assert not waiting.done(), "two of three: a longer wait would still make the batch bigger"
+    await batcher.put(2)
+    await asyncio.wait_for(waiting, 1.0)
+    await asyncio.wait_for(batcher.wait_full(), 1.0)  # still full: returns at once
+    assert await batcher.next_batch() == [0, 1, 2]
