@@ -458,7 +458,8 @@ def render(report: dict, console) -> None:  # console: rich.console.Console
                           f"{r['latency_p50_ms']:.0f}", f"{r['latency_p99_ms']:.0f}", in_worker,
                           f"{r['cache_hit_rate']:.0%}", str(r["lost"]))
         console.print(table)
-        cpu = Table(title="machine time per message, ms of CPU (where the 2 cores went)")
+        cpus = report.get("machine", {}).get("cpus")
+        cpu = Table(title=f"machine time per message, ms of CPU (where the {cpus or '?'} CPUs went)")
         labels = sorted({k for r in e2e["runs"] for k in r.get("extra", {}).get("cpu_ms_per_msg", {})})
         for col in ("workload", *labels, "total"):
             cpu.add_column(col, justify="left" if col == "workload" else "right")

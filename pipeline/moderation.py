@@ -68,7 +68,8 @@ class BatchStats:
     flagged: int = 0
     decisions: dict[str, int] = field(default_factory=lambda: {"allow": 0, "review": 0, "block": 0})
     model_seconds: float = 0.0
-    stage_seconds: dict[str, float] = field(default_factory=dict)  # lookup, model, publish, cache_write
+    # queued (the oldest record's age as the batch starts), lookup, model, publish, cache_write
+    stage_seconds: dict[str, float] = field(default_factory=dict)
     dead_letter_kinds: dict[str, int] = field(default_factory=dict)  # error kind -> count
     # Kafka timestamp -> result, one per published result (replays included); this batch only.
     latencies_ms: list[float] = field(default_factory=list)
