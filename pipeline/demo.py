@@ -233,7 +233,10 @@ class ResultReader(threading.Thread):
         from kafka import KafkaConsumer, TopicPartition
 
         try:
-            consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False)
+            # A short fetch wait: tansu holds a fetch up to the wait, and kafka-python's 500 ms default then
+            # shows up in the end-to-end latency this reader reports.
+            consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
+                                     fetch_max_wait_ms=20)
             try:
                 tps = [TopicPartition(t, p) for t in (self.moderated, self.dlq)
                        for p in sorted(consumer.partitions_for_topic(t) or ())]
