@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError, RedisError
 
 from pipeline.settings import RedisSettings, mask_url_password
 
@@ -48,7 +48,10 @@ def _make_client(settings: RedisSettings) -> Redis:
     kwargs: dict = {
         "socket_timeout": settings.socket_timeout_s,
         "socket_connect_timeout": settings.socket_timeout_s,
-        "retry": Retry(NoBackoff(), 0),  # the breaker decides when to retry, not redis-py's backoff
+        # One immediate retry on a connection error, on a fresh connection: after a Redis restart every pooled
+        # connection is dead, and each would otherwise fail once, trip the breaker and drop a batch's writes.
+        # A Redis that is really down fails the retry too; then the breaker decides when to try again.
+        "retry": Retry(NoBackoff(), 1, supported_errors=(ConnectionError,)),
         "max_connections": settings.max_connections,
         "timeout": settings.socket_timeout_s,  # wait for a free pooled connection at most this long
         "decode_responses": False,

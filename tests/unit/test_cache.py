@@ -190,3 +190,23 @@ async def test_values_must_be_bytes():
     cache = ResultCache(RedisSettings(enabled=False))
     with pytest.raises(TypeError, match="must be bytes"):
         await cache.set_many({"a": "text"})
+
+
+@pytest.mark.integration
+async def test_a_redis_restart_costs_no_writes():
+    """After a restart every pooled connection is dead: each is replaced on first use, not reported as an
+    outage (which would skip the writes of every batch until the breaker's next try)."""
+    from pipeline.embedded import EmbeddedRedis
+
+    with EmbeddedRedis() as server:
+        cache = ResultCache(_settings(server.url, retry_interval_s=30.0, socket_timeout_s=2.0))
+        try:
+            # several connections in the pool, as concurrent batches leave it
+            assert all(await asyncio.gather(*(cache.set_many({f"k{i}": b"v"}) for i in range(4))))
+            server.stop()
+            server.start()  # same port, empty
+            assert all(await asyncio.gather(*(cache.set_many({f"n{i}": b"v"}) for i in range(4))))
+            assert await cache.get_many(["n0", "n3"]) == [b"v", b"v"]
+            assert cache.available and cache.stats.errors == 0
+        finally:
+            await cache.close()
