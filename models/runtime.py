@@ -307,6 +307,23 @@ class TextClassifier:
         # One forward at a time per model: ORT already uses `threads` cores per run, more would oversubscribe.
         self._lock = threading.Lock()
         log.info("loaded %s (%s on %s) from %s", self.manifest.ref, self.backend, self.device, self.folder)
+        if not self.batch_invariant:
+            log.warning(
+                "%s on %s is not known to score a text the same in every batch: redelivered duplicates and "
+                "cached scores may differ slightly; `chatmod train requantize %s --version N` re-exports it "
+                "with per-token int8", self.manifest.ref, self.backend, self.manifest.ref,
+            )
+
+    @property
+    def batch_invariant(self) -> bool:
+        """Whether the export proved this model's scores independent of batch, padding and thread count
+        (``training.quantize.check_batch_invariance``, recorded in the manifest). The torch backend is
+        never assumed to be: GPU kernels pick their reduction order by shape."""
+        if self.backend == "torch":
+            return False
+        fmt = "onnx_int8" if self.backend == "onnx_int8" else "onnx"
+        check = self.manifest.metrics.get("export", {}).get(fmt, {})
+        return check.get("batch_invariance_max_diff") == 0.0
 
     @property
     def ref(self) -> str:

@@ -252,6 +252,23 @@ def demo(
     raise typer.Exit(run_demo(n_messages=messages, live=live, store=store, rate=rate))
 
 
+def _progress_bars():  # -> (rich.progress.Progress, progress(label, done, total))
+    """Transient progress bars on stderr, one per label, for long developer commands (bench, chaos)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=Console(stderr=True), transient=True)
+    ids: dict[str, int] = {}
+
+    def progress(label: str, done: int, total: int) -> None:
+        if label not in ids:
+            ids[label] = bars.add_task(label, total=total)
+        bars.update(ids[label], completed=done)
+
+    return bars, progress
+
+
 @app.command()
 def bench(
     part: Annotated[list[str] | None, typer.Option("--only", help="model and/or e2e (default: both).")] = None,
@@ -272,7 +289,6 @@ def bench(
     """Benchmarks: model-only beside the transformers pipeline, end to end on the embedded stack, latency at
     a fixed load. Prints tables and writes a JSON report."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from pipeline.bench import render, run_bench
 
@@ -285,22 +301,44 @@ def bench(
         if not sep or not key.startswith("CHATMOD_"):
             raise typer.BadParameter(f"--worker-setting takes CHATMOD_<GROUP>_<NAME>=value, got {item!r}")
         worker_env[key] = value
-    console = Console(stderr=True)
-    bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True)
-    ids: dict[str, int] = {}
-
-    def progress(label: str, done: int, total: int) -> None:
-        if label not in ids:
-            ids[label] = bars.add_task(label, total=total)
-        bars.update(ids[label], completed=done)
-
+    bars, progress = _progress_bars()
     with bars:
         report = run_bench(parts, store, texts, messages, threads, batch_size, max_batch, latency_rate, seed,
                            say=bars.console.print, progress=progress, worker_env=worker_env)
     out.write_text(json.dumps(report, indent=2))
     render(report, Console())
     typer.echo(f"report written to {out}")
+
+
+@app.command()
+def chaos(
+    duration: Annotated[float, typer.Option(min=1, help="Seconds of steady load; the faults fall inside.")] = 180.0,
+    rate: Annotated[float, typer.Option(min=1, help="Messages per second.")] = 300.0,
+    kill_every: Annotated[float, typer.Option(min=1, help="SIGKILL a worker (and restart it) this often, s.")] = 30.0,
+    redis_restarts: Annotated[int, typer.Option(min=0, help="Restarts of Redis (no persistence) in the run.")] = 2,
+    store: Annotated[Path | None, typer.Option(help="Model store (default: the bundled defaults).")] = None,
+    out: Annotated[Path, typer.Option(help="Where to write the JSON report.")] = Path("chaos.json"),
+) -> None:
+    """Two workers under steady load, SIGKILLed in turn, Redis restarted empty: checks that every id comes
+    out and that copies of a result differ only in latency_ms and cached. Exits 1 when the contract broke."""
+    from rich.console import Console
+
+    from pipeline.chaos import ChaosConfig, run_chaos
+
+    cfg = ChaosConfig(duration_s=duration, rate=rate, kill_every_s=kill_every, redis_restarts=redis_restarts,
+                      store=store)
+    bars, progress = _progress_bars()
+    with bars:
+        report = run_chaos(cfg, say=bars.console.print, progress=progress)
+    out.write_text(json.dumps(report.to_dict(), indent=2))
+    console = Console()
+    console.print(f"produced {report.produced:,}, results {report.results:,} ({report.unique_ids:,} ids), "
+                  f"lost {report.lost}, duplicates {report.duplicates} "
+                  f"({report.duplicates_byte_identical} byte-identical, {report.duplicates_differing} differing "
+                  f"outside latency_ms/cached, {report.decisions_differing} with another decision), "
+                  f"{report.kills} kills, {report.redis_restarts} Redis restarts, {report.seconds:.0f} s")
+    console.print(("[green]contract held" if report.ok else "[red]contract broken") + f"; report in {out}")
+    raise typer.Exit(0 if report.ok else 1)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})

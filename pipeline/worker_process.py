@@ -77,6 +77,15 @@ class WorkerProcess:
             self._log.close()
             self._log = None
 
+    def kill(self) -> None:
+        """SIGKILL the worker's process group at once, as a crash would (fault tests), then clean up."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        self.stop()  # the process is gone: this only closes the log
+
     def exit_message(self) -> str:
         code = self._proc.returncode if self._proc else None
         return f"the worker exited unexpectedly (code {code})\n{self.log_tail()}"

@@ -140,6 +140,54 @@ def promote(artifact: Annotated[Path, typer.Argument(help="Artifact folder to re
     typer.echo(f"{manifest.ref} is current for {task or [str(t) for t in manifest.tasks]} in {store}")
 
 
+@app.command()
+def requantize(ref: Annotated[str, typer.Argument(help="NAME@VERSION in the store, or an artifact folder.")],
+               version: Annotated[str, typer.Option(help="Version of the re-exported artifact.")],
+               store: Annotated[Path, typer.Option(help="Model store.")] = Path("model-store"),
+               promote_: Annotated[bool, typer.Option("--promote/--no-promote",
+                                                      help="Make it current for the tasks its source serves.")] = False,
+               data_root: DataOpt = None, seed: int = 13) -> None:
+    """Re-export a model with the current int8 export (per-token scales: batch-independent scores), evaluate
+    it on validation when the data is there, and register it."""
+    import tempfile
+
+    from models.registry import ModelRegistry
+    from training.data import default_data_root
+    from training.export import DEFAULT_VERIFY_TEXTS
+    from training.requantize import requantize_artifact
+
+    registry = ModelRegistry(store)
+    source = Path(ref) if Path(ref).is_dir() else registry.get(ref)[1]
+    cfg = StageConfig(tasks=_tasks(["all"]), data_root=str(data_root) if data_root else None, seed=seed)
+    root = Path(cfg.data_root) if cfg.data_root else default_data_root()
+
+    def evaluate_served(folder: Path, manifest) -> dict:
+        tox = next((h for h in manifest.heads if h.task == Task.TOXICITY), None)
+        fixed = (tox.thresholds, tox.block_thresholds) if tox else None  # the source's calibrated thresholds
+        task_cfg = StageConfig(tasks=[str(t) for t in manifest.tasks], data_root=cfg.data_root, seed=seed)
+        return evaluate_folder(folder, task_cfg, fixed)["headline"]
+
+    with tempfile.TemporaryDirectory(prefix="chatmod-requantize-") as tmp:
+        out = Path(tmp) / "artifact"
+        console.print(f"re-exporting {ref} as version {version} (rebuild, ONNX, per-token int8, checks)")
+        verify = list(DEFAULT_VERIFY_TEXTS)
+        if root.is_dir():  # real chat, as train all checks its exports
+            from training.recipe import training_examples, validation_config
+
+            _, validation, _ = training_examples(validation_config(cfg))
+            verify = [ex.text for exs in validation.values() for ex in exs[:100]][:400]
+        manifest = requantize_artifact(source, out, version, verify_texts=verify,
+                                       evaluate=evaluate_served if root.is_dir() else None)
+        stored = registry.add(out, version=str(version))
+    if not root.is_dir():
+        console.print(f"[yellow]{root} is missing: the re-export is verified against its source, not re-evaluated")
+    console.print(f"registered {stored.ref}; validation {manifest.metrics.get('validation', {})}")
+    if promote_:
+        serving = [task for task in stored.tasks if (registry.current(task) or "").split("@")[0] == stored.name]
+        registry.promote(stored.ref, tasks=serving or None)
+        console.print(f"{stored.ref} is current for {[str(t) for t in (serving or stored.tasks)]}")
+
+
 @app.command("all")
 def all_(out: Annotated[Path, typer.Option(help="Run folder (resumable).")] = Path("runs/latest"),
          store: Annotated[Path | None, typer.Option(help="Model store to register into.")] = Path("model-store"),

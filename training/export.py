@@ -1,7 +1,8 @@
 """ONNX and int8 export of a trained classifier, verified against the torch model, and artifact assembly.
 
 An export is only kept when its logits match the torch model's on real texts, padded the way the
-runtime pads them; otherwise ``ExportMismatch`` is raised and no artifact is written.
+runtime pads them, and (int8) when a text's logits are bit-identical whatever its batch, padding and
+thread count (see ``training.quantize``); otherwise ``ExportMismatch`` is raised and no artifact is written.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import re
 import shutil
 import tempfile
 import warnings
@@ -23,6 +23,14 @@ import numpy as np
 from models.artifact import WEIGHT_FORMATS, ArtifactError, Head, Manifest, write_manifest
 from models.labels import ProblemType
 from models.runtime import TextEncoder
+from training.quantize import (  # noqa: F401 - the int8 steps, re-exported for callers
+    PER_TOKEN,
+    check_batch_invariance,
+    fp32_fallbacks,
+    prepare_for_int8,
+    quantize_int8,
+    quantize_prepared,
+)
 
 log = logging.getLogger(__name__)
 
@@ -130,63 +138,6 @@ def export_onnx(hf_model_dir: Path, onnx_path: Path, opset: int = 17) -> Path:
 
     onnx.checker.check_model(str(onnx_path))
     return onnx_path
-
-
-# The MatMuls that project a layer's feed-forward activations back to the hidden size: their inputs (GELU
-# outputs) carry outliers that one dynamic int8 scale per tensor holds badly, the first layer's worst
-# (measured on the DistilBERT student: keeping only that one in fp32 took the largest logit change on 400
-# validation texts from 0.62 to 0.44 for 11% of the FLOPs). BERT, DistilBERT and ALBERT names.
-_FFN_OUT = re.compile(r"(layer\.\d+/output/dense|ffn/lin2|ffn_output(_\d+)?)/MatMul")
-
-
-def fp32_fallbacks(onnx_path: Path) -> list[list[str]]:
-    """What to keep in fp32, in the order to try when int8 misses its bounds: nothing, the first
-    feed-forward output projection, all of them."""
-    import onnx
-
-    names = [n.name for n in onnx.load(str(onnx_path), load_external_data=False).graph.node
-             if n.op_type == "MatMul" and _FFN_OUT.search(n.name)]
-    ladder: list[list[str]] = [[]]
-    for step in (names[:1], names):
-        if step and step != ladder[-1]:
-            ladder.append(step)
-    return ladder
-
-
-def prepare_for_int8(onnx_path: Path, pre_path: Path) -> Path:
-    """ONNX Runtime's pre-processing (shape inference, graph clean-up): without it most MatMuls stay fp32."""
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    try:
-        # auto_merge: symbolic shape inference otherwise gives up on transformers' mask arithmetic
-        quant_pre_process(str(onnx_path), str(pre_path), auto_merge=True)
-    except Exception as exc:  # noqa: BLE001 - fall back to ONNX shape inference only
-        log.warning("symbolic shape inference failed (%s); pre-processing without it", exc)
-        quant_pre_process(str(onnx_path), str(pre_path), skip_symbolic_shape=True)
-    return Path(pre_path)
-
-
-def _quantize_prepared(pre_path: Path, out_path: Path, keep_fp32: Sequence[str]) -> Path:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantize_dynamic(
-        str(pre_path),
-        str(out_path),
-        per_channel=True,  # per-tensor int8 visibly degrades real encoders
-        weight_type=QuantType.QInt8,
-        nodes_to_exclude=list(keep_fp32),
-        extra_options={"MatMulConstBOnly": True},  # weights only; activation x activation stays fp32
-    )
-    return Path(out_path)
-
-
-def quantize_int8(onnx_path: Path, out_path: Path, keep_fp32: Sequence[str] = ()) -> Path:
-    """Dynamic int8 quantisation, per-channel weights, of a pre-processed copy of ``onnx_path``.
-    ``keep_fp32``: node names left unquantised (see :func:`fp32_fallbacks`)."""
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
-        return _quantize_prepared(prepare_for_int8(onnx_path, Path(tmp) / "pre.onnx"), out_path, keep_fp32)
 
 
 def _decisions(logits: np.ndarray, heads: Sequence[Head]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -382,7 +333,11 @@ def build_artifact(
                         heads=manifest.heads,
                         max_length=max_length,
                     )
-                    return asdict(check)
+                    return asdict(check) | {"batch_invariance_max_diff": invariance(onnx_path)}
+
+                def invariance(onnx_path: Path) -> float:
+                    encoded = TextEncoder(hf_model_dir / "tokenizer.json", max_length).encode(verify_texts)
+                    return check_batch_invariance(onnx_path, encoded)
 
                 fp32 = export_onnx(hf_model_dir, Path(tmp) / ONNX_NAME, opset=opset)
                 export["onnx"] = checked(fp32, fp32_tolerance)  # int8 is only as good as the graph under it
@@ -393,15 +348,22 @@ def build_artifact(
                     pre = prepare_for_int8(fp32, Path(tmp) / "pre.onnx")  # once, whatever the retries
                     ladder = fp32_fallbacks(pre)
                     for step, keep in enumerate(ladder):
-                        int8 = _quantize_prepared(pre, staging / ONNX_INT8_NAME, keep)
+                        int8 = quantize_prepared(pre, staging / ONNX_INT8_NAME, keep)
                         try:
-                            export["onnx_int8"] = checked(int8, int8_tolerance) | {"fp32_nodes": keep}
+                            export["onnx_int8"] = checked(int8, int8_tolerance) | {
+                                "fp32_nodes": keep, "activations": PER_TOKEN}
                             break
                         except ExportMismatch as exc:
                             if step == len(ladder) - 1:
                                 raise
                             log.warning("int8 export beyond its bounds; retrying with fp32 feed-forward outputs",
                                         extra={"reason": str(exc), "keep_fp32": ladder[step + 1]})
+                    moved = export["onnx_int8"]["batch_invariance_max_diff"]
+                    if moved != 0.0:
+                        raise ExportMismatch(
+                            f"{ONNX_INT8_NAME}: a text's logits move by up to {moved:.3g} with its batch "
+                            "neighbours, padding or thread count; per-token int8 must make them identical"
+                        )
                     weights["onnx_int8"] = ONNX_INT8_NAME
         for path in staging.iterdir():
             path.chmod(0o644)

@@ -1,0 +1,254 @@
+"""``chatmod chaos``: the delivery contract under faults, checked the way a consumer would check it.
+
+Two workers in one consumer group on the embedded stack (tansu, and a Redis without persistence), a
+steady load of real chat from a producer, one worker SIGKILLed and restarted every ``kill_every_s``
+(alternating), and Redis restarted ``redis_restarts`` times, losing every record it held. Afterwards the
+moderated topic is read from the beginning: every id must have come out at least once, and the copies of
+one id may differ only in the delivery fields (``latency_ms``, ``cached``). A copy re-scored after Redis
+lost the first copy's record agrees because scores do not depend on the batch (per-token int8).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+DELIVERY_FIELDS = ("latency_ms", "cached")  # may differ between copies of one result; nothing else may
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ChaosConfig:
+    duration_s: float = 180.0  # how long the load runs; faults happen inside this window
+    rate: float = 300.0  # messages per second
+    kill_every_s: float = 30.0
+    redis_restarts: int = 2
+    partitions: int = 6
+    threads: int = 1  # model threads per worker (two workers share the machine)
+    store: Path | None = None  # None: the bundled default models
+    seed: int = 13
+    drain_timeout_s: float = 180.0  # after the load: how long to wait for the last results
+
+    def __post_init__(self) -> None:
+        if self.duration_s <= 0 or self.rate <= 0:
+            raise ValueError(f"duration_s and rate must be > 0, got {self.duration_s} and {self.rate}")
+        if self.kill_every_s <= 0 or self.redis_restarts < 0:
+            raise ValueError("kill_every_s must be > 0 and redis_restarts >= 0")
+
+
+@dataclass
+class ChaosReport:
+    produced: int = 0
+    results: int = 0  # records on the moderated topic, copies included
+    unique_ids: int = 0
+    lost: int = 0
+    duplicates: int = 0  # copies beyond the first
+    duplicates_byte_identical: int = 0
+    duplicates_differing: int = 0  # differ outside the delivery fields: a broken contract
+    decisions_differing: int = 0  # of those, with another decision
+    differing_fields: dict[str, int] = field(default_factory=dict)
+    examples: list[dict] = field(default_factory=list)  # a few differing or lost ids, no message text
+    kills: int = 0
+    redis_restarts: int = 0
+    seconds: float = 0.0
+    config: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.lost == 0 and self.duplicates_differing == 0 and self.produced > 0
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"ok": self.ok}
+
+
+def differing_fields(first: dict, other: dict) -> list[str]:
+    """Top-level fields, outside the delivery fields, in which two copies of one result differ."""
+    keys = (set(first) | set(other)) - set(DELIVERY_FIELDS)
+    return sorted(k for k in keys if first.get(k) != other.get(k))
+
+
+def compare_copies(copies_by_id: dict[str, list[bytes]], expected_ids: list[str], report: ChaosReport) -> None:
+    """Fill ``report`` from every published copy of every result."""
+    report.unique_ids = len(copies_by_id)
+    report.results = sum(len(c) for c in copies_by_id.values())
+    lost = [i for i in expected_ids if i not in copies_by_id]
+    report.lost = len(lost)
+    report.examples += [{"id": i, "lost": True} for i in lost[:5]]
+    for msg_id, copies in copies_by_id.items():
+        first = json.loads(copies[0])
+        for raw in copies[1:]:
+            report.duplicates += 1
+            if raw == copies[0]:
+                report.duplicates_byte_identical += 1
+                continue
+            fields = differing_fields(first, json.loads(raw))
+            if fields:
+                report.duplicates_differing += 1
+                report.decisions_differing += "decision" in fields
+                for name in fields:
+                    report.differing_fields[name] = report.differing_fields.get(name, 0) + 1
+                if len(report.examples) < 10:
+                    report.examples.append({"id": msg_id, "fields": fields})
+
+
+class _Load(threading.Thread):
+    """Sends ``payloads`` at a steady rate; keyed by channel, so every partition gets traffic."""
+
+    def __init__(self, bootstrap: str, topic: str, payloads: list[tuple[bytes, bytes]], rate: float):
+        super().__init__(name="chatmod-chaos-load", daemon=True)
+        self.bootstrap, self.topic, self.payloads, self.rate = bootstrap, topic, payloads, rate
+        self.sent = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        from kafka import KafkaProducer
+
+        try:
+            producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5, retries=10)
+            started = time.monotonic()
+            for i, (key, value) in enumerate(self.payloads):
+                pause = started + i / self.rate - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
+                producer.send(self.topic, key=key, value=value)
+                self.sent = i + 1
+            producer.flush(timeout=60)
+            producer.close(timeout=10)
+        except BaseException as exc:  # reported by the main thread
+            self.error = exc
+
+
+def read_copies(bootstrap: str, topic: str, expected: set[str], timeout_s: float,
+                on_progress: Callable[[int], None] | None = None) -> dict[str, list[bytes]]:
+    """Every record of ``topic`` from the beginning, grouped by result id, until all ``expected`` ids
+    are there and the topic is drained, or ``timeout_s`` passes."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                             max_poll_records=5000, fetch_max_wait_ms=100)
+    copies: dict[str, list[bytes]] = {}
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        deadline = time.monotonic() + timeout_s
+        quiet_since = None
+        while time.monotonic() < deadline:
+            polled = consumer.poll(timeout_ms=200)
+            for records in polled.values():
+                for record in records:
+                    copies.setdefault(json.loads(record.value)["id"], []).append(record.value)
+            if on_progress:
+                on_progress(len(copies))
+            if expected <= copies.keys():
+                # all there: keep reading until a quiet second, so late duplicates are compared too
+                quiet_since = quiet_since or time.monotonic()
+                if polled:
+                    quiet_since = time.monotonic()
+                elif time.monotonic() - quiet_since > 1.0:
+                    break
+        return copies
+    finally:
+        consumer.close()
+
+
+def run_chaos(cfg: ChaosConfig, say: Say = print, progress: Callable[[str, int, int], None] | None = None,
+              workdir: Path | None = None) -> ChaosReport:
+    """Run the load with faults; the report says what came out and whether the contract held."""
+    from pipeline.bench import unique_texts
+    from pipeline.demo import MODELS_LOADED_MARK, PARTITIONS_ASSIGNED_MARK, _prepare_store, _worker_env
+    from pipeline.embedded import EmbeddedStack, create_topics
+    from pipeline.settings import TopicsSettings
+    from pipeline.worker_process import WorkerProcess
+
+    report = ChaosReport(config={k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()})
+    total = int(cfg.duration_s * cfg.rate)
+    texts = unique_texts(min(total, 20_000), cfg.seed)
+    ids = [f"chaos-{i}" for i in range(total)]
+    payloads = [(f"channel-{i % 50}".encode(),
+                 json.dumps({"id": ids[i], "text": texts[i % len(texts)], "channel": f"channel-{i % 50}",
+                             "user": f"user-{i % 997}"}).encode()) for i in range(total)]
+    topics = TopicsSettings()
+    started = time.monotonic()
+    with contextlib.ExitStack() as stack_guard:
+        tmp = Path(workdir) if workdir else Path(stack_guard.enter_context(
+            tempfile.TemporaryDirectory(prefix="chatmod-chaos-")))
+        stack = stack_guard.enter_context(EmbeddedStack())
+        store, tasks = _prepare_store(cfg.store, tmp / "store")
+        create_topics(stack.bootstrap, dict.fromkeys((topics.messages, topics.moderated, topics.flagged,
+                                                      topics.dlq), cfg.partitions))
+        workers = []
+        for k in range(2):
+            env = _worker_env(stack, store, tasks, topics, tmp)
+            env.update({"CHATMOD_MODELS_THREADS": str(cfg.threads), "CHATMOD_TOPICS_PARTITIONS": str(cfg.partitions),
+                        "CHATMOD_WORKER_DATADIR": str(tmp / f"faust-{k}")})
+            workers.append(WorkerProcess(env, tmp / f"worker{k}.log"))
+        stack_guard.callback(lambda: [w.stop() for w in workers])
+        deadline = time.monotonic() + 120
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.wait_for(MODELS_LOADED_MARK, deadline)
+            w.wait_for(PARTITIONS_ASSIGNED_MARK, deadline)
+        say(f"2 workers ready ({', '.join(f'{t}={r}' for t, r in tasks.items())}); "
+            f"{total:,} messages at {cfg.rate:g}/s, a SIGKILL every {cfg.kill_every_s:g} s, "
+            f"{cfg.redis_restarts} Redis restart(s)")
+        events = _schedule(cfg)
+        load = _Load(stack.bootstrap, topics.messages, payloads, cfg.rate)
+        load_started = time.monotonic()
+        load.start()
+        while events:
+            at, kind = events[0]
+            now = time.monotonic() - load_started
+            if now < at:
+                time.sleep(min(0.2, at - now))
+                if progress:
+                    progress("load", load.sent, total)
+                continue
+            events.pop(0)
+            if kind == "kill":
+                victim = workers[report.kills % 2]
+                victim.kill()
+                victim.start()  # straight back: it rejoins the group and resumes from the committed offsets
+                report.kills += 1
+                say(f"t={now:5.1f}s SIGKILL worker {report.kills % 2 or 2} and restart it")
+            else:
+                stack.redis.restart()  # no persistence: every cached result and per-message record is gone
+                report.redis_restarts += 1
+                say(f"t={now:5.1f}s Redis restarted (empty)")
+        load.join()
+        if load.error is not None:
+            raise RuntimeError(f"the load generator failed: {load.error!r}")
+        report.produced = load.sent
+        say(f"load done: {load.sent:,} sent; reading every result back")
+        copies = read_copies(stack.bootstrap, topics.moderated, set(ids), cfg.drain_timeout_s,
+                             on_progress=(lambda n: progress("results", n, total)) if progress else None)
+        for w in workers:
+            if not w.alive:
+                say(f"a worker is not running at the end: {w.exit_message()}")
+    compare_copies(copies, ids, report)
+    report.seconds = round(time.monotonic() - started, 1)
+    return report
+
+
+def _schedule(cfg: ChaosConfig) -> list[tuple[float, str]]:
+    """(seconds into the load, "kill" | "redis"): kills every ``kill_every_s``; Redis restarts spread
+    evenly, halfway between kills where they can be, so the two faults' effects are both seen."""
+    events = []
+    t = cfg.kill_every_s
+    while t < cfg.duration_s:
+        events.append((t, "kill"))
+        t += cfg.kill_every_s
+    for j in range(cfg.redis_restarts):
+        at = cfg.duration_s * (j + 1) / (cfg.redis_restarts + 1)
+        if any(abs(at - k) < 1.0 for k, _ in events):
+            at += cfg.kill_every_s / 2
+        events.append((min(at, cfg.duration_s - 0.5), "redis"))
+    return sorted(events)
+
