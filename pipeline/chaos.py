@@ -19,7 +19,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-DELIVERY_FIELDS = ("latency_ms", "cached")  # may differ between copies of one result; nothing else may
+from pipeline.schemas import differing_fields
+
 Say = Callable[[str], None]
 
 
@@ -65,12 +66,6 @@ class ChaosReport:
 
     def to_dict(self) -> dict:
         return asdict(self) | {"ok": self.ok}
-
-
-def differing_fields(first: dict, other: dict) -> list[str]:
-    """Top-level fields, outside the delivery fields, in which two copies of one result differ."""
-    keys = (set(first) | set(other)) - set(DELIVERY_FIELDS)
-    return sorted(k for k in keys if first.get(k) != other.get(k))
 
 
 def compare_copies(copies_by_id: dict[str, list[bytes]], expected_ids: list[str], report: ChaosReport) -> None:

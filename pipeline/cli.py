@@ -341,6 +341,42 @@ def chaos(
     raise typer.Exit(0 if report.ok else 1)
 
 
+@app.command()
+def replay(
+    from_offset: Annotated[int, typer.Option(min=0, help="First input offset to re-score (in each partition).")],
+    to_offset: Annotated[int | None, typer.Option(help="Stop before this offset (default: the end).")] = None,
+    partition: Annotated[list[int] | None, typer.Option(help="Partitions (repeatable; default: all).")] = None,
+    topic: Annotated[str | None, typer.Option(help="Input topic (default CHATMOD_TOPICS_MESSAGES).")] = None,
+    results_topic: Annotated[str | None, typer.Option(help="Results topic (default CHATMOD_TOPICS_MODERATED).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Also write the JSON report here.")] = None,
+) -> None:
+    """Re-score a stored input range with the model versions its results name, and report every result that
+    would differ today (outside latency_ms and cached). Exits 1 if any does."""
+    from rich.console import Console
+
+    from pipeline.replay import ReplayError, replay as run_replay, write_report
+
+    bars, progress = _progress_bars()
+    try:
+        with bars:
+            report = run_replay(_settings(), topic=topic, results_topic=results_topic, partitions=partition or None,
+                                from_offset=from_offset, to_offset=to_offset, progress=progress)
+    except ReplayError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if out is not None:
+        write_report(report, out)
+    console = Console()
+    console.print(f"{report.topic} partitions {report.partitions}, offsets {report.from_offset}.."
+                  f"{report.to_offset if report.to_offset is not None else 'end'}: {report.inputs} inputs, "
+                  f"{report.dead_letters} dead letters, {report.missing_results} without a published result, "
+                  f"{report.compared} compared: {report.identical} identical ({report.byte_identical} byte for "
+                  f"byte), {report.differing} differing; models {report.models}")
+    for diff in report.differences:
+        console.print(f"  differs: id={diff['id']} partition={diff['partition']} offset={diff['offset']} "
+                      f"fields={diff['fields']} decision {diff['decision'][0]} -> {diff['decision'][1]}")
+    raise typer.Exit(0 if report.differing == 0 else 1)
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
 def train(ctx: typer.Context) -> None:
     """Training: teacher, distill, evaluate, export, promote, all (see `chatmod train --help`)."""

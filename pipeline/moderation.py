@@ -102,6 +102,16 @@ def compare_shadow(serving: list[dict], shadow: list[dict], policy: Policy, shad
     return stats
 
 
+def build_result(message: ChatMessage, scores: dict[str, dict[str, float]], policy: Policy, refs: dict[str, str],
+                 cached: bool, latency_ms: float) -> ModerationResult:
+    """The result for one message from its scores: the decision is the policy's on the toxicity scores."""
+    tox = scores.get(Task.TOXICITY.value, {})
+    decision, flags = policy.decide(tox) if tox else ("allow", [])
+    return ModerationResult(id=message.id, channel=message.channel, user=message.user, decision=decision,
+                            toxicity=tox, sentiment=scores.get(Task.SENTIMENT.value, {}), flags=flags, models=refs,
+                            cached=cached, latency_ms=latency_ms)
+
+
 @dataclass
 class _Pending:
     message: ChatMessage
@@ -289,16 +299,10 @@ class Moderator:
             elif p.message_key in built:  # the same id twice in one batch: the same result twice
                 value, decision = built[p.message_key]
             else:
-                s = scores[p.content_key]
-                tox = s.get(Task.TOXICITY.value, {})
-                decision, flags = policy.decide(tox) if tox else ("allow", [])
                 cached = p.content_key in cached_keys
                 stats.cache_hits += cached
-                result = ModerationResult(
-                    id=p.message.id, channel=p.message.channel, user=p.message.user, decision=decision,
-                    toxicity=tox, sentiment=s.get(Task.SENTIMENT.value, {}), flags=flags, models=clf.refs,
-                    cached=cached, latency_ms=latency_ms,
-                )
+                result = build_result(p.message, scores[p.content_key], policy, clf.refs, cached, latency_ms)
+                decision = result.decision
                 value = result.to_json_bytes()
                 cache_writes[p.message_key] = value
                 built[p.message_key] = (value, decision)

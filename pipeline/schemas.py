@@ -134,6 +134,17 @@ def _canonical(value: Any) -> Any:
     return value
 
 
+# The only fields in which two published copies of one message's result may differ: a copy re-scored after
+# Redis lost the first copy's record has its own latency, and may be served from the content cache.
+DELIVERY_FIELDS = ("latency_ms", "cached")
+
+
+def differing_fields(first: Mapping[str, Any], other: Mapping[str, Any]) -> list[str]:
+    """Top-level result fields, outside :data:`DELIVERY_FIELDS`, in which two copies differ."""
+    keys = (set(first) | set(other)) - set(DELIVERY_FIELDS)
+    return sorted(k for k in keys if first.get(k) != other.get(k))
+
+
 class ModerationResult(BaseModel):
     """The verdict on one message, published to the moderated topic and cached by message id."""
 

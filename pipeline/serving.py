@@ -55,23 +55,24 @@ class Serving:
         return self.models.predict(texts)
 
 
-def load_serving(settings: Settings, registry: ModelRegistry | None = None) -> Serving:
+def loadserving_for(settings: Settings, registry: ModelRegistry | None = None) -> Serving:
     registry = registry or open_registry(settings)
     tasks = [Task(t) for t in settings.models.tasks]
     if Task.TOXICITY not in tasks:
         raise ValueError("the toxicity task is required: decisions are made from its scores")
-    serving = _serving({task: registry.current_path(task) for task in tasks}, settings)
+    serving = serving_for({task: registry.current_path(task) for task in tasks}, settings)
     if settings.models.shadow:
         manifest, folder = registry.get(settings.models.shadow)
         shadow_tasks = [t for t in tasks if t in manifest.tasks]
         if Task.TOXICITY not in shadow_tasks:
             raise ValueError(f"shadow model {settings.models.shadow} has no toxicity head to compare decisions")
         serving = Serving(serving.models, serving.policy, serving.casefold,
-                          shadow=_serving(dict.fromkeys(shadow_tasks, folder), settings))
+                          shadow=serving_for(dict.fromkeys(shadow_tasks, folder), settings))
     return serving
 
 
-def _serving(paths: dict[Task, Path], settings: Settings) -> Serving:
+def serving_for(paths: dict[Task, Path], settings: Settings) -> Serving:
+    """Models from these artifact folders, with the policy the worker derives from them and ``settings``."""
     model_set = ModelSet(paths, backend=settings.models.backend, threads=settings.models.threads)
     manifests = model_set.manifests
     policy = Policy.from_heads(manifests[Task.TOXICITY].head(Task.TOXICITY), settings.policy)
@@ -84,7 +85,7 @@ class ServingHolder:
     def __init__(self, settings: Settings, registry: ModelRegistry | None = None):
         self.settings = settings
         self.registry = registry or open_registry(settings)
-        self._current = load_serving(settings, self.registry)
+        self._current = loadserving_for(settings, self.registry)
         self._lock = threading.Lock()
         self._listeners: list[Callable[[dict[str, str]], None]] = []
 
@@ -110,7 +111,7 @@ class ServingHolder:
                 wanted = {str(t): self.registry.current(Task(t)) for t in self.settings.models.tasks}
                 if wanted == self._current.refs:
                     return "unchanged"
-                fresh = load_serving(self.settings, self.registry)
+                fresh = loadserving_for(self.settings, self.registry)
             except (ArtifactError, OSError, ValueError, RuntimeError) as exc:
                 log.error("model reload refused; previous models keep serving",
                           extra={"error": str(exc), "serving": self._current.refs})
