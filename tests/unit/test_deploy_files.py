@@ -503,3 +503,27 @@ def test_kustomize_builds_the_base():
               for c in (d["spec"]["template"]["spec"]["containers"] if d["kind"] == "Deployment"
                         else d["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"])}
     assert all(":" in image for image in images), images
+
+
+def test_redis_keeps_an_append_only_file_in_compose_and_on_kubernetes():
+    """Per-message records survive a Redis restart: redeliveries then republish byte-identical results."""
+    redis = load_compose()["services"]["redis"]
+    command = [str(c) for c in redis["command"]]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--appendfsync") + 1] == "everysec"
+    assert any(str(v).endswith(":/data") for v in redis["volumes"]), "the AOF must live on a volume"
+    assert "redis-data" in load_compose()["volumes"]
+
+    statefulset = one("StatefulSet", "chatmod-redis")
+    container = statefulset["spec"]["template"]["spec"]["containers"][0]
+    args = container["args"]
+    assert args[args.index("--appendonly") + 1] == "yes" and args[args.index("--appendfsync") + 1] == "everysec"
+    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/data"}
+    claims = {c["metadata"]["name"] for c in statefulset["spec"]["volumeClaimTemplates"]}
+    assert {m["name"] for m in container["volumeMounts"]} <= claims
+    service = one("Service", "chatmod-redis")
+    assert service["spec"]["selector"] == statefulset["spec"]["template"]["metadata"]["labels"]
+    host = chatmod_env_of_base()["CHATMOD_REDIS_URL"].split("//")[1].split(":")[0]
+    assert host == service["metadata"]["name"], "the workers' Redis URL names this Service"
+    secret_key = container["env"][0]["valueFrom"]["secretKeyRef"]["key"]
+    assert secret_key in one("Secret", "chatmod-secrets")["stringData"]
