@@ -99,6 +99,7 @@ def classify(
     file: Annotated[Path | None, typer.Option("--file", "-f", help="One message per line.")] = None,
 ) -> None:
     """Classify messages locally (no Kafka): one JSON object per line."""
+    from pipeline.moderation import decide
     from pipeline.serving import load_serving
     from pipeline.textnorm import normalise_text
 
@@ -118,7 +119,7 @@ def classify(
         chunk = lines[start : start + 256]
         for text, scores in zip(chunk, serving.predict([normalise_text(t, max_chars) for t in chunk])):
             tox = scores.get("toxicity", {})
-            decision, flags = serving.policy.decide(tox)
+            decision, flags = decide(scores, serving.policy)
             typer.echo(json.dumps({"text": text, "toxicity": _round(tox), "sentiment": _round(scores.get("sentiment", {})),
                                    "flags": flags, "decision": decision, "models": serving.refs}))
 

@@ -26,7 +26,10 @@ from pipeline.settings import Settings
 from pipeline.textnorm import content_key, message_key, normalise_text
 
 log = logging.getLogger("chatmod.moderation")
-RECENT_SCORES = 4096  # content keys whose scores a worker keeps in memory (a few MB)
+EVASION_FLAG = "evasion"
+RAW_TOXICITY = "raw_toxicity"  # in a scores dict: toxicity of the text as written, when de-obfuscation changed it
+RECENT_SCORES = 4096
+TASKS = frozenset(t.value for t in Task)  # content keys whose scores a worker keeps in memory (a few MB)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +56,7 @@ class Classifier(Protocol):
 
     refs: dict[str, str]
     casefold: bool
+    normaliser: str
 
     def predict(self, texts: list[str]) -> list[dict[str, dict[str, float]]]: ...
 
@@ -90,7 +94,7 @@ def compare_shadow(serving: list[dict], shadow: list[dict], policy: Policy, shad
     stats = ShadowStats(compared=len(serving))
     for main, other in zip(serving, shadow, strict=True):
         for task, scores in other.items():
-            if task not in main:
+            if task not in main or task not in TASKS:
                 continue
             if task == Task.TOXICITY.value:
                 same = policy.decide(main[task])[0] == shadow_policy.decide(scores)[0]
@@ -102,14 +106,25 @@ def compare_shadow(serving: list[dict], shadow: list[dict], policy: Policy, shad
     return stats
 
 
-def build_result(message: ChatMessage, scores: dict[str, dict[str, float]], policy: Policy, refs: dict[str, str],
-                 cached: bool, latency_ms: float) -> ModerationResult:
-    """The result for one message from its scores: the decision is the policy's on the toxicity scores."""
+def decide(scores: dict[str, dict[str, float]], policy: Policy) -> tuple[str, list[str]]:
+    """``(decision, flags)`` from one text's scores: the policy's decision on the toxicity scores (of the
+    de-obfuscated text), plus the flag ``evasion`` when the text as written would have been decided
+    otherwise."""
     tox = scores.get(Task.TOXICITY.value, {})
     decision, flags = policy.decide(tox) if tox else ("allow", [])
+    as_written = scores.get(RAW_TOXICITY)
+    if as_written is not None and policy.decide(as_written)[0] != decision:
+        flags = [*flags, EVASION_FLAG]  # de-obfuscation changed the decision: the writer disguised it
+    return decision, flags
+
+
+def build_result(message: ChatMessage, scores: dict[str, dict[str, float]], policy: Policy, refs: dict[str, str],
+                 cached: bool, latency_ms: float) -> ModerationResult:
+    """The result for one message from its scores (see :func:`decide`)."""
+    decision, flags = decide(scores, policy)
     return ModerationResult(id=message.id, channel=message.channel, user=message.user, decision=decision,
-                            toxicity=tox, sentiment=scores.get(Task.SENTIMENT.value, {}), flags=flags, models=refs,
-                            cached=cached, latency_ms=latency_ms)
+                            toxicity=scores.get(Task.TOXICITY.value, {}), sentiment=scores.get(Task.SENTIMENT.value, {}),
+                            flags=flags, models=refs, cached=cached, latency_ms=latency_ms)
 
 
 @dataclass
@@ -172,7 +187,7 @@ class Moderator:
                 dead.append((rec, err))
                 continue
             text = normalise_text(msg.text, self.settings.batching.max_text_chars)
-            pending.append(_Pending(msg, rec, text, content_key(text, clf.refs, clf.casefold, self.prefix),
+            pending.append(_Pending(msg, rec, text, content_key(text, clf.refs, clf.casefold, self.prefix, clf.normaliser),
                                     message_key(self.prefix, msg.id)))
 
         outputs: list[tuple[str, bytes, bytes, list | None]] = []  # topic, key, value, headers

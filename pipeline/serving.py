@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from models.artifact import ArtifactError
+from models.deobfuscate import DEOBFUSCATION_VERSION, deobfuscate
 from models.labels import Task
 from models.registry import ModelRegistry
 from models.runtime import ModelSet
+from pipeline.moderation import RAW_TOXICITY
 from pipeline.policy import Policy
 from pipeline.settings import Settings
 
@@ -42,6 +44,12 @@ class Serving:
     policy: Policy
     casefold: bool
     shadow: Serving | None = None  # a candidate compared on live traffic; never decides
+    deobfuscate: bool = True
+
+    @property
+    def normaliser(self) -> str:
+        """What rewrites a text before the model reads it; part of the content cache key."""
+        return f"deobfuscate@{DEOBFUSCATION_VERSION}" if self.deobfuscate else "none"
 
     @property
     def shadow_refs(self) -> dict[str, str]:
@@ -52,10 +60,22 @@ class Serving:
         return {str(k): v for k, v in self.models.refs.items()}
 
     def predict(self, texts: list[str]) -> list[dict[str, dict[str, float]]]:
-        return self.models.predict(texts)
+        """Scores per text, of the text as de-obfuscated; where that changed the text, the toxicity of the
+        text as written too (``RAW_TOXICITY``), so a result can say whether the trick changed the decision.
+        Both are pure functions of the text: one model call, whatever else is in the batch."""
+        if not self.deobfuscate:
+            return self.models.predict(texts)
+        read = [deobfuscate(t).text for t in texts]
+        changed = [i for i, (t, r) in enumerate(zip(texts, read, strict=True)) if t != r]
+        scores = self.models.predict(read + [texts[i] for i in changed])
+        out, raw = scores[: len(texts)], scores[len(texts):]
+        for i, as_written in zip(changed, raw, strict=True):
+            if Task.TOXICITY.value in as_written:
+                out[i][RAW_TOXICITY] = as_written[Task.TOXICITY.value]
+        return out
 
 
-def loadserving_for(settings: Settings, registry: ModelRegistry | None = None) -> Serving:
+def load_serving(settings: Settings, registry: ModelRegistry | None = None) -> Serving:
     registry = registry or open_registry(settings)
     tasks = [Task(t) for t in settings.models.tasks]
     if Task.TOXICITY not in tasks:
@@ -67,7 +87,8 @@ def loadserving_for(settings: Settings, registry: ModelRegistry | None = None) -
         if Task.TOXICITY not in shadow_tasks:
             raise ValueError(f"shadow model {settings.models.shadow} has no toxicity head to compare decisions")
         serving = Serving(serving.models, serving.policy, serving.casefold,
-                          shadow=serving_for(dict.fromkeys(shadow_tasks, folder), settings))
+                          shadow=serving_for(dict.fromkeys(shadow_tasks, folder), settings),
+                          deobfuscate=serving.deobfuscate)
     return serving
 
 
@@ -76,7 +97,8 @@ def serving_for(paths: dict[Task, Path], settings: Settings) -> Serving:
     model_set = ModelSet(paths, backend=settings.models.backend, threads=settings.models.threads)
     manifests = model_set.manifests
     policy = Policy.from_heads(manifests[Task.TOXICITY].head(Task.TOXICITY), settings.policy)
-    return Serving(model_set, policy, casefold=all(m.lowercase for m in manifests.values()))
+    return Serving(model_set, policy, casefold=all(m.lowercase for m in manifests.values()),
+                   deobfuscate=settings.models.deobfuscate)
 
 
 class ServingHolder:
@@ -85,7 +107,7 @@ class ServingHolder:
     def __init__(self, settings: Settings, registry: ModelRegistry | None = None):
         self.settings = settings
         self.registry = registry or open_registry(settings)
-        self._current = loadserving_for(settings, self.registry)
+        self._current = load_serving(settings, self.registry)
         self._lock = threading.Lock()
         self._listeners: list[Callable[[dict[str, str]], None]] = []
 
@@ -111,7 +133,7 @@ class ServingHolder:
                 wanted = {str(t): self.registry.current(Task(t)) for t in self.settings.models.tasks}
                 if wanted == self._current.refs:
                     return "unchanged"
-                fresh = loadserving_for(self.settings, self.registry)
+                fresh = load_serving(self.settings, self.registry)
             except (ArtifactError, OSError, ValueError, RuntimeError) as exc:
                 log.error("model reload refused; previous models keep serving",
                           extra={"error": str(exc), "serving": self._current.refs})

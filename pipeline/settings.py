@@ -244,6 +244,9 @@ class ModelsSettings(_Group):
     # A candidate ("name@version") run beside the current models on live traffic; its results only feed
     # the chatmod_shadow_* metrics (agreement, score drift), never a decision.
     shadow: str | None = None
+    # Undo spelling tricks ("k y s", "1d10t", "f*ck", look-alike letters) before the model reads a text;
+    # a result whose decision changed because of it carries the flag "evasion" (models/deobfuscate.py).
+    deobfuscate: bool = True
     tasks: Annotated[list[Task], NoDecode] = Field(default_factory=lambda: [Task.TOXICITY, Task.SENTIMENT])
 
     @field_validator("tasks", mode="before")

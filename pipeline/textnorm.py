@@ -13,7 +13,11 @@ import re
 import unicodedata
 from collections.abc import Mapping
 
-KEY_VERSION = "v1"  # bump when normalisation or key layout changes: old entries then simply miss
+# Bump when normalisation or key layout changes: old entries then simply miss. Content keys moved to v2
+# when the normaliser (de-obfuscation) joined the digest; message keys stay v1, so a message redelivered
+# across that upgrade still republishes its first result.
+CONTENT_KEY_VERSION = "v2"
+MESSAGE_KEY_VERSION = "v1"
 
 # Characters that are invisible or control codes: Cc (minus whitespace, which becomes a space),
 # Cf (zero-width space/joiners, soft hyphen, bidi controls, tags: the usual obfuscation tools) and
@@ -48,11 +52,13 @@ def _sha256(data: str) -> str:
     return hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def content_key(normalised_text: str, model_refs: Mapping[str, str], casefold: bool, prefix: str) -> str:
-    """Cache key for the scores of ``normalised_text`` under these models: ``{prefix}:v1:res:{sha256}``.
+def content_key(normalised_text: str, model_refs: Mapping[str, str], casefold: bool, prefix: str,
+                normaliser: str = "none") -> str:
+    """Cache key for the scores of ``normalised_text`` under these models: ``{prefix}:v2:res:{sha256}``.
 
-    ``model_refs`` (task -> ``name@version``) is part of the digest, so a new model never serves an
-    old model's scores. ``casefold`` (set it when every model's tokenizer lower-cases) makes "HELLO"
+    ``model_refs`` (task -> ``name@version``) and ``normaliser`` (what rewrote the text before the model
+    read it, e.g. ``deobfuscate@1``) are part of the digest, so a new model or a new normaliser never
+    serves an old one's scores. ``casefold`` (set it when every model's tokenizer lower-cases) makes "HELLO"
     and "hello" one entry; it uses ``str.lower``, the tokenizers' own folding, rather than
     ``str.casefold``, which would also merge texts they tell apart ("straße" / "strasse").
     """
@@ -60,12 +66,12 @@ def content_key(normalised_text: str, model_refs: Mapping[str, str], casefold: b
         raise ValueError("cache key prefix must be non-empty")
     text = normalised_text.lower() if casefold else normalised_text
     # JSON of (sorted refs, text) is unambiguous: no choice of text can mimic other refs.
-    payload = json.dumps([sorted(model_refs.items()), text], ensure_ascii=False, separators=(",", ":"))
-    return f"{prefix}:{KEY_VERSION}:res:{_sha256(payload)}"
+    payload = json.dumps([sorted(model_refs.items()), normaliser, text], ensure_ascii=False, separators=(",", ":"))
+    return f"{prefix}:{CONTENT_KEY_VERSION}:res:{_sha256(payload)}"
 
 
 def message_key(prefix: str, message_id: str) -> str:
     """Key of the per-message result record (idempotent re-delivery): ``{prefix}:v1:msg:{sha256(id)}``."""
     if not prefix:
         raise ValueError("cache key prefix must be non-empty")
-    return f"{prefix}:{KEY_VERSION}:msg:{_sha256(message_id)}"
+    return f"{prefix}:{MESSAGE_KEY_VERSION}:msg:{_sha256(message_id)}"

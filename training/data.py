@@ -224,8 +224,13 @@ def read_sst2(root: Path) -> Iterator[Example]:
     return _sst2(root / "sentiment/sst2/train.tsv")
 
 
+SST2_SENTENCE_WORDS = 15  # the withheld test set is whole sentences (~19 words); most dev rows are phrases
+
+
 def read_sst2_dev(root: Path) -> Iterator[Example]:
-    return _sst2(root / "sentiment/sst2/dev.tsv")
+    """Validation: the rows of the re-split dev file long enough to be whole sentences, like the test set.
+    (Short phrases scored 5 points higher than the sentences the official test set holds.)"""
+    return (ex for ex in _sst2(root / "sentiment/sst2/dev.tsv") if len(ex.text.split()) >= SST2_SENTENCE_WORDS)
 
 
 # ---------------------------------------------------------------- the mapping, in one place
@@ -273,7 +278,8 @@ SOURCES: dict[str, Source] = {
         Source("semeval", Task.SENTIMENT, read_semeval, "negative / neutral / positive as given",
                files=("sentiment/semeval2017/train.csv",)),
         Source("sst2", Task.SENTIMENT, read_sst2,
-               "0 -> negative, 1 -> positive; no neutral, so its loss is a softmax over negative/positive only",
+               "0 -> negative, 1 -> positive; no neutral, so its loss is a softmax over negative/positive only; "
+               "validation keeps the dev rows of >= 15 words (whole sentences, like the test set)",
                validation=read_sst2_dev, files=("sentiment/sst2/train.tsv", "sentiment/sst2/dev.tsv")),
     )
 }

@@ -156,6 +156,13 @@ def write_model_card(folder: Path, card: dict) -> None:
     if "thresholds" in card:
         lines += ["", "## Thresholds (review / block)", ""]
         lines += [f"- {k}: {v} / {card.get('block_thresholds', {}).get(k)}" for k, v in card["thresholds"].items()]
+    if "functional" in card:
+        func = card["functional"]
+        lines += ["", f"## Functional suite: {func['overall']:.1%} (mean over behaviours; worst "
+                      f"{func['worst']['name']} {func['worst']['pass_rate']:.0%})", "",
+                  "| group | behaviour | expects | pass rate |", "| --- | --- | --- | --- |"]
+        lines += [f"| {b['group']} | {name} | {b['expect']} | {b['pass_rate']:.0%} |"
+                  for name, b in sorted(func["behaviours"].items(), key=lambda kv: (kv[1]["group"], kv[0]))]
     if "data" in card:
         lines += ["", "## Data fingerprints (sha256, first 16 hex)", ""]
         lines += [f"- {k}: {v}" for k, v in card["data"].items()]

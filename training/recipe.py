@@ -40,6 +40,7 @@ class StageConfig:
     seed: int = 13
     threads: int | None = None
     val_cap: int | None = None  # per validation set, for quick runs; None = the whole split
+    augment: bool = True  # templates, counterfactual identity swaps, misspelt abuse (training/augment.py)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -67,6 +68,10 @@ def training_examples(cfg: StageConfig) -> tuple[list[Example], dict[str, list[E
                 _, val = stratified_split(val, cfg.val_cap / len(val), cfg.seed)
             validation[source] = val
         fingerprints.update(splits.fingerprints)
+    if cfg.augment and Task.TOXICITY.value in cfg.tasks and train_ex:
+        from training.augment import augmented
+
+        train_ex.extend(augmented([ex for ex in train_ex if ex.toxicity is not None], cfg.seed))
     return train_ex, validation, fingerprints
 
 
@@ -136,13 +141,37 @@ def run_distill(cfg: StageConfig, teacher_dir: Path, family: str, out: Path, lay
     return record
 
 
+def run_finetune(cfg: StageConfig, source_dir: Path, out: Path, family: str | None = None,
+                 on_step: Callable[[int, int, dict], None] | None = None) -> dict:
+    """Fine-tune a trained classifier (a saved HF folder, e.g. a student rebuilt from its artifact) on the
+    recipe's data with the hard-label losses: how a shipped student learns what the recipe's data gained
+    (augmentation, new sources) without distilling it again."""
+    _setup(cfg)
+    heads = make_heads([Task(t) for t in cfg.tasks])
+    model = load_model(source_dir)
+    if model.config.num_labels != sum(h.width for h in heads):
+        raise ValueError(f"{source_dir} has {model.config.num_labels} outputs; the tasks {cfg.tasks} need "
+                         f"{sum(h.width for h in heads)}")
+    tokenizer = AutoTokenizer.from_pretrained(source_dir)
+    examples, _, fingerprints = training_examples(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    result = train(model, heads, examples, tokenizer, cfg.train, log_path=out / "train_log.jsonl", on_step=on_step)
+    record = {"stage": "finetune", "family": family or model.config.model_type, "base": str(source_dir),
+              "heads": [h.model_dump(mode="json") for h in heads], "config": asdict(cfg),
+              "versions": package_versions(), "data": fingerprints, "n_train": len(examples),
+              "parameters": count_parameters(model), "result": asdict(result),
+              "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    _save(model, tokenizer, out, record)
+    return record
+
+
 # ---------------------------------------------------------------- evaluate, export, register
 
 
 def validation_config(cfg: StageConfig) -> StageConfig:
     """The same data and seed, but no training examples: only the validation splits are wanted."""
     return StageConfig(tasks=cfg.tasks, data_root=cfg.data_root, caps={k: 1 for k in cfg.caps}, seed=cfg.seed,
-                       val_cap=cfg.val_cap)
+                       val_cap=cfg.val_cap, augment=False)
 
 
 def evaluate_folder(folder: Path, cfg: StageConfig, thresholds: tuple[dict, dict] | None = None) -> dict:

@@ -51,6 +51,9 @@ class RetrainConfig:
                                                                 "kaggle_insults": 1500, "hateval": 2500,
                                                                 "semeval": 8000, "sst2": 5000})
     val_cap: int = 2000
+    # Largest drop in any functional behaviour's pass rate (tests/functional); None: no functional gate
+    # (a toxicity candidate only; models too small to be read by a moderator, like the tests' tiny ones).
+    functional_tolerance: float | None = 0.05
 
     def validate(self) -> None:
         if self.feedback_weight < 1:
@@ -161,9 +164,14 @@ def judge(folder: Path, task: Task, validation: dict[str, list[Example]], feedba
                                                                head, feedback_slice), 4)}
 
 
-def gate(candidate: dict, current: dict, tolerance: float) -> tuple[bool, list[str]]:
-    """(passed, reasons): not worse beyond ``tolerance`` on any fixed metric, better on the feedback slice."""
+def gate(candidate: dict, current: dict, tolerance: float, functional_tolerance: float | None = None) -> tuple[bool, list[str]]:
+    """(passed, reasons): not worse beyond ``tolerance`` on any fixed metric, better on the feedback slice,
+    and (where both were run through the functional suite) no behaviour worse by ``functional_tolerance``."""
     reasons = []
+    if functional_tolerance is not None and "functional" in candidate and "functional" in current:
+        from training.functional import regressions
+
+        reasons += regressions(current["functional"], candidate["functional"], functional_tolerance)
     for metric, before in sorted(current["fixed"].items()):
         after = candidate["fixed"].get(metric)
         if after is None:
@@ -259,7 +267,13 @@ def retrain(cfg: RetrainConfig, store: Path, feedback_root: Path, out: Path, *, 
         say("judging the candidate and the current model as served")
         comparison = {"candidate": judge(artifact, cfg.task, validation, fb_slice),
                       "current": judge(current_folder, cfg.task, validation, fb_slice)}
-        passed, reasons = gate(comparison["candidate"], comparison["current"], cfg.tolerance)
+        if cfg.task == Task.TOXICITY and cfg.functional_tolerance is not None:
+            from training.functional import evaluate_artifact
+
+            say("running both through the functional suite")
+            for side, folder in (("candidate", artifact), ("current", current_folder)):
+                comparison[side]["functional"] = evaluate_artifact(folder, threads=threads)
+        passed, reasons = gate(comparison["candidate"], comparison["current"], cfg.tolerance, cfg.functional_tolerance)
         card = {"task": cfg.task.value, "warm_start": current_ref, "gate": {"passed": passed, "reasons": reasons,
                 "tolerance": cfg.tolerance}, "comparison": comparison, "data": data,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

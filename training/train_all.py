@@ -26,6 +26,15 @@ def _done(folder: Path) -> bool:
     return (folder / "chatmod_run.json").is_file() and (folder / "model.safetensors").is_file()
 
 
+def _functional(artifact: Path, cfg: StageConfig) -> dict | None:
+    """The functional suite on the served artifact (toxicity decisions), when the suite is there."""
+    from training.functional import DEFAULT_SUITE, evaluate_artifact
+
+    if Task.TOXICITY.value not in cfg.tasks or not DEFAULT_SUITE.is_file():
+        return None
+    return evaluate_artifact(artifact, threads=cfg.threads)
+
+
 def task_score(headline: dict[str, float], task: Task) -> float:
     values = [headline[m] for m in TASK_METRICS[task] if m in headline]
     return sum(values) / len(values) if values else 0.0
@@ -81,6 +90,7 @@ def run_all(cfg: StageConfig, out: Path, store: Path | None, base: str = "minilm
         if not (artifact / "manifest.json").is_file():
             export_folder(student_dir, artifact, name, version, torch_report, verify_texts=texts[:400])
         served_report = evaluate_folder(artifact, cfg, (torch_report["thresholds"], torch_report["block_thresholds"]))
+        functional = _functional(artifact, cfg)
         card = {
             "name": f"{name}@{version}", "family": family, "parameters": record["parameters"],
             "teacher": str(teacher_dir), "teacher_parameters": record["teacher_parameters"],
@@ -93,6 +103,8 @@ def run_all(cfg: StageConfig, out: Path, store: Path | None, base: str = "minilm
             "sets": served_report["sets"], "init": record.get("init", {}), "data": fingerprints,
             "train_seconds": record["result"]["seconds"], "versions": record["versions"],
         }
+        if functional is not None:
+            card["functional"] = functional
         write_model_card(student_dir, card)
         cards[card["name"]] = card
         artifacts[card["name"]] = artifact

@@ -299,7 +299,7 @@ def test_dockerfile_copies_only_what_exists_and_is_not_ignored():
                 assert source not in ignored, f"COPY {source}: excluded by .dockerignore"
     # The bundled default models are package data: `pip install .` puts them into the image.
     pyproject = (ROOT / "pyproject.toml").read_text()
-    assert 'models = ["defaults/**/*"]' in pyproject
+    assert 'models = ["defaults/**/*", "lexicon/*"]' in pyproject  # the models and de-obfuscation's word lists
 
 
 # -- deploy/k8s/base ---------------------------------------------------------------------------------

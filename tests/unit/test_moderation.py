@@ -106,6 +106,7 @@ async def test_a_classifier_breaking_the_batch_contract_publishes_nothing(settin
     class ShortClassifier:
         refs = {"toxicity": "broken@1", "sentiment": "broken@1"}
         casefold = True
+        normaliser = "none"
 
         def predict(self, texts):
             return [{"toxicity": {}, "sentiment": {}}] * (len(texts) - 1)

@@ -56,8 +56,9 @@ def test_invisible_class_matches_this_pythons_unicode_database():
 
 def test_key_never_contains_the_text_and_is_versioned():
     key = content_key("you are an idiot", REFS, casefold=False, prefix="chatmod")
-    assert key.startswith("chatmod:v1:res:") and len(key.rsplit(":", 1)[1]) == 64
+    assert key.startswith("chatmod:v2:res:") and len(key.rsplit(":", 1)[1]) == 64
     assert "idiot" not in key
+    assert content_key("you are an idiot", REFS, casefold=False, prefix="chatmod", normaliser="deobfuscate@1") != key
     msg = message_key("chatmod", "user-message-77")
     assert msg.startswith("chatmod:v1:msg:") and "77" not in msg
 

@@ -1,0 +1,141 @@
+"""Training data the labeled sets lack: threats, hate that says whom it hates, and the benign texts that
+mention groups, quote abuse to denounce it, or use violent words about games.
+
+Three kinds, all reproducible from a seed:
+- **Templates** written by this team (not the functional suite's: its templates, vocabulary and fillers
+  differ, so the suite measures generalisation, not recall). Threats and self-harm encouragement are
+  labeled toxic + threat; hate against a group toxic + identity_hate; identity mentions, counter-speech,
+  negated hate, self-deprecation, homonyms and game violence all six 0.
+- **Counterfactual identity swaps**: a labeled example that names a group is copied with another group
+  in its place, keeping its labels, so no group's name alone carries toxicity.
+- **Misspelt abuse**: toxic examples with one offensive word misspelt (a letter dropped, doubled or two
+  swapped), for the evasions that de-obfuscation cannot undo.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import re
+from collections.abc import Iterable
+
+from training.data import CLEAN, Example, tox
+
+SOURCE = "augment"
+GROUPS = ["women", "men", "muslims", "jews", "christians", "black people", "asians", "immigrants", "gays",
+          "gay men", "trans people", "disabled people", "mexicans", "arabs", "indians", "refugees", "latinas",
+          "lesbians", "hindus", "white people", "sikhs", "africans", "chinese people", "migrants",
+          "transgender people", "atheists", "catholics", "native americans", "bisexual people", "deaf people"]
+_GROUP_RE = re.compile(r"\b(" + "|".join(sorted(map(re.escape, GROUPS), key=len, reverse=True)) + r")\b", re.I)
+THREAT_VERBS = ["kill you", "hurt you", "stab you", "shoot you", "beat you up", "choke you", "break your legs",
+                "burn your house down", "end you", "make you bleed", "put you in the hospital", "rip your head off",
+                "smash your face in"]
+SLURS_FOR_COUNTER = ["idiot", "retard", "loser", "trash", "subhuman", "worthless", "animals", "vermin"]
+OFFENSIVE_WORDS = ["idiot", "stupid", "moron", "loser", "bitch", "fuck", "shit", "asshole", "retard",
+                   "dumbass", "pathetic", "trash", "cunt", "dick", "whore", "slut", "faggot", "bastard"]
+
+THREAT = tox(toxic=1, threat=1)
+HATE = tox(toxic=1, identity_hate=1)
+
+
+def _fill(templates: Iterable[str], **fills: list[str]) -> list[str]:
+    out = []
+    for template in templates:
+        keys = [k for k in fills if "{" + k + "}" in template]
+        for values in itertools.product(*(fills[k] for k in keys)):
+            out.append(template.format(**dict(zip(keys, values, strict=True))))
+    return out
+
+
+def templated(seed: int, per_kind: int = 400) -> list[Example]:
+    """Examples from the team's training templates, ``per_kind`` of each kind at most."""
+    rng = random.Random(seed)
+    kinds: list[tuple[tuple[int, ...], list[str]]] = [
+        (THREAT, _fill(["i'm gonna {v} when i see you", "say that again and i'll {v}", "one more word and i {v}",
+                        "i'll {v}, watch", "next time we meet i will {v}", "i swear to god i'll {v}",
+                        "you're dead, i'll {v}", "keep talking and i'll {v}"],
+                       v=THREAT_VERBS)),
+        (THREAT, _fill(["i have your {x}, expect a visit", "we found your {x} and we're coming",
+                        "i'll be at your {x} {t}", "your {x} isn't safe anymore", "i'm sending people to your {x}",
+                        "posting your {x} so everyone can pay you a visit"],
+                       x=["address", "house", "home", "school", "workplace", "apartment", "parents' place"],
+                       t=["tonight", "this weekend", "soon", "at midnight"])),
+        (THREAT, _fill(["{a} {b}", "honestly {a} {b}", "{b}, {a}"],
+                       a=["just", "please", "seriously", "lol", "bro"],
+                       b=["end yourself", "go end your life", "unalive yourself", "go jump off a roof",
+                          "go hang urself", "kill yourself already", "nobody wants you alive", "the world needs you gone, die",
+                          "go overdose", "do the world a favor and disappear forever"])),
+        (HATE, _fill(["{g} are {n}", "i can't stand {g}, they're {n}", "{g} ruin everything, {n}",
+                      "every single one of {g} is {n}", "{g} need to be removed from this country",
+                      "{g} should not be allowed to vote", "keep {g} out of our neighborhood", "{g} breed like rats"],
+                     g=GROUPS, n=["cockroaches", "savages", "a cancer", "scum", "freaks", "degenerates", "rats",
+                                  "less than human", "a disgrace to humanity"])),
+        (CLEAN, _fill(["my {r} is one of the {g} i love most", "{g} make this community better",
+                       "happy to see more {g} in gaming", "{g} are welcome here", "my team has two {g} and they carry",
+                       "i'm one of the {g} in this chat, hi", "as one of the {g} i appreciate this stream",
+                       "respect to all {g}"], g=GROUPS, r=["neighbor", "coworker", "teammate", "roommate"])),
+        (CLEAN, _fill(["someone just said {g} are {s}, that's disgusting behavior", "\"{g} are {s}\" is a hateful thing to say",
+                       "people calling {g} {s} should be banned", "it's not okay to call {g} {s}",
+                       "reported the guy who called {g} {s}", "nobody should call {g} {s}, be better"],
+                      g=GROUPS, s=SLURS_FOR_COUNTER)),
+        (CLEAN, _fill(["{g} are not {s}", "it's false that {g} are {s}", "i don't think {g} are {s} at all",
+                       "nothing about {g} is {s}", "i never said {g} were {s}"], g=GROUPS, s=["bad", "dangerous", "stupid", "evil", "lazy"])),
+        (CLEAN, _fill(["telling someone to {x} is never acceptable", "whoever told him to {x} got banned, good",
+                       "quit telling folks to {x}", "saying '{x}' to a streamer is harassment, report it"],
+                      x=["kill themselves", "kys", "die", "jump off a bridge", "end it"])),
+        (CLEAN, _fill(["ugh i'm {s} today", "i'm such {s} lol", "wow i'm {s}, missed every shot", "me = {s}"],
+                      s=["an idiot", "trash", "a clown", "garbage", "stupid", "a noob", "useless", "so dumb", "the worst"])),
+        (CLEAN, _fill(["{v} the {o} asap", "let's {v} the {o} now", "we need to {v} the {o}", "go {v} the {o}",
+                       "i'll {v} the {o} on the left"],
+                      v=["kill", "shoot", "stab", "destroy", "murder", "burn", "blow up", "snipe"],
+                      o=["boss", "tank", "minions", "healer", "golem", "zombies", "raid boss", "enemy base", "turret"])),
+        (CLEAN, ["you absolutely killed that set", "this beat is sick", "that joke had me on the floor", "that clutch was insane",
+                 "he slaughtered that solo", "you crushed it today", "that was a bomb performance", "this stream is lit",
+                 "shoot me a dm", "we got destroyed lol gg", "i'm dying 😂😂", "killer combo!", "that boss was brutal",
+                 "this song is fire", "your aim is deadly", "absolute carnage in that teamfight, love it"]),
+    ]
+    out: list[Example] = []
+    for labels, texts in kinds:
+        texts = list(dict.fromkeys(texts))
+        rng.shuffle(texts)
+        out += [Example(t, SOURCE, toxicity=labels) for t in texts[:per_kind]]
+    return out
+
+
+def counterfactual(examples: list[Example], seed: int, limit: int = 3000) -> list[Example]:
+    """Copies of toxicity examples that name a group, with another group in its place, labels kept."""
+    rng = random.Random(seed + 1)
+    out = []
+    for ex in examples:
+        if ex.toxicity is None or len(out) >= limit:
+            continue
+        match = _GROUP_RE.search(ex.text)
+        if match:
+            other = rng.choice([g for g in GROUPS if g != match.group(1).lower()])
+            out.append(Example(_GROUP_RE.sub(other, ex.text, count=1), "counterfactual", toxicity=ex.toxicity))
+    return out
+
+
+def misspelt(examples: list[Example], seed: int, limit: int = 2000) -> list[Example]:
+    """Toxic examples with one offensive word misspelt: a letter dropped, doubled, or two swapped."""
+    rng = random.Random(seed + 2)
+    pattern = re.compile(r"\b(" + "|".join(OFFENSIVE_WORDS) + r")\b", re.I)
+    out = []
+    for ex in examples:
+        if len(out) >= limit or ex.toxicity is None or ex.toxicity[0] != 1:
+            continue
+        match = pattern.search(ex.text)
+        if not match or len(match.group(1)) < 4:
+            continue
+        word = match.group(1)
+        i = rng.randrange(1, len(word) - 1)
+        kind = rng.choice(("drop", "double", "swap"))
+        typo = {"drop": word[:i] + word[i + 1:], "double": word[:i] + word[i] + word[i:],
+                "swap": word[:i] + word[i + 1] + word[i] + word[i + 2:]}[kind]
+        out.append(Example(ex.text[: match.start()] + typo + ex.text[match.end():], "misspelt", toxicity=ex.toxicity))
+    return out
+
+
+def augmented(train: list[Example], seed: int) -> list[Example]:
+    """All three kinds for a training set."""
+    return templated(seed) + counterfactual(train, seed) + misspelt(train, seed)
