@@ -1,4 +1,5 @@
-"""The training loop, for teachers (hard labels only) and students (soft targets + hard labels + cosine).
+"""The training loop, for teachers (hard labels only) and students (soft targets + hard labels + cosine;
+or soft targets stored by ``training/soft_labels.py`` + hard labels).
 
 Batches are length-bucketed with dynamic padding: chat texts are short, and padding to a fixed length
 would cost several times the compute on two CPU cores.
@@ -43,6 +44,9 @@ class TrainConfig:
     seed: int = 13
     log_every: int = 50
     max_steps: int | None = None
+    # "bf16": matmuls in bfloat16 under autocast, weights and optimizer in fp32 (4x faster fine-tuning of
+    # MPNet-base on a CPU with AMX, measured); "auto": bf16 where the hardware runs it natively.
+    precision: str = "fp32"
 
     def validate(self) -> None:
         if self.epochs <= 0:
@@ -53,6 +57,27 @@ class TrainConfig:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if min(self.alpha_soft, self.alpha_hard, self.alpha_cos) < 0:
             raise ValueError("loss weights must be >= 0")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+
+
+def native_bf16(device: str = "cpu") -> bool:
+    """Whether bfloat16 matmuls run natively here: AMX or AVX-512 BF16 on a CPU, bf16 support on CUDA."""
+    if device == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def autocast(cfg: TrainConfig, device: str = "cpu"):  # -> a context manager
+    """bfloat16 autocast when ``cfg.precision`` asks for it (or "auto" finds it native), else a no-op."""
+    import contextlib
+
+    use = cfg.precision == "bf16" or (cfg.precision == "auto" and native_bf16(device))
+    return torch.autocast(device_type=device, dtype=torch.bfloat16) if use else contextlib.nullcontext()
 
 
 @dataclass
@@ -130,11 +155,15 @@ def train(
     teacher: PreTrainedModel | None = None,
     log_path: Path | None = None,
     on_step: Callable[[int, int, dict[str, float]], None] | None = None,
+    soft_targets: Sequence[np.ndarray | None] | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place. With a teacher: distillation (soft + hard + cosine); without: fine-tuning."""
+    """Train ``model`` in place. With a teacher: distillation (soft + hard + cosine); with ``soft_targets``
+    (a stored teacher's logits per example, None where it has none): soft + hard; else fine-tuning."""
     cfg.validate()
     if not examples:
         raise ValueError("no training examples")
+    if soft_targets is not None and (teacher is not None or len(soft_targets) != len(examples)):
+        raise ValueError("soft_targets replace the teacher and need one entry (or None) per example")
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     encoded = tokenizer([ex.text for ex in examples], truncation=True, max_length=cfg.max_length)["input_ids"]
@@ -165,17 +194,24 @@ def train(
                 if step >= total_steps:
                     break
                 batch = collate([encoded[i] for i in idx], [examples[i] for i in idx], pad_id)
-                out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                            output_hidden_states=teacher is not None and cfg.alpha_cos > 0)
-                terms = {"hard": hard_label_loss(out.logits, heads, batch)}
+                with autocast(cfg):
+                    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                output_hidden_states=teacher is not None and cfg.alpha_cos > 0)
+                logits = out.logits.float()  # (batch, num_labels): losses in fp32 whatever the matmuls ran in
+                terms = {"hard": hard_label_loss(logits, heads, batch)}
+                if soft_targets is not None:
+                    rows = [r for r, i in enumerate(idx) if soft_targets[i] is not None]
+                    if rows:
+                        stored = torch.from_numpy(np.stack([soft_targets[idx[r]] for r in rows]))  # (rows, logits)
+                        terms["soft"] = soft_loss(logits[rows], stored, heads, cfg.temperature)
                 if teacher is not None:
-                    with torch.inference_mode():
+                    with torch.inference_mode(), autocast(cfg):
                         t_out = teacher(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                         output_hidden_states=cfg.alpha_cos > 0)
-                    terms["soft"] = soft_loss(out.logits, t_out.logits.clone(), heads, cfg.temperature)
+                    terms["soft"] = soft_loss(logits, t_out.logits.float().clone(), heads, cfg.temperature)
                     if cfg.alpha_cos > 0:
-                        terms["cos"] = hidden_cosine_loss(out.hidden_states[-1], t_out.hidden_states[-1].clone(),
-                                                          batch.attention_mask)
+                        terms["cos"] = hidden_cosine_loss(out.hidden_states[-1].float(),
+                                                          t_out.hidden_states[-1].float().clone(), batch.attention_mask)
                 weights = {"hard": cfg.alpha_hard, "soft": cfg.alpha_soft, "cos": cfg.alpha_cos}
                 loss = sum(weights[k] * v for k, v in terms.items())
                 optim.zero_grad(set_to_none=True)

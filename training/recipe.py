@@ -165,6 +165,39 @@ def run_finetune(cfg: StageConfig, source_dir: Path, out: Path, family: str | No
     return record
 
 
+def run_distill_from_labels(cfg: StageConfig, labels_path: Path, init_dir: Path, out: Path,
+                            family: str | None = None,
+                            on_step: Callable[[int, int, dict], None] | None = None) -> dict:
+    """Distil a student initialised from ``init_dir`` (e.g. a shipped student, rebuilt) from a stored
+    teacher's soft labels (``training/soft_labels.py``) plus the hard labels: a teacher of another size and
+    tokenizer, paid for once."""
+    from training.soft_labels import SoftLabels
+
+    _setup(cfg)
+    heads = make_heads([Task(t) for t in cfg.tasks])
+    labels = SoftLabels(labels_path)
+    if labels.num_logits != sum(h.width for h in heads):
+        raise ValueError(f"{labels_path} holds {labels.num_logits} logits per text; the tasks need "
+                         f"{sum(h.width for h in heads)}")
+    student = load_model(init_dir)
+    tokenizer = AutoTokenizer.from_pretrained(init_dir)
+    examples, _, fingerprints = training_examples(cfg)
+    targets = labels.for_texts([ex.text for ex in examples])
+    covered = sum(t is not None for t in targets) / len(targets)
+    out.mkdir(parents=True, exist_ok=True)
+    result = train(student, heads, examples, tokenizer, cfg.train, log_path=out / "train_log.jsonl",
+                   on_step=on_step, soft_targets=targets)
+    record = {"stage": "distill", "family": family or student.config.model_type,
+              "teacher": labels.meta.get("teacher", str(labels_path)), "soft_labels": str(labels_path),
+              "soft_label_coverage": round(covered, 4), "init": {"from": str(init_dir)},
+              "heads": [h.model_dump(mode="json") for h in heads], "config": asdict(cfg),
+              "versions": package_versions(), "data": fingerprints, "n_train": len(examples),
+              "parameters": count_parameters(student), "teacher_parameters": labels.meta.get("teacher_parameters"),
+              "result": asdict(result), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    _save(student, tokenizer, out, record)
+    return record
+
+
 # ---------------------------------------------------------------- evaluate, export, register
 
 

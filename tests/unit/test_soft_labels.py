@@ -1,0 +1,73 @@
+"""Stored soft labels: written once by a teacher, looked up by text, and a student distils from them
+(the soft term logged, rows without a label trained on their hard labels only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from tests.tiny_models import minilm_dir
+from tests.unit.test_distill_loop import HEADS, learnable_examples, tiny_teacher
+from training.distill import TrainConfig, train
+from training.soft_labels import SoftLabels, label_texts, save
+
+pytestmark = pytest.mark.unit
+
+
+def test_labels_round_trip_by_text_in_float16(tmp_path: Path) -> None:
+    texts = ["gg wp", "you idiot", "gg wp", "ok"]
+    logits = np.arange(36, dtype=np.float32).reshape(4, 9) / 7
+    save(tmp_path / "t.npz", texts, logits, {"teacher": "t"})
+    labels = SoftLabels(tmp_path / "t.npz")
+    assert len(labels) == 3 and labels.meta["texts"] == 3 and labels.meta["teacher"] == "t"
+    np.testing.assert_allclose(labels.get("you idiot"), logits[1], atol=1e-2)
+    assert labels.get("never seen") is None
+    assert (tmp_path / "t.npz").stat().st_size < 1000
+
+
+def test_a_teacher_labels_texts_in_input_order(tmp_path: Path) -> None:
+    teacher = tiny_teacher()
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
+    teacher.save_pretrained(tmp_path / "teacher")
+    tokenizer.save_pretrained(tmp_path / "teacher")
+    texts = ["a much longer text about the game and the team", "hi", "push mid"]
+    got = label_texts(tmp_path / "teacher", texts, batch_size=2)
+    with torch.no_grad():
+        alone = [teacher(**tokenizer(t, return_tensors="pt")).logits[0].numpy() for t in texts]
+    np.testing.assert_allclose(got, np.stack(alone), atol=1e-4)
+
+
+def test_a_student_distils_from_stored_labels(tmp_path: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
+    examples = learnable_examples(64)
+    teacher = tiny_teacher(1)
+    with torch.no_grad():
+        enc = tokenizer([e.text for e in examples], padding=True, return_tensors="pt")
+        logits = teacher(**enc).logits.numpy()
+    targets = [logits[i] if i % 2 == 0 else None for i in range(len(examples))]  # half unlabeled
+    student = tiny_teacher(2)
+    result = train(student, HEADS, examples, tokenizer, TrainConfig(epochs=1, batch_size=16, lr=1e-3, log_every=1),
+                   soft_targets=targets)
+    assert result.steps == 4 and all("loss_soft" in h and np.isfinite(h["loss_soft"]) for h in result.history)
+    with pytest.raises(ValueError, match="one entry"):
+        train(student, HEADS, examples, tokenizer, TrainConfig(max_steps=1), soft_targets=targets[:3])
+
+
+def test_precision_is_checked_and_bf16_autocast_trains(tmp_path: Path) -> None:
+    from training.distill import autocast, native_bf16
+
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="fp8").validate()
+    assert isinstance(native_bf16(), bool)
+    with autocast(TrainConfig(precision="bf16")):
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
+    with autocast(TrainConfig(precision="fp32")):
+        assert not torch.is_autocast_enabled("cpu")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
+    result = train(tiny_teacher(3), HEADS, learnable_examples(32), tokenizer,
+                   TrainConfig(epochs=1, batch_size=16, lr=1e-3, log_every=1, precision="bf16"))
+    assert all(np.isfinite(h["loss_hard"]) for h in result.history)
