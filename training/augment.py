@@ -30,7 +30,13 @@ _GROUP_RE = re.compile(r"\b(" + "|".join(sorted(map(re.escape, GROUPS), key=len,
 THREAT_VERBS = ["kill you", "hurt you", "stab you", "shoot you", "beat you up", "choke you", "break your legs",
                 "burn your house down", "end you", "make you bleed", "put you in the hospital", "rip your head off",
                 "smash your face in"]
-SLURS_FOR_COUNTER = ["idiot", "retard", "loser", "trash", "subhuman", "worthless", "animals", "vermin"]
+# What hate calls a group. The same words stand in the hateful templates (toxic + identity_hate) and in the
+# counter-speech and negation ones (all 0): the model must learn the framing, not the words.
+DEROGATIONS = ["subhuman", "worthless", "animals", "vermin", "cockroaches", "savages", "a cancer", "scum", "freaks",
+               "degenerates", "rats", "less than human", "a disgrace", "dirty", "stupid", "evil", "criminals",
+               "a plague", "parasites", "disgusting", "inferior", "trash"]
+INSULTS = ["idiot", "moron", "loser", "clown", "waste of oxygen", "braindead noob", "dumb fuck", "piece of shit",
+           "retard", "pathetic joke", "useless bot", "stupid cunt", "fat slob", "absolute trash", "dumbass"]
 OFFENSIVE_WORDS = ["idiot", "stupid", "moron", "loser", "bitch", "fuck", "shit", "asshole", "retard",
                    "dumbass", "pathetic", "trash", "cunt", "dick", "whore", "slut", "faggot", "bastard"]
 
@@ -65,11 +71,16 @@ def templated(seed: int, per_kind: int = 400) -> list[Example]:
                        b=["end yourself", "go end your life", "unalive yourself", "go jump off a roof",
                           "go hang urself", "kill yourself already", "nobody wants you alive", "the world needs you gone, die",
                           "go overdose", "do the world a favor and disappear forever"])),
-        (HATE, _fill(["{g} are {n}", "i can't stand {g}, they're {n}", "{g} ruin everything, {n}",
-                      "every single one of {g} is {n}", "{g} need to be removed from this country",
-                      "{g} should not be allowed to vote", "keep {g} out of our neighborhood", "{g} breed like rats"],
-                     g=GROUPS, n=["cockroaches", "savages", "a cancer", "scum", "freaks", "degenerates", "rats",
-                                  "less than human", "a disgrace to humanity"])),
+        (HATE, _fill(["those {g} are {n}", "i can't stand {g}, they're {n}", "{g} ruin everything, {n}",
+                      "every single one of {g} is {n}", "{g}? {n}, all of them", "face it, {g} are {n}"],
+                     g=GROUPS, n=DEROGATIONS)),
+        (HATE, _fill(["{g} need to be removed from this country", "{g} should not be allowed to vote",
+                      "keep {g} out of our neighborhood", "{g} breed like rats", "how come {g} are always so {n}?",
+                      "ever notice how {g} are {n}?", "who else thinks {g} are {n}?", "{g} don't belong here",
+                      "send the {g} back", "no {g} allowed in my lobby"],
+                     g=GROUPS, n=["dirty", "stupid", "evil", "lazy and dirty", "violent", "disgusting", "inferior"])),
+        (tox(toxic=1, insult=1), _fill(["you're a {i}", "ur such a {i}", "listen here {i}", "shut it {i}",
+                                        "imagine being this much of a {i}", "nobody likes you, {i}"], i=INSULTS)),
         (CLEAN, _fill(["my {r} is one of the {g} i love most", "{g} make this community better",
                        "happy to see more {g} in gaming", "{g} are welcome here", "my team has two {g} and they carry",
                        "i'm one of the {g} in this chat, hi", "as one of the {g} i appreciate this stream",
@@ -77,9 +88,9 @@ def templated(seed: int, per_kind: int = 400) -> list[Example]:
         (CLEAN, _fill(["someone just said {g} are {s}, that's disgusting behavior", "\"{g} are {s}\" is a hateful thing to say",
                        "people calling {g} {s} should be banned", "it's not okay to call {g} {s}",
                        "reported the guy who called {g} {s}", "nobody should call {g} {s}, be better"],
-                      g=GROUPS, s=SLURS_FOR_COUNTER)),
-        (CLEAN, _fill(["{g} are not {s}", "it's false that {g} are {s}", "i don't think {g} are {s} at all",
-                       "nothing about {g} is {s}", "i never said {g} were {s}"], g=GROUPS, s=["bad", "dangerous", "stupid", "evil", "lazy"])),
+                      g=GROUPS, s=DEROGATIONS)),
+        (CLEAN, _fill(["{g} aren't {s}", "it's false that {g} are {s}", "i don't think {g} are {s} at all",
+                       "nothing about {g} is {s}", "i never said {g} were {s}"], g=GROUPS, s=DEROGATIONS)),
         (CLEAN, _fill(["telling someone to {x} is never acceptable", "whoever told him to {x} got banned, good",
                        "quit telling folks to {x}", "saying '{x}' to a streamer is harassment, report it"],
                       x=["kill themselves", "kys", "die", "jump off a bridge", "end it"])),

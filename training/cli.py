@@ -300,6 +300,43 @@ def requantize(ref: Annotated[str, typer.Argument(help="NAME@VERSION in the stor
         console.print(f"{stored.ref} is current for {[str(t) for t in (serving or stored.tasks)]}")
 
 
+@app.command()
+def strong(out: Annotated[Path, typer.Option(help="Run folder (resumable).")] = Path("runs/strong"),
+           store: Annotated[Path, typer.Option(help="Model store: students start from its models, results go there.")] = Path("model-store"),
+           base: Annotated[str, typer.Option(help="The teacher's encoder: mpnet, minilm, or any HF id or folder.")] = "mpnet",
+           labels: Annotated[Path | None, typer.Option(help="Stored soft labels to distil from (skips teacher and labeling).")] = None,
+           version: Annotated[str | None, typer.Option(help="Version of the new artifacts (default: today's date).")] = None,
+           promote_: Annotated[bool, typer.Option("--promote/--no-promote", help="Make the chosen defaults current.")] = False,
+           task: TasksOpt = ["all"], data_root: DataOpt = None,
+           teacher_epochs: float = 0.5, teacher_lr: float = 5e-5, student_epochs: float = 1.0, student_lr: float = 5e-5,
+           scale: Annotated[float, typer.Option(help="Share of every set's cap for the students (and the labels).")] = 0.6,
+           max_length: int = 64, seed: int = 13, threads: int | None = None,
+           precision: Annotated[str, typer.Option(help="fp32, bf16, or auto (bf16 where native).")] = "auto",
+           soft_task: Annotated[list[str] | None, typer.Option(help="Tasks the soft labels teach (default all): "
+                                                                    "those where the teacher beats the students.")] = None) -> None:
+    """The strong-teacher recipe: teacher, soft labels, both students distilled from them, evaluated,
+    exported and registered; resumable, and the same on a lent GPU."""
+    from training.strong import run_strong, scaled
+
+    teacher_cfg = _cfg(task, data_root, teacher_epochs, 32, teacher_lr, max_length, seed, threads, precision=precision)
+    student_cfg = scaled(_cfg(task, data_root, student_epochs, 32, student_lr, max_length, seed, threads,
+                              precision=precision, alpha_cos=0.0), scale)
+    bars = _Bars()
+    with bars.progress:
+        summary = run_strong(out, store, teacher_cfg, student_cfg, base=base, labels=labels, version=version,
+                             promote=promote_, soft_tasks=[Task(t).value for t in soft_task] if soft_task else None,
+                             progress=bars, say=console.print)
+    table = Table("model", "params", "MB", "ms/msg", "functional", *next(iter(summary["models"].values()))["headline"],
+                  title="validation (served int8)")
+    for name, card in summary["models"].items():
+        table.add_row(name, f"{card['parameters']:,}", f"{card['size_bytes'] / 1e6:.1f}", f"{card['latency_ms_per_msg']:.2f}",
+                      f"{card.get('functional', {}).get('overall', float('nan')):.3f}",
+                      *(f"{v:.4f}" for v in card["headline"].values()))
+    Console().print(table)
+    Console().print(f"registered {summary['registered']}; defaults {summary['defaults']}"
+                    + (" (promoted)" if summary["promoted"] else " (not promoted: --promote)"))
+
+
 @app.command("all")
 def all_(out: Annotated[Path, typer.Option(help="Run folder (resumable).")] = Path("runs/latest"),
          store: Annotated[Path | None, typer.Option(help="Model store to register into.")] = Path("model-store"),

@@ -88,6 +88,12 @@ class Batch:
     sent: Tensor  # (batch,) class index, -1 where none
     sent_allowed: Tensor  # (batch, 3) classes the source can express
 
+    def to(self, device: torch.device) -> Batch:
+        if device.type == "cpu":
+            return self
+        return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.tox, self.sent,
+                                                 self.sent_allowed)))
+
 
 def collate(encoded: list[list[int]], examples: list[Example], pad_id: int) -> Batch:
     width = max(len(ids) for ids in encoded)
@@ -156,9 +162,12 @@ def train(
     log_path: Path | None = None,
     on_step: Callable[[int, int, dict[str, float]], None] | None = None,
     soft_targets: Sequence[np.ndarray | None] | None = None,
+    soft_heads: Sequence[Head] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place. With a teacher: distillation (soft + hard + cosine); with ``soft_targets``
-    (a stored teacher's logits per example, None where it has none): soft + hard; else fine-tuning."""
+    (a stored teacher's logits per example, None where it has none): soft + hard; else fine-tuning.
+    ``soft_heads``: the heads the soft targets teach (default all), e.g. only the tasks where the teacher
+    is better than the student it teaches."""
     cfg.validate()
     if not examples:
         raise ValueError("no training examples")
@@ -180,8 +189,10 @@ def train(
     ]
     optim = torch.optim.AdamW(params, lr=cfg.lr)
     sched = get_linear_schedule_with_warmup(optim, int(cfg.warmup_fraction * total_steps), total_steps)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # a lent GPU is used as it is
+    model.to(device)
     if teacher is not None:
-        teacher.eval()
+        teacher.to(device).eval()
     model.train()
     pad_id = tokenizer.pad_token_id or 0
     log = open(log_path, "a") if log_path else None
@@ -193,8 +204,8 @@ def train(
             for idx in bucketed_batches(lengths, cfg.batch_size, rng):
                 if step >= total_steps:
                     break
-                batch = collate([encoded[i] for i in idx], [examples[i] for i in idx], pad_id)
-                with autocast(cfg):
+                batch = collate([encoded[i] for i in idx], [examples[i] for i in idx], pad_id).to(device)
+                with autocast(cfg, device.type):
                     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                 output_hidden_states=teacher is not None and cfg.alpha_cos > 0)
                 logits = out.logits.float()  # (batch, num_labels): losses in fp32 whatever the matmuls ran in
@@ -202,10 +213,10 @@ def train(
                 if soft_targets is not None:
                     rows = [r for r, i in enumerate(idx) if soft_targets[i] is not None]
                     if rows:
-                        stored = torch.from_numpy(np.stack([soft_targets[idx[r]] for r in rows]))  # (rows, logits)
-                        terms["soft"] = soft_loss(logits[rows], stored, heads, cfg.temperature)
+                        stored = torch.from_numpy(np.stack([soft_targets[idx[r]] for r in rows])).to(device)  # (rows, logits)
+                        terms["soft"] = soft_loss(logits[rows], stored, soft_heads or heads, cfg.temperature)
                 if teacher is not None:
-                    with torch.inference_mode(), autocast(cfg):
+                    with torch.inference_mode(), autocast(cfg, device.type):
                         t_out = teacher(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                         output_hidden_states=cfg.alpha_cos > 0)
                     terms["soft"] = soft_loss(logits, t_out.logits.float().clone(), heads, cfg.temperature)
@@ -238,7 +249,9 @@ def train(
     finally:
         if log:
             log.close()
-    model.eval()
+    model.to("cpu").eval()  # callers save and evaluate on the CPU
+    if teacher is not None:
+        teacher.to("cpu")
     elapsed = time.perf_counter() - started
     last = history[-1] if history else {}
     return TrainResult(step, elapsed, seen / max(elapsed, 1e-9),

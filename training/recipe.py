@@ -166,7 +166,7 @@ def run_finetune(cfg: StageConfig, source_dir: Path, out: Path, family: str | No
 
 
 def run_distill_from_labels(cfg: StageConfig, labels_path: Path, init_dir: Path, out: Path,
-                            family: str | None = None,
+                            family: str | None = None, soft_tasks: Sequence[str] | None = None,
                             on_step: Callable[[int, int, dict], None] | None = None) -> dict:
     """Distil a student initialised from ``init_dir`` (e.g. a shipped student, rebuilt) from a stored
     teacher's soft labels (``training/soft_labels.py``) plus the hard labels: a teacher of another size and
@@ -185,11 +185,15 @@ def run_distill_from_labels(cfg: StageConfig, labels_path: Path, init_dir: Path,
     targets = labels.for_texts([ex.text for ex in examples])
     covered = sum(t is not None for t in targets) / len(targets)
     out.mkdir(parents=True, exist_ok=True)
+    soft_heads = [h for h in heads if soft_tasks is None or h.task.value in soft_tasks]
+    if not soft_heads:
+        raise ValueError(f"soft_tasks {list(soft_tasks or [])} name none of the tasks {cfg.tasks}")
     result = train(student, heads, examples, tokenizer, cfg.train, log_path=out / "train_log.jsonl",
-                   on_step=on_step, soft_targets=targets)
+                   on_step=on_step, soft_targets=targets, soft_heads=soft_heads)
     record = {"stage": "distill", "family": family or student.config.model_type,
               "teacher": labels.meta.get("teacher", str(labels_path)), "soft_labels": str(labels_path),
-              "soft_label_coverage": round(covered, 4), "init": {"from": str(init_dir)},
+              "soft_label_coverage": round(covered, 4), "soft_tasks": [h.task.value for h in soft_heads],
+              "init": {"from": str(init_dir)},
               "heads": [h.model_dump(mode="json") for h in heads], "config": asdict(cfg),
               "versions": package_versions(), "data": fingerprints, "n_train": len(examples),
               "parameters": count_parameters(student), "teacher_parameters": labels.meta.get("teacher_parameters"),
@@ -242,7 +246,8 @@ def measure_latency(artifact: Path, texts: list[str], threads: int | None = None
 
 
 def export_folder(model_dir: Path, out: Path, name: str, version: str, report: dict,
-                  formats: Sequence[str] = ("onnx_int8",), verify_texts: Sequence[str] | None = None) -> Path:
+                  formats: Sequence[str] = ("onnx_int8",), verify_texts: Sequence[str] | None = None,
+                  int8_tolerance=None) -> Path:  # training.export.ExportTolerance
     """Build a verified artifact (thresholds from the validation report) from a trained model folder."""
     from models.artifact import Head
     from training.export import DEFAULT_VERIFY_TEXTS, build_artifact
@@ -262,5 +267,6 @@ def export_folder(model_dir: Path, out: Path, name: str, version: str, report: d
                   "data": record["data"], "init": record.get("init", {}), "n_train": record["n_train"]},
         metrics={"validation": report["headline"]}, formats=formats,
         verify_texts=list(verify_texts or DEFAULT_VERIFY_TEXTS),
+        **({"int8_tolerance": int8_tolerance} if int8_tolerance is not None else {}),
     )
     return Path(out)

@@ -38,7 +38,8 @@ def label_texts(model_dir: Path, texts: Sequence[str], max_length: int = 96, bat
     from training.distill import TrainConfig, autocast
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).to(device).eval()
     encoded = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
     order = np.argsort([len(e) for e in encoded], kind="stable")
     out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
@@ -52,8 +53,9 @@ def label_texts(model_dir: Path, texts: Sequence[str], max_length: int = 96, bat
             for row, i in enumerate(idx):
                 ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
                 mask[row, : len(encoded[i])] = 1
-            with autocast(TrainConfig(precision=precision)):
-                out[idx] = model(input_ids=ids, attention_mask=mask).logits.float().numpy()
+            with autocast(TrainConfig(precision=precision), device.type):
+                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            out[idx] = logits.float().cpu().numpy()
             if progress:
                 progress(min(start + batch_size, len(order)), len(order))
     return out

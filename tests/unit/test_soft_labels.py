@@ -53,6 +53,14 @@ def test_a_student_distils_from_stored_labels(tmp_path: Path) -> None:
     result = train(student, HEADS, examples, tokenizer, TrainConfig(epochs=1, batch_size=16, lr=1e-3, log_every=1),
                    soft_targets=targets)
     assert result.steps == 4 and all("loss_soft" in h and np.isfinite(h["loss_soft"]) for h in result.history)
+    # soft targets for the sentiment head only (a teacher better at sentiment than at toxicity)
+    only_sentiment = [h for h in HEADS if h.task.value == "sentiment"]
+    sentiment_only = train(tiny_teacher(2), HEADS, examples, tokenizer,
+                           TrainConfig(epochs=1, batch_size=16, lr=1e-3, log_every=1),
+                           soft_targets=targets, soft_heads=only_sentiment)
+    first_all, first_sentiment = result.history[0], sentiment_only.history[0]  # same init, same first batch
+    assert first_sentiment["loss_hard"] == pytest.approx(first_all["loss_hard"])
+    assert first_sentiment["loss_soft"] < first_all["loss_soft"], "the toxicity head's soft term is left out"
     with pytest.raises(ValueError, match="one entry"):
         train(student, HEADS, examples, tokenizer, TrainConfig(max_steps=1), soft_targets=targets[:3])
 

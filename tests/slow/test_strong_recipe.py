@@ -1,0 +1,49 @@
+"""`chatmod train strong` end to end on a sliver of ../shared/data: a tiny teacher, its soft labels, a
+student warm-started from the store's artifact and distilled from them, evaluated (validation and the
+functional suite), exported with per-token int8, registered; a second run resumes instead of redoing."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from models.registry import ModelRegistry
+from tests.tiny_models import build_tiny_artifact, save_tiny_hf_model
+from training.data import default_data_root
+from training.distill import TrainConfig
+from training.recipe import StageConfig
+from training.soft_labels import SoftLabels
+from training.strong import run_strong, scaled
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+DATA_ROOT = default_data_root()
+
+
+@pytest.mark.skipif(not (DATA_ROOT / "toxicity/olid/train.tsv").is_file(),
+                    reason=f"needs the labeled sets at {DATA_ROOT} (../shared/data; see its README.md)")
+def test_strong_recipe_runs_every_stage_and_resumes(tmp_path: Path) -> None:
+    store = ModelRegistry(tmp_path / "store")
+    build_tiny_artifact(tmp_path / "build", family="distilbert", seed=0, name="tiny-student")
+    store.promote(store.add(tmp_path / "build").ref)
+    teacher = save_tiny_hf_model(tmp_path / "teacher-base", family="distilbert", seed=5)
+    base = StageConfig(threads=1, val_cap=200, train=TrainConfig(epochs=1.0, max_length=32, lr=1e-3))
+    teacher_cfg = scaled(base, 0.01)
+    student_cfg = replace(scaled(base, 0.01), train=replace(base.train, alpha_cos=0.0))
+    lines: list[str] = []
+    summary = run_strong(tmp_path / "run", store.store, teacher_cfg, student_cfg, base=str(teacher),
+                         version="2", families=("distilbert",), promote=True, say=lines.append)
+    labels = SoftLabels(tmp_path / "run" / "soft_labels.npz")
+    assert len(labels) > 500 and labels.meta["base"] == str(teacher)
+    (card,) = summary["models"].values()
+    assert card["soft_label_coverage"] == 1.0 and card["warm_start"] == "tiny-student@1"
+    assert set(card["headline"]) >= {"olid_macro_f1", "semeval_macro_recall"} and card["functional"]["cases"] > 500
+    assert summary["registered"] == {"tiny-student@2": "tiny-student@2"} and summary["promoted"]
+    assert store.current("toxicity") == "tiny-student@2"
+    manifest = store.get("tiny-student@2")[0]
+    assert manifest.metrics["export"]["onnx_int8"]["batch_invariance_max_diff"] == 0.0
+    lines.clear()
+    run_strong(tmp_path / "run", store.store, teacher_cfg, student_cfg, base=str(teacher), version="2",
+               families=("distilbert",), say=lines.append)
+    assert not any(line.startswith(("[1/4]", "[2/4]", "[3/4]")) for line in lines), lines  # resumed: nothing redone
