@@ -56,14 +56,15 @@ def _fill(templates: Iterable[str], **fills: list[str]) -> list[str]:
 def templated(seed: int, per_kind: int = 400) -> list[Example]:
     """Examples from the team's training templates, ``per_kind`` of each kind at most."""
     rng = random.Random(seed)
-    kinds: list[tuple[tuple[int, ...], list[str]]] = [
+    kinds: list[tuple] = [
         (THREAT, _fill(["i'm gonna {v} when i see you", "say that again and i'll {v}", "one more word and i {v}",
                         "i'll {v}, watch", "next time we meet i will {v}", "i swear to god i'll {v}",
                         "you're dead, i'll {v}", "keep talking and i'll {v}"],
                        v=THREAT_VERBS)),
         (THREAT, _fill(["i have your {x}, expect a visit", "we found your {x} and we're coming",
                         "i'll be at your {x} {t}", "your {x} isn't safe anymore", "i'm sending people to your {x}",
-                        "posting your {x} so everyone can pay you a visit"],
+                        "posting your {x} so everyone can pay you a visit", "i know where your {x} is",
+                        "found your {x} on google, see you soon", "guess who's standing outside your {x}"],
                        x=["address", "house", "home", "school", "workplace", "apartment", "parents' place"],
                        t=["tonight", "this weekend", "soon", "at midnight"])),
         (THREAT, _fill(["{a} {b}", "honestly {a} {b}", "{b}, {a}"],
@@ -73,12 +74,12 @@ def templated(seed: int, per_kind: int = 400) -> list[Example]:
                           "go overdose", "do the world a favor and disappear forever"])),
         (HATE, _fill(["those {g} are {n}", "i can't stand {g}, they're {n}", "{g} ruin everything, {n}",
                       "every single one of {g} is {n}", "{g}? {n}, all of them", "face it, {g} are {n}"],
-                     g=GROUPS, n=DEROGATIONS)),
+                     g=GROUPS, n=DEROGATIONS), 650),
         (HATE, _fill(["{g} need to be removed from this country", "{g} should not be allowed to vote",
                       "keep {g} out of our neighborhood", "{g} breed like rats", "how come {g} are always so {n}?",
                       "ever notice how {g} are {n}?", "who else thinks {g} are {n}?", "{g} don't belong here",
                       "send the {g} back", "no {g} allowed in my lobby"],
-                     g=GROUPS, n=["dirty", "stupid", "evil", "lazy and dirty", "violent", "disgusting", "inferior"])),
+                     g=GROUPS, n=["dirty", "stupid", "evil", "lazy and dirty", "violent", "disgusting", "inferior"]), 650),
         (tox(toxic=1, insult=1), _fill(["you're a {i}", "ur such a {i}", "listen here {i}", "shut it {i}",
                                         "imagine being this much of a {i}", "nobody likes you, {i}"], i=INSULTS)),
         (CLEAN, _fill(["my {r} is one of the {g} i love most", "{g} make this community better",
@@ -87,15 +88,22 @@ def templated(seed: int, per_kind: int = 400) -> list[Example]:
                        "respect to all {g}"], g=GROUPS, r=["neighbor", "coworker", "teammate", "roommate"])),
         (CLEAN, _fill(["someone just said {g} are {s}, that's disgusting behavior", "\"{g} are {s}\" is a hateful thing to say",
                        "people calling {g} {s} should be banned", "it's not okay to call {g} {s}",
-                       "reported the guy who called {g} {s}", "nobody should call {g} {s}, be better"],
-                      g=GROUPS, s=DEROGATIONS)),
+                       "reported the guy who called {g} {s}", "nobody should call {g} {s}, be better",
+                       "whoever wrote '{g} are {s}' needs a ban", "calling {g} {s} is plain bigotry",
+                       "we don't say {g} are {s} in this chat", "mods, someone keeps saying {g} are {s}",
+                       "'{g} are {s}'? that's just racism, reported", "imagine thinking {g} are {s} in 2026"],
+                      g=GROUPS, s=DEROGATIONS), 900),
         (CLEAN, _fill(["{g} aren't {s}", "it's false that {g} are {s}", "i don't think {g} are {s} at all",
-                       "nothing about {g} is {s}", "i never said {g} were {s}"], g=GROUPS, s=DEROGATIONS)),
+                       "nothing about {g} is {s}", "i never said {g} were {s}", "no one here thinks {g} are {s}",
+                       "of course {g} aren't {s}", "{g} are people, not {s}"], g=GROUPS, s=DEROGATIONS), 700),
         (CLEAN, _fill(["telling someone to {x} is never acceptable", "whoever told him to {x} got banned, good",
                        "quit telling folks to {x}", "saying '{x}' to a streamer is harassment, report it"],
                       x=["kill themselves", "kys", "die", "jump off a bridge", "end it"])),
-        (CLEAN, _fill(["ugh i'm {s} today", "i'm such {s} lol", "wow i'm {s}, missed every shot", "me = {s}"],
-                      s=["an idiot", "trash", "a clown", "garbage", "stupid", "a noob", "useless", "so dumb", "the worst"])),
+        (CLEAN, _fill(["ugh i'm {s} today", "i'm such {s} lol", "wow i'm {s}, missed every shot", "me = {s}",
+                       "sorry team, i'm {s}", "honestly i'm {s} at this game", "i felt like {s} that round",
+                       "my own fault, i'm {s}"],
+                      s=["an idiot", "trash", "a clown", "garbage", "stupid", "a noob", "useless", "so dumb", "the worst",
+                         "a moron", "such a loser", "braindead", "a potato", "hopeless"])),
         (CLEAN, _fill(["{v} the {o} asap", "let's {v} the {o} now", "we need to {v} the {o}", "go {v} the {o}",
                        "i'll {v} the {o} on the left"],
                       v=["kill", "shoot", "stab", "destroy", "murder", "burn", "blow up", "snipe"],
@@ -106,10 +114,10 @@ def templated(seed: int, per_kind: int = 400) -> list[Example]:
                  "this song is fire", "your aim is deadly", "absolute carnage in that teamfight, love it"]),
     ]
     out: list[Example] = []
-    for labels, texts in kinds:
+    for labels, texts, *cap in kinds:  # a kind may set its own cap (counter-speech needs more than most)
         texts = list(dict.fromkeys(texts))
         rng.shuffle(texts)
-        out += [Example(t, SOURCE, toxicity=labels) for t in texts[:per_kind]]
+        out += [Example(t, SOURCE, toxicity=labels) for t in texts[: cap[0] if cap else per_kind]]
     return out
 
 

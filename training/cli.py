@@ -313,7 +313,8 @@ def strong(out: Annotated[Path, typer.Option(help="Run folder (resumable).")] = 
            max_length: int = 64, seed: int = 13, threads: int | None = None,
            precision: Annotated[str, typer.Option(help="fp32, bf16, or auto (bf16 where native).")] = "auto",
            soft_task: Annotated[list[str] | None, typer.Option(help="Tasks the soft labels teach (default all): "
-                                                                    "those where the teacher beats the students.")] = None) -> None:
+                                                                    "those where the teacher beats the students.")] = None,
+           family: Annotated[list[str] | None, typer.Option(help="Students to make (default distilbert and albert).")] = None) -> None:
     """The strong-teacher recipe: teacher, soft labels, both students distilled from them, evaluated,
     exported and registered; resumable, and the same on a lent GPU."""
     from training.strong import run_strong, scaled
@@ -325,6 +326,7 @@ def strong(out: Annotated[Path, typer.Option(help="Run folder (resumable).")] = 
     with bars.progress:
         summary = run_strong(out, store, teacher_cfg, student_cfg, base=base, labels=labels, version=version,
                              promote=promote_, soft_tasks=[Task(t).value for t in soft_task] if soft_task else None,
+                             families=tuple(family or ("distilbert", "albert")),
                              progress=bars, say=console.print)
     table = Table("model", "params", "MB", "ms/msg", "functional", *next(iter(summary["models"].values()))["headline"],
                   title="validation (served int8)")
