@@ -28,8 +28,8 @@ from pipeline.textnorm import content_key, message_key, normalise_text
 log = logging.getLogger("chatmod.moderation")
 EVASION_FLAG = "evasion"
 RAW_TOXICITY = "raw_toxicity"  # in a scores dict: toxicity of the text as written, when de-obfuscation changed it
-RECENT_SCORES = 4096
-TASKS = frozenset(t.value for t in Task)  # content keys whose scores a worker keeps in memory (a few MB)
+RECENT_SCORES = 4096  # content keys whose scores a worker keeps in memory (a few MB)
+TASKS = frozenset(t.value for t in Task)
 
 
 @dataclass(frozen=True, slots=True)

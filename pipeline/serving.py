@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from models.artifact import ArtifactError
@@ -86,9 +86,7 @@ def load_serving(settings: Settings, registry: ModelRegistry | None = None) -> S
         shadow_tasks = [t for t in tasks if t in manifest.tasks]
         if Task.TOXICITY not in shadow_tasks:
             raise ValueError(f"shadow model {settings.models.shadow} has no toxicity head to compare decisions")
-        serving = Serving(serving.models, serving.policy, serving.casefold,
-                          shadow=serving_for(dict.fromkeys(shadow_tasks, folder), settings),
-                          deobfuscate=serving.deobfuscate)
+        serving = replace(serving, shadow=serving_for(dict.fromkeys(shadow_tasks, folder), settings))
     return serving
 
 

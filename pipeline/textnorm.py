@@ -65,7 +65,7 @@ def content_key(normalised_text: str, model_refs: Mapping[str, str], casefold: b
     if not prefix:
         raise ValueError("cache key prefix must be non-empty")
     text = normalised_text.lower() if casefold else normalised_text
-    # JSON of (sorted refs, text) is unambiguous: no choice of text can mimic other refs.
+    # JSON of (sorted refs, normaliser, text) is unambiguous: no choice of text can mimic other refs.
     payload = json.dumps([sorted(model_refs.items()), normaliser, text], ensure_ascii=False, separators=(",", ":"))
     return f"{prefix}:{CONTENT_KEY_VERSION}:res:{_sha256(payload)}"
 

@@ -180,37 +180,6 @@ def distill_labels(labels: Annotated[Path, typer.Option("--labels", help="Soft l
 
 
 @app.command()
-def finetune(source: Annotated[str, typer.Option("--from", help="NAME@VERSION in the store, or an artifact or model folder.")],
-             out: Annotated[Path, typer.Option(help="Folder for the fine-tuned model.")],
-             store: Annotated[Path, typer.Option(help="Model store (for NAME@VERSION).")] = Path("model-store"),
-             task: TasksOpt = ["all"], data_root: DataOpt = None, epochs: float = 0.3, batch_size: int = 32,
-             lr: float = 3e-5, max_length: int = 96, seed: int = 13, threads: int | None = None) -> None:
-    """Fine-tune a trained model (e.g. a shipped student) on the recipe's data, augmentation included."""
-    import tempfile
-
-    from training.recipe import run_finetune
-    from training.requantize import rebuild_hf_folder
-
-    path = Path(source)
-    cfg = _cfg(task, data_root, epochs, batch_size, lr, max_length, seed, threads)
-    bars = _Bars()
-    with tempfile.TemporaryDirectory(prefix="chatmod-finetune-") as tmp:
-        if not path.is_dir():
-            from models.registry import ModelRegistry
-
-            path = ModelRegistry(store).get(source)[1]
-        family = None
-        if (path / "manifest.json").is_file():  # an artifact: rebuild its torch weights first
-            from models.artifact import read_manifest
-
-            family = read_manifest(path).family
-            path = rebuild_hf_folder(path, Path(tmp) / "hf")
-        with bars.progress:
-            record = run_finetune(cfg, path, out, family=family, on_step=bars("finetune"))
-    console.print(f"fine-tuned {source} on {record['n_train']:,} examples; saved to {out}")
-
-
-@app.command()
 def evaluate(folder: Annotated[Path, typer.Argument(help="A trained model folder or an artifact folder.")],
              task: TasksOpt = ["all"], data_root: DataOpt = None, seed: int = 13) -> None:
     """Validation metrics (headline, per label), thresholds calibrated on validation."""

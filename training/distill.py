@@ -7,6 +7,7 @@ would cost several times the compute on two CPU cores.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -61,6 +62,7 @@ class TrainConfig:
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
 
 
+@functools.lru_cache(maxsize=None)
 def native_bf16(device: str = "cpu") -> bool:
     """Whether bfloat16 matmuls run natively here: AMX or AVX-512 BF16 on a CPU, bf16 support on CUDA."""
     if device == "cuda":

@@ -336,8 +336,9 @@ def build_artifact(
                     return asdict(check) | {"batch_invariance_max_diff": invariance(onnx_path)}
 
                 def invariance(onnx_path: Path) -> float:
-                    encoded = TextEncoder(hf_model_dir / "tokenizer.json", max_length).encode(verify_texts)
-                    return check_batch_invariance(onnx_path, encoded)
+                    return check_batch_invariance(onnx_path, verify_encoded)
+
+                verify_encoded = TextEncoder(hf_model_dir / "tokenizer.json", max_length).encode(verify_texts)
 
                 fp32 = export_onnx(hf_model_dir, Path(tmp) / ONNX_NAME, opset=opset)
                 export["onnx"] = checked(fp32, fp32_tolerance)  # int8 is only as good as the graph under it

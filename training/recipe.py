@@ -141,30 +141,6 @@ def run_distill(cfg: StageConfig, teacher_dir: Path, family: str, out: Path, lay
     return record
 
 
-def run_finetune(cfg: StageConfig, source_dir: Path, out: Path, family: str | None = None,
-                 on_step: Callable[[int, int, dict], None] | None = None) -> dict:
-    """Fine-tune a trained classifier (a saved HF folder, e.g. a student rebuilt from its artifact) on the
-    recipe's data with the hard-label losses: how a shipped student learns what the recipe's data gained
-    (augmentation, new sources) without distilling it again."""
-    _setup(cfg)
-    heads = make_heads([Task(t) for t in cfg.tasks])
-    model = load_model(source_dir)
-    if model.config.num_labels != sum(h.width for h in heads):
-        raise ValueError(f"{source_dir} has {model.config.num_labels} outputs; the tasks {cfg.tasks} need "
-                         f"{sum(h.width for h in heads)}")
-    tokenizer = AutoTokenizer.from_pretrained(source_dir)
-    examples, _, fingerprints = training_examples(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    result = train(model, heads, examples, tokenizer, cfg.train, log_path=out / "train_log.jsonl", on_step=on_step)
-    record = {"stage": "finetune", "family": family or model.config.model_type, "base": str(source_dir),
-              "heads": [h.model_dump(mode="json") for h in heads], "config": asdict(cfg),
-              "versions": package_versions(), "data": fingerprints, "n_train": len(examples),
-              "parameters": count_parameters(model), "result": asdict(result),
-              "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    _save(model, tokenizer, out, record)
-    return record
-
-
 def run_distill_from_labels(cfg: StageConfig, labels_path: Path, init_dir: Path, out: Path,
                             family: str | None = None, soft_tasks: Sequence[str] | None = None,
                             on_step: Callable[[int, int, dict], None] | None = None) -> dict:
