@@ -117,28 +117,17 @@ def label(teacher_dir: Annotated[Path, typer.Option("--teacher", help="Folder of
     """Run a teacher once over the recipe's training texts and store its soft labels (small: commit them)."""
     import torch
 
-    from training.recipe import DEFAULT_CAPS, package_versions, training_examples
-    from training.soft_labels import label_texts, save
+    from training.recipe import scaled
+    from training.soft_labels import label_recipe
 
     if threads:
         torch.set_num_threads(threads)
-    cfg = _cfg(task, data_root, 1.0, 32, 1e-4, max_length, seed, threads)
-    cfg.caps = {k: max(1, int(v * scale)) for k, v in DEFAULT_CAPS.items()}
-    examples, _, fingerprints = training_examples(cfg)
-    texts = list(dict.fromkeys(ex.text for ex in examples))
-    record = json.loads((teacher_dir / "chatmod_run.json").read_text())
-    console.print(f"labeling {len(texts):,} texts with {teacher_dir} ({record.get('base')})")
+    cfg = scaled(_cfg(task, data_root, 1.0, 32, 1e-4, max_length, seed, threads), scale)
     bars = _Bars()
     with bars.progress:
         step = bars("label")
-        logits = label_texts(teacher_dir, texts, max_length=max_length, precision=precision,
-                             progress=lambda done, total: step(done, total, {}))
-    save(out, texts, logits, {"teacher": str(teacher_dir), "base": record.get("base"),
-                              "teacher_parameters": record.get("parameters"), "heads": record.get("heads"),
-                              "caps": cfg.caps, "seed": seed, "max_length": max_length, "data": fingerprints,
-                              "precision": precision,
-                              "versions": package_versions()})
-    console.print(f"soft labels for {len(texts):,} texts written to {out}")
+        label_recipe(teacher_dir, cfg, out, precision, progress=lambda done, total: step(done, total, {}))
+    console.print(f"soft labels written to {out}")
 
 
 @app.command("distill-labels")
@@ -155,23 +144,13 @@ def distill_labels(labels: Annotated[Path, typer.Option("--labels", help="Soft l
     """Distil a student from stored soft labels (plus hard labels), starting from an existing model."""
     import tempfile
 
-    from training.recipe import DEFAULT_CAPS, run_distill_from_labels
-    from training.requantize import rebuild_hf_folder
+    from training.recipe import run_distill_from_labels, scaled
+    from training.requantize import model_folder
 
-    cfg = _cfg(task, data_root, epochs, batch_size, lr, max_length, seed, threads, precision=precision,
-               temperature=temperature, alpha_soft=alpha_soft, alpha_hard=alpha_hard, alpha_cos=0.0)
-    cfg.caps = {k: max(1, int(v * scale)) for k, v in DEFAULT_CAPS.items()}
-    path, family = Path(init), None
+    cfg = scaled(_cfg(task, data_root, epochs, batch_size, lr, max_length, seed, threads, precision=precision,
+                      temperature=temperature, alpha_soft=alpha_soft, alpha_hard=alpha_hard, alpha_cos=0.0), scale)
     with tempfile.TemporaryDirectory(prefix="chatmod-distill-") as tmp:
-        if not path.is_dir():
-            from models.registry import ModelRegistry
-
-            path = ModelRegistry(store).get(init)[1]
-        if (path / "manifest.json").is_file():
-            from models.artifact import read_manifest
-
-            family = read_manifest(path).family
-            path = rebuild_hf_folder(path, Path(tmp) / "hf")
+        path, family = model_folder(init, store, Path(tmp))
         bars = _Bars()
         with bars.progress:
             record = run_distill_from_labels(cfg, labels, path, out, family=family, on_step=bars(family or "student"))
@@ -253,10 +232,10 @@ def requantize(ref: Annotated[str, typer.Argument(help="NAME@VERSION in the stor
         console.print(f"re-exporting {ref} as version {version} (rebuild, ONNX, per-token int8, checks)")
         verify = list(DEFAULT_VERIFY_TEXTS)
         if root.is_dir():  # real chat, as train all checks its exports
-            from training.recipe import training_examples, validation_config
+            from training.recipe import check_texts, training_examples, validation_config
 
             _, validation, _ = training_examples(validation_config(cfg))
-            verify = [ex.text for exs in validation.values() for ex in exs[:100]][:400]
+            verify = check_texts(validation)
         manifest = requantize_artifact(source, out, version, verify_texts=verify,
                                        evaluate=evaluate_served if root.is_dir() else None)
         stored = registry.add(out, version=str(version))
@@ -286,7 +265,8 @@ def strong(out: Annotated[Path, typer.Option(help="Run folder (resumable).")] = 
            family: Annotated[list[str] | None, typer.Option(help="Students to make (default distilbert and albert).")] = None) -> None:
     """The strong-teacher recipe: teacher, soft labels, both students distilled from them, evaluated,
     exported and registered; resumable, and the same on a lent GPU."""
-    from training.strong import run_strong, scaled
+    from training.recipe import scaled
+    from training.strong import run_strong
 
     teacher_cfg = _cfg(task, data_root, teacher_epochs, 32, teacher_lr, max_length, seed, threads, precision=precision)
     student_cfg = scaled(_cfg(task, data_root, student_epochs, 32, student_lr, max_length, seed, threads,

@@ -173,9 +173,16 @@ def load_card(folder: Path) -> dict:
     return json.loads((folder / "model_card.json").read_text())
 
 
-def torch_predictor(model, tokenizer, max_length: int = 128, batch_size: int = 128) -> PredictFn:
-    """Batched, length-sorted torch inference returning logits in input order."""
+def torch_predictor(model, tokenizer, max_length: int = 128, batch_size: int = 128, precision: str = "fp32",
+                    progress: Callable[[int, int], None] | None = None) -> PredictFn:
+    """Batched, length-sorted torch inference returning logits in input order, on the model's device;
+    ``precision="bf16"`` (or "auto" where native) runs the matmuls in bfloat16."""
     import torch
+
+    from training.distill import TrainConfig, autocast
+
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id or 0
 
     def predict(texts: list[str]) -> np.ndarray:
         enc = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
@@ -185,12 +192,16 @@ def torch_predictor(model, tokenizer, max_length: int = 128, batch_size: int = 1
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
                 width = max(len(enc[i]) for i in idx)
-                ids = torch.zeros((len(idx), width), dtype=torch.long)
+                ids = torch.full((len(idx), width), pad, dtype=torch.long)  # (batch, seq)
                 mask = torch.zeros_like(ids)
                 for row, i in enumerate(idx):
                     ids[row, : len(enc[i])] = torch.tensor(enc[i])
                     mask[row, : len(enc[i])] = 1
-                out[idx] = model(input_ids=ids, attention_mask=mask).logits.float().numpy()
+                with autocast(TrainConfig(precision=precision), device.type):
+                    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+                out[idx] = logits.float().cpu().numpy()
+                if progress:
+                    progress(min(start + batch_size, len(order)), len(order))
         return out
 
     return predict

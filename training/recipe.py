@@ -181,6 +181,18 @@ def run_distill_from_labels(cfg: StageConfig, labels_path: Path, init_dir: Path,
 # ---------------------------------------------------------------- evaluate, export, register
 
 
+def scaled(cfg: StageConfig, scale: float) -> StageConfig:
+    """``cfg`` with every set's cap times ``scale`` (a share of the recipe's data)."""
+    from dataclasses import replace
+
+    return replace(cfg, caps={k: max(1, int(v * scale)) for k, v in DEFAULT_CAPS.items()})
+
+
+def check_texts(validation: dict[str, list[Example]], per_set: int = 100, limit: int = 400) -> list[str]:
+    """Real texts to check an export on: the first ``per_set`` of every validation set, ``limit`` in all."""
+    return [ex.text for exs in validation.values() for ex in exs[:per_set]][:limit]
+
+
 def validation_config(cfg: StageConfig) -> StageConfig:
     """The same data and seed, but no training examples: only the validation splits are wanted."""
     return StageConfig(tasks=cfg.tasks, data_root=cfg.data_root, caps={k: 1 for k in cfg.caps}, seed=cfg.seed,

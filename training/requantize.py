@@ -39,6 +39,19 @@ def rebuild_hf_folder(artifact: Path, out: Path) -> Path:
     return out
 
 
+def model_folder(source: str | Path, store: Path, tmp: Path) -> tuple[Path, str | None]:
+    """``(Hugging Face folder, family)`` for ``NAME@VERSION`` in ``store``, an artifact folder (its weights
+    rebuilt into ``tmp``) or a model folder (as it is; family unknown)."""
+    path = Path(source)
+    if not path.is_dir():
+        from models.registry import ModelRegistry
+
+        path = ModelRegistry(store).get(str(source))[1]
+    if not (path / "manifest.json").is_file():
+        return path, None
+    return rebuild_hf_folder(path, Path(tmp) / "hf"), read_manifest(path).family
+
+
 def requantize_artifact(
     artifact: Path,
     out: Path,

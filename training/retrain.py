@@ -208,6 +208,7 @@ def retrain(cfg: RetrainConfig, store: Path, feedback_root: Path, out: Path, *, 
     from models.torch_from_onnx import torch_model_from_artifact
     from training.distill import TrainConfig, train
     from training.evaluate import evaluate, torch_predictor
+    from training.recipe import check_texts
     from training.export import ExportTolerance, build_artifact
 
     cfg.validate()
@@ -258,7 +259,7 @@ def retrain(cfg: RetrainConfig, store: Path, feedback_root: Path, out: Path, *, 
                       "retrain": {k: v for k, v in asdict(cfg).items() if k != "base_caps"}, "data": data,
                       "steps": result.steps},
             formats=tuple(f for f in ("onnx", "onnx_int8") if f in manifest.weights) or ("onnx_int8",),  # as served
-            verify_texts=[ex.text for exs in validation.values() for ex in exs[:100]][:400],
+            verify_texts=check_texts(validation),
             # A warm-started candidate has been through int8 once already and its int8 logits drift a
             # little further from its torch ones; what is served is judged directly right below (the gate
             # scores the int8 artifact itself), so decisions must agree (95%) but logits may move up to 2.0

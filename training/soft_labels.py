@@ -30,35 +30,37 @@ def text_key(text: str) -> bytes:
 
 def label_texts(model_dir: Path, texts: Sequence[str], max_length: int = 96, batch_size: int = 64,
                 progress: Callable[[int, int], None] | None = None, precision: str = "fp32") -> np.ndarray:
-    """The teacher's logits ``(len(texts), num_labels)`` (float32), length-sorted batches, input order.
-    ``precision="bf16"`` (or "auto" where it is native) runs the matmuls in bfloat16."""
+    """The teacher's logits ``(len(texts), num_labels)`` (float32), length-sorted batches, input order, on a
+    lent GPU where there is one. ``precision="bf16"`` (or "auto" where native) runs the matmuls in bfloat16."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from training.distill import TrainConfig, autocast
+    from training.evaluate import torch_predictor
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).to(device).eval()
-    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
-    order = np.argsort([len(e) for e in encoded], kind="stable")
-    out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
-    pad = tokenizer.pad_token_id or 0
-    with torch.inference_mode():
-        for done, start in enumerate(range(0, len(order), batch_size)):
-            idx = order[start : start + batch_size]
-            width = max(len(encoded[i]) for i in idx)
-            ids = torch.full((len(idx), width), pad, dtype=torch.long)  # (batch, seq)
-            mask = torch.zeros_like(ids)
-            for row, i in enumerate(idx):
-                ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
-                mask[row, : len(encoded[i])] = 1
-            with autocast(TrainConfig(precision=precision), device.type):
-                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            out[idx] = logits.float().cpu().numpy()
-            if progress:
-                progress(min(start + batch_size, len(order)), len(order))
-    return out
+    predict = torch_predictor(model, AutoTokenizer.from_pretrained(model_dir), max_length, batch_size, precision,
+                              progress)
+    return predict(list(texts))
+
+
+def label_recipe(teacher_dir: Path, cfg, out: Path, precision: str = "auto",
+                 progress: Callable[[int, int], None] | None = None) -> Path:
+    """Soft labels of ``teacher_dir`` over the training texts of ``cfg`` (a ``training.recipe.StageConfig``),
+    written to ``out`` (.npz + .json, with the teacher's config and validation where known)."""
+    from training.recipe import package_versions, training_examples
+
+    examples, _, fingerprints = training_examples(cfg)
+    texts = list(dict.fromkeys(ex.text for ex in examples))
+    record = json.loads((Path(teacher_dir) / "chatmod_run.json").read_text())
+    logits = label_texts(teacher_dir, texts, max_length=cfg.train.max_length, precision=precision, progress=progress)
+    report = Path(teacher_dir) / "eval_report.json"
+    return save(out, texts, logits, {"teacher": str(teacher_dir), "base": record.get("base"),
+                                     "teacher_config": record.get("config"),
+                                     "teacher_validation": json.loads(report.read_text())["headline"] if report.is_file() else None,
+                                     "teacher_parameters": record.get("parameters"), "heads": record.get("heads"),
+                                     "caps": cfg.caps, "seed": cfg.seed, "max_length": cfg.train.max_length,
+                                     "precision": precision, "data": fingerprints, "versions": package_versions()})
 
 
 def save(path: Path, texts: Sequence[str], logits: np.ndarray, meta: dict) -> Path:

@@ -17,7 +17,6 @@ import json
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 
 from models.artifact import dump_json, read_manifest
@@ -25,36 +24,13 @@ from models.labels import Task
 from models.registry import ModelRegistry
 from training.evaluate import write_model_card
 from training.export import ExportTolerance
-from training.recipe import (DEFAULT_CAPS, StageConfig, evaluate_folder, export_folder, measure_latency,
-                             run_distill_from_labels, run_teacher, training_examples, validation_config)
+from training.recipe import (StageConfig, check_texts, evaluate_folder, export_folder, measure_latency,
+                             run_distill_from_labels, run_teacher, training_examples,
+                             validation_config)
+from training.soft_labels import label_recipe
 
 Progress = Callable[[str], Callable[[int, int, dict], None]]
 WARM_START_INT8 = ExportTolerance(max_abs_logit_diff=1.0, min_agreement=0.98)
-
-
-def scaled(cfg: StageConfig, scale: float) -> StageConfig:
-    """``cfg`` with every set's cap times ``scale`` (the students' share of the recipe's data)."""
-    return replace(cfg, caps={k: max(1, int(v * scale)) for k, v in DEFAULT_CAPS.items()})
-
-
-def label_stage(teacher_dir: Path, cfg: StageConfig, out: Path, precision: str = "auto",
-                progress: Callable[[int, int, dict], None] | None = None) -> Path:
-    """Soft labels of ``teacher_dir`` over ``cfg``'s training texts, written to ``out`` (.npz + .json)."""
-    from training.recipe import package_versions
-    from training.soft_labels import label_texts, save
-
-    examples, _, fingerprints = training_examples(cfg)
-    texts = list(dict.fromkeys(ex.text for ex in examples))
-    record = json.loads((teacher_dir / "chatmod_run.json").read_text())
-    logits = label_texts(teacher_dir, texts, max_length=cfg.train.max_length, precision=precision,
-                         progress=(lambda done, total: progress(done, total, {})) if progress else None)
-    report = teacher_dir / "eval_report.json"
-    return save(out, texts, logits, {"teacher": str(teacher_dir), "base": record.get("base"),
-                                     "teacher_config": record.get("config"),
-                                     "teacher_validation": json.loads(report.read_text())["headline"] if report.is_file() else None,
-                                     "teacher_parameters": record.get("parameters"), "heads": record.get("heads"),
-                                     "caps": cfg.caps, "seed": cfg.seed, "max_length": cfg.train.max_length,
-                                     "precision": precision, "data": fingerprints, "versions": package_versions()})
 
 
 def run_strong(out: Path, store: Path, teacher_cfg: StageConfig, student_cfg: StageConfig, *,
@@ -64,7 +40,7 @@ def run_strong(out: Path, store: Path, teacher_cfg: StageConfig, student_cfg: St
                progress: Progress | None = None, say: Callable[[str], None] = print) -> dict:
     """Run the stages that are not done yet; returns the summary (also written to ``out/summary.json``)."""
     from training.functional import DEFAULT_SUITE, evaluate_artifact
-    from training.requantize import rebuild_hf_folder
+    from training.requantize import model_folder
     from training.train_all import choose_defaults
 
     out = Path(out)
@@ -77,10 +53,11 @@ def run_strong(out: Path, store: Path, teacher_cfg: StageConfig, student_cfg: St
             say(f"[1/4] fine-tuning the teacher ({base})")
             run_teacher(teacher_cfg, base, teacher_dir, on_step=progress("teacher") if progress else None)
         say(f"[2/4] labeling the students' training texts with {teacher_dir}")
-        label_stage(teacher_dir, student_cfg, labels, teacher_cfg.train.precision,
-                    progress=progress("label") if progress else None)
+        step = progress("label") if progress else None
+        label_recipe(teacher_dir, student_cfg, labels, teacher_cfg.train.precision,
+                     progress=(lambda done, total: step(done, total, {})) if step else None)
     _, validation, _ = training_examples(validation_config(student_cfg))
-    verify = [ex.text for exs in validation.values() for ex in exs[:100]][:400]
+    verify = check_texts(validation)
     cards: dict[str, dict] = {}
     artifacts: dict[str, Path] = {}
     for family in families:
@@ -89,7 +66,7 @@ def run_strong(out: Path, store: Path, teacher_cfg: StageConfig, student_cfg: St
         if not (student_dir / "chatmod_run.json").is_file():
             say(f"[3/4] distilling the {family} student from {labels}, warm-started from {current}")
             with tempfile.TemporaryDirectory(prefix="chatmod-strong-") as tmp:
-                init = rebuild_hf_folder(registry.get(current)[1], Path(tmp) / "hf")
+                init, _ = model_folder(current, registry.store, Path(tmp))
                 run_distill_from_labels(student_cfg, labels, init, student_dir, family=family, soft_tasks=soft_tasks,
                                         on_step=progress(family) if progress else None)
         say(f"[4/4] evaluating and exporting the {family} student")

@@ -13,9 +13,9 @@ from models.registry import ModelRegistry
 from tests.tiny_models import build_tiny_artifact, save_tiny_hf_model
 from training.data import default_data_root
 from training.distill import TrainConfig
-from training.recipe import StageConfig
+from training.recipe import StageConfig, scaled
 from training.soft_labels import SoftLabels
-from training.strong import run_strong, scaled
+from training.strong import run_strong
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 DATA_ROOT = default_data_root()
