@@ -93,28 +93,20 @@ def compare_copies(copies_by_id: dict[str, list[bytes]], expected_ids: list[str]
 
 
 class _Load(threading.Thread):
-    """Sends ``payloads`` at a steady rate; keyed by channel, so every partition gets traffic."""
+    """The benchmark's load generator (``pipeline.bench._produce``: a steady rate, keyed by message id) in a
+    thread, so faults can be injected while it sends; its error, if any, is kept for the main thread."""
 
-    def __init__(self, bootstrap: str, topic: str, payloads: list[tuple[bytes, bytes]], rate: float):
+    def __init__(self, bootstrap: str, topic: str, payloads: list[tuple[str, bytes]], rate: float,
+                 progress: Callable[[str, int, int], None] | None):
         super().__init__(name="chatmod-chaos-load", daemon=True)
-        self.bootstrap, self.topic, self.payloads, self.rate = bootstrap, topic, payloads, rate
-        self.sent = 0
+        self.args = (bootstrap, topic, payloads, rate, {}, progress, "load")
         self.error: BaseException | None = None
 
     def run(self) -> None:
-        from kafka import KafkaProducer
+        from pipeline.bench import _produce
 
         try:
-            producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5, retries=10)
-            started = time.monotonic()
-            for i, (key, value) in enumerate(self.payloads):
-                pause = started + i / self.rate - time.monotonic()
-                if pause > 0:
-                    time.sleep(pause)
-                producer.send(self.topic, key=key, value=value)
-                self.sent = i + 1
-            producer.flush(timeout=60)
-            producer.close(timeout=10)
+            _produce(*self.args)
         except BaseException as exc:  # reported by the main thread
             self.error = exc
 
@@ -166,9 +158,8 @@ def run_chaos(cfg: ChaosConfig, say: Say = print, progress: Callable[[str, int, 
     total = int(cfg.duration_s * cfg.rate)
     texts = unique_texts(min(total, 20_000), cfg.seed)
     ids = [f"chaos-{i}" for i in range(total)]
-    payloads = [(f"channel-{i % 50}".encode(),
-                 json.dumps({"id": ids[i], "text": texts[i % len(texts)], "channel": f"channel-{i % 50}",
-                             "user": f"user-{i % 997}"}).encode()) for i in range(total)]
+    payloads = [(ids[i], json.dumps({"id": ids[i], "text": texts[i % len(texts)], "channel": f"channel-{i % 50}",
+                                     "user": f"user-{i % 997}"}).encode()) for i in range(total)]
     topics = TopicsSettings()
     started = time.monotonic()
     with contextlib.ExitStack() as stack_guard:
@@ -195,7 +186,7 @@ def run_chaos(cfg: ChaosConfig, say: Say = print, progress: Callable[[str, int, 
             f"{total:,} messages at {cfg.rate:g}/s, a SIGKILL every {cfg.kill_every_s:g} s, "
             f"{cfg.redis_restarts} Redis restart(s)")
         events = _schedule(cfg)
-        load = _Load(stack.bootstrap, topics.messages, payloads, cfg.rate)
+        load = _Load(stack.bootstrap, topics.messages, payloads, cfg.rate, progress)
         load_started = time.monotonic()
         load.start()
         while events:
@@ -203,8 +194,6 @@ def run_chaos(cfg: ChaosConfig, say: Say = print, progress: Callable[[str, int, 
             now = time.monotonic() - load_started
             if now < at:
                 time.sleep(min(0.2, at - now))
-                if progress:
-                    progress("load", load.sent, total)
                 continue
             events.pop(0)
             if kind == "kill":
@@ -220,8 +209,8 @@ def run_chaos(cfg: ChaosConfig, say: Say = print, progress: Callable[[str, int, 
         load.join()
         if load.error is not None:
             raise RuntimeError(f"the load generator failed: {load.error!r}")
-        report.produced = load.sent
-        say(f"load done: {load.sent:,} sent; reading every result back")
+        report.produced = total
+        say(f"load done: {total:,} sent; reading every result back")
         copies = read_copies(stack.bootstrap, topics.moderated, set(ids), cfg.drain_timeout_s,
                              on_progress=(lambda n: progress("results", n, total)) if progress else None)
         for w in workers:

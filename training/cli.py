@@ -164,12 +164,13 @@ def evaluate(folder: Annotated[Path, typer.Argument(help="A trained model folder
     """Validation metrics (headline, per label), thresholds calibrated on validation."""
     cfg = StageConfig(tasks=_tasks(task), data_root=str(data_root) if data_root else None, seed=seed)
     report = evaluate_folder(folder, cfg)
-    if (folder / "manifest.json").is_file() and Task.TOXICITY.value in cfg.tasks:
-        from training.functional import DEFAULT_SUITE, evaluate_artifact, render
+    if (folder / "manifest.json").is_file():  # read as a moderator reads a decision: served, de-obfuscated, policy
+        from training.functional import evaluate_if_available, render
 
-        if DEFAULT_SUITE.is_file():  # read as a moderator reads a decision: the served model, de-obfuscation, policy
-            report["functional"] = evaluate_artifact(folder)
-            console.print(render(report["functional"]))
+        functional = evaluate_if_available(folder, cfg.tasks)
+        if functional is not None:
+            report["functional"] = functional
+            console.print(render(functional))
     dump_json(folder / "eval_report.json", report)
     typer.echo(json.dumps(report["headline"], indent=2))
 

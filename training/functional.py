@@ -88,6 +88,13 @@ def evaluate_artifact(folder: Path, suite_path: Path = DEFAULT_SUITE, threads: i
     return run_suite(serving, load_suite(suite_path))
 
 
+def evaluate_if_available(folder: Path, tasks, threads: int | None = None) -> dict | None:
+    """The functional report of an artifact that serves toxicity, when the suite file is there; else None."""
+    if "toxicity" not in [str(t) for t in tasks] or not DEFAULT_SUITE.is_file():
+        return None
+    return evaluate_artifact(folder, threads=threads)
+
+
 def regressions(current: dict, candidate: dict, tolerance: float = 0.05) -> list[str]:
     """Behaviours the candidate passes less often than the current model by more than ``tolerance``."""
     out = []

@@ -24,7 +24,7 @@ from models.labels import Task
 from models.registry import ModelRegistry
 from training.evaluate import write_model_card
 from training.export import ExportTolerance
-from training.recipe import (StageConfig, check_texts, evaluate_folder, export_folder, measure_latency,
+from training.recipe import (StageConfig, check_texts, evaluate_folder, export_folder,
                              run_distill_from_labels, run_teacher, training_examples,
                              validation_config)
 from training.soft_labels import label_recipe
@@ -39,9 +39,8 @@ def run_strong(out: Path, store: Path, teacher_cfg: StageConfig, student_cfg: St
                soft_tasks: Sequence[str] | None = None,
                progress: Progress | None = None, say: Callable[[str], None] = print) -> dict:
     """Run the stages that are not done yet; returns the summary (also written to ``out/summary.json``)."""
-    from training.functional import DEFAULT_SUITE, evaluate_artifact
     from training.requantize import model_folder
-    from training.train_all import choose_defaults
+    from training.train_all import choose_defaults, student_card
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -82,18 +81,8 @@ def run_strong(out: Path, store: Path, teacher_cfg: StageConfig, student_cfg: St
             # the functional suite, so decisions must agree (98%) and logits may move up to 1.0.
             export_folder(student_dir, artifact, name, tag, torch_report, verify_texts=verify,
                           int8_tolerance=WARM_START_INT8)
-        served = evaluate_folder(artifact, student_cfg, (torch_report["thresholds"], torch_report["block_thresholds"]))
-        card = {"name": f"{name}@{tag}", "family": family, "parameters": record["parameters"],
-                "teacher": record.get("teacher"), "teacher_parameters": record.get("teacher_parameters"),
-                "warm_start": current, "soft_labels": str(labels), "soft_label_coverage": record.get("soft_label_coverage"),
-                "size_bytes": sum(p.stat().st_size for p in artifact.iterdir() if p.is_file()),
-                "latency_ms_per_msg": round(measure_latency(artifact, verify, student_cfg.threads), 3),
-                "headline": served["headline"], "headline_fp32": torch_report["headline"],
-                "thresholds": torch_report["thresholds"], "block_thresholds": torch_report["block_thresholds"],
-                "sets": served["sets"], "data": record["data"], "train_seconds": record["result"]["seconds"],
-                "versions": record["versions"]}
-        if DEFAULT_SUITE.is_file():
-            card["functional"] = evaluate_artifact(artifact, threads=student_cfg.threads)
+        card = student_card(f"{name}@{tag}", record, artifact, student_cfg, torch_report, verify, warm_start=current,
+                            soft_labels=str(labels), soft_label_coverage=record.get("soft_label_coverage"))
         write_model_card(student_dir, card)
         cards[card["name"]] = card
         artifacts[card["name"]] = artifact

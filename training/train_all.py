@@ -26,13 +26,27 @@ def _done(folder: Path) -> bool:
     return (folder / "chatmod_run.json").is_file() and (folder / "model.safetensors").is_file()
 
 
-def _functional(artifact: Path, cfg: StageConfig) -> dict | None:
-    """The functional suite on the served artifact (toxicity decisions), when the suite is there."""
-    from training.functional import DEFAULT_SUITE, evaluate_artifact
+def student_card(name: str, record: dict, artifact: Path, cfg: StageConfig, torch_report: dict,
+                 latency_texts: list[str], **extra: object) -> dict:
+    """A student's model card: the served artifact judged on validation (with the thresholds calibrated on
+    the torch model) and the functional suite, its size, latency and training record; ``extra`` adds to it."""
+    from training.functional import evaluate_if_available
 
-    if Task.TOXICITY.value not in cfg.tasks or not DEFAULT_SUITE.is_file():
-        return None
-    return evaluate_artifact(artifact, threads=cfg.threads)
+    served = evaluate_folder(artifact, cfg, (torch_report["thresholds"], torch_report["block_thresholds"]))
+    card = {
+        "name": name, "family": record.get("family"), "parameters": record["parameters"],
+        "teacher": record.get("teacher"), "teacher_parameters": record.get("teacher_parameters"),
+        "size_bytes": sum(p.stat().st_size for p in artifact.iterdir() if p.is_file()),
+        "latency_ms_per_msg": round(measure_latency(artifact, latency_texts, cfg.threads), 3),
+        "headline": served["headline"], "headline_fp32": torch_report["headline"],
+        "thresholds": torch_report["thresholds"], "block_thresholds": torch_report["block_thresholds"],
+        "sets": served["sets"], "init": record.get("init", {}), "data": record["data"],
+        "train_seconds": record["result"]["seconds"], "versions": record["versions"], **extra,
+    }
+    functional = evaluate_if_available(artifact, cfg.tasks, cfg.threads)
+    if functional is not None:
+        card["functional"] = functional
+    return card
 
 
 def task_score(headline: dict[str, float], task: Task) -> float:
@@ -89,22 +103,9 @@ def run_all(cfg: StageConfig, out: Path, store: Path | None, base: str = "minilm
         artifact = out / "artifacts" / f"{name}@{version}"
         if not (artifact / "manifest.json").is_file():
             export_folder(student_dir, artifact, name, version, torch_report, verify_texts=texts[:400])
-        served_report = evaluate_folder(artifact, cfg, (torch_report["thresholds"], torch_report["block_thresholds"]))
-        functional = _functional(artifact, cfg)
-        card = {
-            "name": f"{name}@{version}", "family": family, "parameters": record["parameters"],
-            "teacher": str(teacher_dir), "teacher_parameters": record["teacher_parameters"],
-            "size_bytes": sum(p.stat().st_size for p in artifact.iterdir() if p.is_file()),
-            "latency_ms_per_msg": round(measure_latency(artifact, texts, cfg.threads), 3),
-            "headline": served_report["headline"], "headline_fp32": torch_report["headline"],
-            "teacher_headline": teacher_report["headline"],
-            "retention": retention(served_report["headline"], teacher_report["headline"]),
-            "thresholds": torch_report["thresholds"], "block_thresholds": torch_report["block_thresholds"],
-            "sets": served_report["sets"], "init": record.get("init", {}), "data": fingerprints,
-            "train_seconds": record["result"]["seconds"], "versions": record["versions"],
-        }
-        if functional is not None:
-            card["functional"] = functional
+        card = student_card(f"{name}@{version}", record, artifact, cfg, torch_report, texts,
+                            teacher_headline=teacher_report["headline"])
+        card["retention"] = retention(card["headline"], teacher_report["headline"])
         write_model_card(student_dir, card)
         cards[card["name"]] = card
         artifacts[card["name"]] = artifact
