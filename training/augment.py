@@ -4,8 +4,9 @@ mention groups, quote abuse to denounce it, or use violent words about games.
 Three kinds, all reproducible from a seed:
 - **Templates** written by this team (not the functional suite's: its templates, vocabulary and fillers
   differ, so the suite measures generalisation, not recall). Threats and self-harm encouragement are
-  labeled toxic + threat; hate against a group toxic + identity_hate; identity mentions, counter-speech,
-  negated hate, self-deprecation, homonyms and game violence all six 0.
+  labeled toxic + threat; hate against a group toxic + identity_hate; untargeted profanity toxic + obscene,
+  targeted 0; identity mentions, counter-speech, negated hate, self-deprecation, reclaimed terms, homonyms
+  and game violence all 0.
 - **Counterfactual identity swaps**: a labeled example that names a group is copied with another group
   in its place, keeping its labels, so no group's name alone carries toxicity.
 - **Misspelt abuse**: toxic examples with one offensive word misspelt (a letter dropped, doubled or two
@@ -40,8 +41,12 @@ INSULTS = ["idiot", "moron", "loser", "clown", "waste of oxygen", "braindead noo
 OFFENSIVE_WORDS = ["idiot", "stupid", "moron", "loser", "bitch", "fuck", "shit", "asshole", "retard",
                    "dumbass", "pathetic", "trash", "cunt", "dick", "whore", "slut", "faggot", "bastard"]
 
-THREAT = tox(toxic=1, threat=1)
-HATE = tox(toxic=1, identity_hate=1)
+# Each kind names what it is not as well as what it is, so that hate does not teach "threat", nor a
+# threat "identity_hate"; ``targeted`` follows from the labels (training.data.tox).
+THREAT = tox(toxic=1, threat=1, identity_hate=0)
+HATE = tox(toxic=1, identity_hate=1, threat=0)
+INSULT = tox(toxic=1, insult=1, threat=0, identity_hate=0)
+UNTARGETED = tox(toxic=1, obscene=1, insult=0, threat=0, identity_hate=0, targeted=0)
 
 
 def _fill(templates: Iterable[str], **fills: list[str]) -> list[str]:
@@ -67,6 +72,16 @@ def templated(seed: int, per_kind: int = 400) -> list[Example]:
                         "found your {x} on google, see you soon", "guess who's standing outside your {x}"],
                        x=["address", "house", "home", "school", "workplace", "apartment", "parents' place"],
                        t=["tonight", "this weekend", "soon", "at midnight"])),
+        (THREAT, _fill(["i know exactly where you {w}", "we know where you {w} now", "found out where you {w}, see you soon",
+                        "tracked down where you {w} lol", "gonna find out where you {w} and pay a visit",
+                        "i'll figure out where you {w}, then we talk", "getting your address was easy, i know where you {w}"],
+                       w=["live", "work", "sleep", "go to school", "hang out", "stay"])
+         + ["i'm parked outside your house", "i'll track you down irl", "gonna hunt you down in real life",
+            "i've got your address now", "see you in person soon, i know your street", "i'll show up at your door",
+            "i'm coming for you irl", "we'll meet irl and you'll regret it", "i'll pay your family a visit"]),
+        (THREAT, _fill(["i will {v} {t}", "i am going to {v} {t}", "i'm gonna {v} {t}", "gonna {v} {t}"],
+                       v=THREAT_VERBS, t=["after this match", "when i find you", "for real", "in real life",
+                                          "and nobody will stop me", "tomorrow"])),
         (THREAT, _fill(["{a} {b}", "honestly {a} {b}", "{b}, {a}"],
                        a=["just", "please", "seriously", "lol", "bro"],
                        b=["end yourself", "go end your life", "unalive yourself", "go jump off a roof",
@@ -75,12 +90,21 @@ def templated(seed: int, per_kind: int = 400) -> list[Example]:
         (HATE, _fill(["those {g} are {n}", "i can't stand {g}, they're {n}", "{g} ruin everything, {n}",
                       "every single one of {g} is {n}", "{g}? {n}, all of them", "face it, {g} are {n}"],
                      g=GROUPS, n=DEROGATIONS), 650),
+        (HATE, _fill(["{g} are {d} and need to go", "{g} are {d}, get them out", "{g} are nothing but {d}",
+                      "{g} are {d} spreading everywhere", "tbh {g} are {d}"],
+                     g=GROUPS, d=["a disease", "a virus", "an infestation", "a plague on society", "parasites",
+                                  "leeches", "a cancer on this country", "vermin"]), 650),
         (HATE, _fill(["{g} need to be removed from this country", "{g} should not be allowed to vote",
                       "keep {g} out of our neighborhood", "{g} breed like rats", "how come {g} are always so {n}?",
                       "ever notice how {g} are {n}?", "who else thinks {g} are {n}?", "{g} don't belong here",
                       "send the {g} back", "no {g} allowed in my lobby"],
                      g=GROUPS, n=["dirty", "stupid", "evil", "lazy and dirty", "violent", "disgusting", "inferior"]), 650),
-        (tox(toxic=1, insult=1), _fill(["you're a {i}", "ur such a {i}", "listen here {i}", "shut it {i}",
+        (UNTARGETED, ["fuck this lag", "holy shit that was close", "shit, died again", "this boss is hard as fuck",
+                      "what the fuck was that lmao", "this fucking map again", "oh shit here we go", "fuck yeah we won",
+                      "damn it, wifi is shit today", "goddamn this game is hard", "well shit, gg", "fucking finally",
+                      "shit happens, next round", "holy fuck that clutch", "this patch is bullshit", "ah crap, missed it",
+                      "fuck me that hurt", "bloody hell this queue", "the servers are shit tonight", "what the hell lol"]),
+        (INSULT, _fill(["you're a {i}", "ur such a {i}", "listen here {i}", "shut it {i}",
                                         "imagine being this much of a {i}", "nobody likes you, {i}"], i=INSULTS)),
         (CLEAN, _fill(["my {r} is one of the {g} i love most", "{g} make this community better",
                        "happy to see more {g} in gaming", "{g} are welcome here", "my team has two {g} and they carry",
@@ -99,6 +123,21 @@ def templated(seed: int, per_kind: int = 400) -> list[Example]:
         (CLEAN, _fill(["telling someone to {x} is never acceptable", "whoever told him to {x} got banned, good",
                        "quit telling folks to {x}", "saying '{x}' to a streamer is harassment, report it"],
                       x=["kill themselves", "kys", "die", "jump off a bridge", "end it"])),
+        (CLEAN, _fill(["i'm such {s}, {c}", "man i'm {s}, {c}", "why am i {s}, {c}", "{c}, i'm {s}",
+                       "classic me, {c}. {s}"],
+                      s=["an idiot", "a dumbass", "a clown", "a moron", "an absolute noob", "so stupid", "trash",
+                         "the worst", "useless"],
+                      c=["forgot to buy the skin", "left my mic on", "fell off the map again", "pressed the wrong key",
+                         "missed the easiest shot", "died to the tutorial boss", "locked my keys in the car",
+                         "forgot my password again", "queued for the wrong mode"])
+         + ["i'm the reason we lost, sorry guys", "i played like an idiot tonight", "my bad, total noob move",
+            "sorry i'm new and kinda bad", "i'm literally the worst at this", "ignore me, i'm a potato at this game"]),
+        (CLEAN, _fill(["lots of {g} play this game", "{g} live on my street", "my city has a lot of {g}",
+                       "{g} also watch this stream", "the {g} in my class are cool", "we have {g} on our team",
+                       "a documentary about {g} in the 1900s", "my best friend's parents are {g}"], g=GROUPS)),
+        (CLEAN, ["queer and proud of it", "nerd life forever", "geeks and nerds welcome here", "as a queer person i love this chat",
+                 "this queer streamer rocks", "nerds rule the world", "proud geek here", "happy pride to all the queer folks",
+                 "gay and gaming, best combo", "we geeks gotta stick together"]),
         (CLEAN, _fill(["ugh i'm {s} today", "i'm such {s} lol", "wow i'm {s}, missed every shot", "me = {s}",
                        "sorry team, i'm {s}", "honestly i'm {s} at this game", "i felt like {s} that round",
                        "my own fault, i'm {s}"],

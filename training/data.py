@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from models.labels import SENTIMENT_LABELS, TOXICITY_LABELS, Task
+from models.labels import BASE_TOXICITY_LABELS, SENTIMENT_LABELS, TOXICITY_LABELS, Task
 
 MASK = -1  # label not annotated by this data set: excluded from the hard-label loss
 TOX = {name: i for i, name in enumerate(TOXICITY_LABELS)}
@@ -43,11 +43,23 @@ class Example:
         return f"{self.source}|{self.toxicity}|{self.sentiment}"
 
 
+TARGET_LABELS = ("threat", "insult", "identity_hate")  # each is aimed at someone by definition
+
+
 def tox(**labels: int) -> tuple[int, ...]:
-    """A toxicity label vector: named labels set, all others masked."""
+    """A toxicity label vector: named labels set, all others masked.
+
+    ``targeted`` (OLID subtask B), where not given, follows from the rest: 1 when a threat, insult or
+    identity hate is marked, since each is aimed at someone; 0 when the text is marked not toxic, since
+    there is then no offence to aim; masked otherwise (toxic, but whether at someone is not annotated)."""
     unknown = set(labels) - set(TOX)
     if unknown:
         raise ValueError(f"unknown toxicity labels {sorted(unknown)}")
+    if "targeted" not in labels:
+        if any(labels.get(name) == 1 for name in TARGET_LABELS):
+            labels["targeted"] = 1
+        elif labels.get("toxic") == 0:
+            labels["targeted"] = 0
     return tuple(labels.get(name, MASK) for name in TOXICITY_LABELS)
 
 
@@ -68,14 +80,14 @@ def read_olid(root: Path) -> Iterator[Example]:
             yield Example(row["tweet"], "olid", CLEAN)
         elif row["subtask_b"] == "UNT":
             # untargeted profanity: offensive, but with no target it is no insult, threat or identity hate
-            yield Example(row["tweet"], "olid", tox(toxic=1, insult=0, threat=0, identity_hate=0))
-        else:
-            yield Example(row["tweet"], "olid", tox(toxic=1))
+            yield Example(row["tweet"], "olid", tox(toxic=1, insult=0, threat=0, identity_hate=0, targeted=0))
+        else:  # TIN: aimed at a person (IND), a group (GRP) or something else (OTH)
+            yield Example(row["tweet"], "olid", tox(toxic=1, targeted=1))
 
 
 def _jigsaw(path: Path, source: str) -> Iterator[Example]:
     for row in _rows(path):
-        yield Example(row["comment_text"], source, tuple(int(row[name]) for name in TOXICITY_LABELS))
+        yield Example(row["comment_text"], source, tox(**{name: int(row[name]) for name in BASE_TOXICITY_LABELS}))
 
 
 def read_jigsaw(root: Path) -> Iterator[Example]:
@@ -252,8 +264,8 @@ SOURCES: dict[str, Source] = {
     s.name: s
     for s in (
         Source("olid", Task.TOXICITY, read_olid,
-               "OFF -> toxic; NOT -> all six 0; OFF+UNT (untargeted) -> insult/threat/identity_hate 0; "
-               "other subtypes masked (OLID does not separate them)", files=("toxicity/olid/train.tsv",)),
+               "OFF -> toxic; NOT -> all 0; OFF+UNT (untargeted) -> insult/threat/identity_hate/targeted 0; "
+               "OFF+TIN -> targeted 1, other subtypes masked (OLID does not separate them)", files=("toxicity/olid/train.tsv",)),
         Source("jigsaw", Task.TOXICITY, read_jigsaw,
                "all six labels annotated directly (the contract's origin); validation is a natural-rate "
                "split of the random 5k file, never seen in training", validation=None, val_fraction=0.2,

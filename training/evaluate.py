@@ -57,7 +57,7 @@ def calibrate(tox_probs: dict[str, np.ndarray], tox_targets: dict[str, np.ndarra
     probs = np.concatenate(list(tox_probs.values()))
     targets = np.concatenate(list(tox_targets.values()))
     review, block = {}, {}
-    for label, col in TOX.items():
+    for label, col in _scored(probs, targets):
         known = targets[:, col] >= 0
         y, p = targets[known, col], probs[known, col]
         thr, _ = best_f1_threshold(y, p) if known.sum() else (0.5, 0.0)
@@ -68,10 +68,16 @@ def calibrate(tox_probs: dict[str, np.ndarray], tox_targets: dict[str, np.ndarra
     return review, block
 
 
+def _scored(probs: np.ndarray, targets: np.ndarray) -> list[tuple[str, int]]:
+    """``(label, column)`` for the labels both the model scores and the targets hold: a model trained before
+    a label was appended to the contract scores a prefix of it (``models.labels.accepted_labels``)."""
+    return [(label, col) for label, col in TOX.items() if col < min(probs.shape[1], targets.shape[1])]
+
+
 def toxicity_metrics(probs: np.ndarray, targets: np.ndarray, thresholds: dict[str, float]) -> dict[str, float]:
     out: dict[str, float] = {}
     f1s, aucs = [], []
-    for label, col in TOX.items():
+    for label, col in _scored(probs, targets):
         known = targets[:, col] >= 0
         y = targets[known, col]
         if known.sum() == 0 or y.sum() == 0:

@@ -17,7 +17,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 from models.labels import Task
 from training.data import DEFAULT_SOURCES, Example, load_splits, stratified_split
 from training.distill import TrainConfig, make_heads, train
-from training.students import albert_from_teacher, count_parameters, distilbert_from_teacher, load_pretrained_classifier, resolve_pretrained
+from training.students import (albert_from_teacher, count_parameters, distilbert_from_teacher, fit_heads,
+                               load_pretrained_classifier, resolve_pretrained)
 
 # Per-source caps for one training pass: keeps the recipe inside an hour on two CPU cores while every
 # set contributes. OLID is kept whole: it is the headline toxicity benchmark.
@@ -143,33 +144,38 @@ def run_distill(cfg: StageConfig, teacher_dir: Path, family: str, out: Path, lay
 
 def run_distill_from_labels(cfg: StageConfig, labels_path: Path, init_dir: Path, out: Path,
                             family: str | None = None, soft_tasks: Sequence[str] | None = None,
+                            init_heads: Sequence | None = None,
                             on_step: Callable[[int, int, dict], None] | None = None) -> dict:
     """Distil a student initialised from ``init_dir`` (e.g. a shipped student, rebuilt) from a stored
     teacher's soft labels (``training/soft_labels.py``) plus the hard labels: a teacher of another size and
-    tokenizer, paid for once."""
+    tokenizer, paid for once. ``init_heads``: the heads ``init_dir`` was trained with, where the contract
+    has grown since (its output rows are laid out again, see ``training.students.fit_heads``)."""
     from training.soft_labels import SoftLabels
 
     _setup(cfg)
     heads = make_heads([Task(t) for t in cfg.tasks])
     labels = SoftLabels(labels_path)
-    if labels.num_logits != sum(h.width for h in heads):
-        raise ValueError(f"{labels_path} holds {labels.num_logits} logits per text; the tasks need "
-                         f"{sum(h.width for h in heads)}")
-    student = load_model(init_dir)
-    tokenizer = AutoTokenizer.from_pretrained(init_dir)
-    examples, _, fingerprints = training_examples(cfg)
-    targets = labels.for_texts([ex.text for ex in examples])
-    covered = sum(t is not None for t in targets) / len(targets)
-    out.mkdir(parents=True, exist_ok=True)
     soft_heads = [h for h in heads if soft_tasks is None or h.task.value in soft_tasks]
     if not soft_heads:
         raise ValueError(f"soft_tasks {list(soft_tasks or [])} name none of the tasks {cfg.tasks}")
+    student = load_model(init_dir)
+    added: list[str] = []
+    if student.config.num_labels != sum(h.width for h in heads):
+        if init_heads is None:
+            raise ValueError(f"{init_dir} has {student.config.num_labels} outputs, the tasks need "
+                             f"{sum(h.width for h in heads)}; pass the heads it was trained with")
+        added = fit_heads(student, init_heads, heads)  # labels appended to the contract since it was trained
+    tokenizer = AutoTokenizer.from_pretrained(init_dir)
+    examples, _, fingerprints = training_examples(cfg)
+    targets = labels.for_heads([ex.text for ex in examples], heads, soft_heads)
+    covered = sum(t is not None for t in targets) / len(targets)
+    out.mkdir(parents=True, exist_ok=True)
     result = train(student, heads, examples, tokenizer, cfg.train, log_path=out / "train_log.jsonl",
                    on_step=on_step, soft_targets=targets, soft_heads=soft_heads)
     record = {"stage": "distill", "family": family or student.config.model_type,
               "teacher": labels.meta.get("teacher", str(labels_path)), "soft_labels": str(labels_path),
               "soft_label_coverage": round(covered, 4), "soft_tasks": [h.task.value for h in soft_heads],
-              "init": {"from": str(init_dir)},
+              "init": {"from": str(init_dir), **({"labels_added": added} if added else {})},
               "heads": [h.model_dump(mode="json") for h in heads], "config": asdict(cfg),
               "versions": package_versions(), "data": fingerprints, "n_train": len(examples),
               "parameters": count_parameters(student), "teacher_parameters": labels.meta.get("teacher_parameters"),

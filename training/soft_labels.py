@@ -106,3 +106,27 @@ class SoftLabels:
 
     def for_texts(self, texts: Sequence[str]) -> list[np.ndarray | None]:
         return [self.get(t) for t in texts]
+
+    def for_heads(self, texts: Sequence[str], heads: Sequence, soft_heads: Sequence) -> list[np.ndarray | None]:
+        """Each text's stored logits laid out for ``heads`` (``models.artifact.Head``), which may hold labels
+        appended to the contract after the teacher labeled: its columns are matched by (task, label) through
+        the heads stored with the labels. Every label of ``soft_heads`` must be stored; other new columns
+        are 0 (no soft loss reads them)."""
+        from models.artifact import Head
+
+        width = sum(h.width for h in heads)
+        stored = [Head.model_validate(h) for h in self.meta.get("heads") or []]
+        if not stored:
+            if self.num_logits != width:
+                raise ValueError(f"soft labels hold {self.num_logits} logits per text and name no heads; the "
+                                 f"tasks need {width}")
+            return self.for_texts(texts)
+        where = {(h.task, label): h.offset + i for h in stored for i, label in enumerate(h.labels)}
+        cols = np.array([where.get((h.task, label), -1) for h in heads for label in h.labels])
+        missing = [f"{h.task}:{label}" for h in soft_heads for label in h.labels if (h.task, label) not in where]
+        if missing:
+            raise ValueError(f"the teacher's soft labels hold no {missing}; distil only the heads it labeled "
+                             "(--soft-task) or label again")
+        known = cols >= 0
+        return [None if row is None else np.where(known, row[np.maximum(cols, 0)], 0.0).astype(np.float32)
+                for row in self.for_texts(texts)]

@@ -67,6 +67,7 @@ def run_strong(out: Path, store: Path, teacher_cfg: StageConfig, student_cfg: St
             with tempfile.TemporaryDirectory(prefix="chatmod-strong-") as tmp:
                 init, _ = model_folder(current, registry.store, Path(tmp))
                 run_distill_from_labels(student_cfg, labels, init, student_dir, family=family, soft_tasks=soft_tasks,
+                                        init_heads=read_manifest(registry.get(current)[1]).heads,
                                         on_step=progress(family) if progress else None)
         say(f"[4/4] evaluating and exporting the {family} student")
         record = json.loads((student_dir / "chatmod_run.json").read_text())

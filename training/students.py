@@ -203,3 +203,48 @@ def albert_from_teacher(teacher: PreTrainedModel, embedding_size: int = 64, repe
 def count_parameters(model: nn.Module) -> int:
     """Unique parameters (ALBERT's shared layer counts once)."""
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+# A label appended to the contract starts, in a model trained before it, from the row of its nearest
+# existing label rather than from noise: an insult is aimed at someone, so "targeted" starts as "insult".
+LABEL_DONORS: dict[str, str] = {"targeted": "insult"}
+
+
+def _output_layer(model: PreTrainedModel) -> nn.Linear:
+    head = model.classifier  # DistilBERT, ALBERT and BERT: a Linear; RoBERTa and MPNet: a module with out_proj
+    return head if isinstance(head, nn.Linear) else head.out_proj
+
+
+def fit_heads(model: PreTrainedModel, old_heads, new_heads) -> list[str]:  # Sequence[models.artifact.Head]
+    """Lay ``model``'s output rows out for ``new_heads`` (e.g. today's contract) from the layout it was trained
+    with (``old_heads``): rows are matched by (task, label), a label it never learned starts from its donor's
+    row (``LABEL_DONORS``). Returns the labels that were added."""
+    layer = _output_layer(model)
+    old = {(h.task, label): h.offset + i for h in old_heads for i, label in enumerate(h.labels)}
+    rows, added = [], []
+    for head in new_heads:
+        for label in head.labels:
+            row = old.get((head.task, label))
+            if row is None:
+                donor = old.get((head.task, LABEL_DONORS.get(label, "")))
+                if donor is None:
+                    raise ValueError(f"{head.task} label {label!r} is new to the model and has no donor label to start from")
+                row = donor
+                added.append(label)
+            rows.append(row)
+    index = torch.tensor(rows)
+    grown = nn.Linear(layer.in_features, len(rows), bias=layer.bias is not None)
+    with torch.no_grad():
+        grown.weight.copy_(layer.weight[index])
+        if layer.bias is not None:
+            grown.bias.copy_(layer.bias[index])
+    if isinstance(model.classifier, nn.Linear):
+        model.classifier = grown
+    else:
+        model.classifier.out_proj = grown
+    names = [label for head in new_heads for label in head.labels]
+    model.config.num_labels = len(rows)
+    model.config.id2label = dict(enumerate(names))
+    model.config.label2id = {name: i for i, name in enumerate(names)}
+    model.num_labels = len(rows)
+    return added

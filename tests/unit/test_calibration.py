@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, precision_score
 
-from models.labels import TOXICITY_LABELS, Task
+from models.labels import BASE_TOXICITY_LABELS, TOXICITY_LABELS, Task
 from training.data import CLEAN, SENT, TOX, Example, tox
 from training.distill import make_heads
 from training.evaluate import (
@@ -18,6 +18,7 @@ from training.evaluate import (
     toxicity_metrics,
 )
 from training.train_all import choose_defaults
+from tests.tiny_models import N_LOGITS
 
 pytestmark = pytest.mark.unit
 
@@ -49,8 +50,9 @@ def test_precision_threshold_is_the_lowest_reaching_the_target() -> None:
 def test_calibrate_bounds_and_orders_thresholds() -> None:
     rng = np.random.default_rng(0)
     n = 300
-    targets = rng.integers(0, 2, size=(n, 6))
-    probs = np.clip(0.35 * targets + rng.uniform(0, 0.65, size=(n, 6)), 0, 1)  # overlapping but informative
+    width = len(TOXICITY_LABELS)
+    targets = rng.integers(0, 2, size=(n, width))
+    probs = np.clip(0.35 * targets + rng.uniform(0, 0.65, size=(n, width)), 0, 1)  # overlapping but informative
     targets[:, TOX["threat"]] = -1  # a label no set annotates
     targets[: n // 2, TOX["obscene"]] = -1  # a label half the sets annotate
     probs[:, TOX["severe_toxic"]] = 0.01 + 0.01 * targets[:, TOX["severe_toxic"]]  # F1-optimal ~0.02
@@ -62,15 +64,19 @@ def test_calibrate_bounds_and_orders_thresholds() -> None:
         assert review[label] <= block[label] <= 1.0
     assert review["severe_toxic"] == 0.05 and review["insult"] == 0.95  # clipped
     assert review["threat"] == 0.5 and block["threat"] == 0.95  # nothing to calibrate on
+    # a model trained before ``targeted`` was appended scores the base labels only: calibrated on those
+    old_review, old_block = calibrate({"a": probs[:, :6]}, {"a": targets})
+    assert set(old_review) == set(old_block) == set(BASE_TOXICITY_LABELS)
+    assert old_review == {k: v for k, v in review.items() if k in BASE_TOXICITY_LABELS}
 
 
 def test_toxicity_metrics_macro_f1_matches_sklearn_on_a_known_confusion() -> None:
     # toxic: TP 3, FN 1, FP 2, TN 4; plus two rows where toxic is not annotated
     y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
     p = np.array([0.9, 0.8, 0.7, 0.2, 0.6, 0.9, 0.1, 0.2, 0.3, 0.4])
-    targets = np.full((12, 6), -1)
+    targets = np.full((12, len(TOXICITY_LABELS)), -1)
     targets[:10, TOX["toxic"]] = y
-    probs = np.zeros((12, 6))
+    probs = np.zeros((12, len(TOXICITY_LABELS)))
     probs[:10, TOX["toxic"]] = p
     probs[10:, TOX["toxic"]] = 0.99  # unannotated rows: must not count as false positives
     out = toxicity_metrics(probs, targets, dict.fromkeys(TOXICITY_LABELS, 0.5))
@@ -102,10 +108,10 @@ def test_evaluate_reports_headlines_per_set() -> None:
     }
 
     def predict(texts: list[str]) -> np.ndarray:  # a perfect model: toxic iff "idiot", positive iff "great"
-        out = np.full((len(texts), 9), -4.0)
+        out = np.full((len(texts), N_LOGITS), -4.0)
         for i, text in enumerate(texts):
             out[i, 0] = 4.0 if "idiot" in text else -4.0
-            out[i, 6 + (SENT["positive"] if "great" in text else SENT["negative"])] = 4.0
+            out[i, len(TOXICITY_LABELS) + (SENT["positive"] if "great" in text else SENT["negative"])] = 4.0
         return out
 
     report = evaluate(predict, heads, validation)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.tiny_models import contract_heads, save_tiny_hf_model
+from tests.tiny_models import N_LOGITS, contract_heads, save_tiny_hf_model
 from training.export import (
     DEFAULT_VERIFY_TEXTS,
     ExportMismatch,
@@ -64,7 +64,7 @@ def test_build_artifact_leaves_nothing_when_verification_fails(
 
 def test_heads_must_match_model_outputs(hf_models: tuple[Path, Path], tmp_path: Path) -> None:
     model, _ = hf_models
-    with pytest.raises(Exception, match="9 outputs but the heads need 3"):
+    with pytest.raises(Exception, match=f"{N_LOGITS} outputs but the heads need 3"):
         build_artifact(model, tmp_path / "x", name="x", version="1", heads=contract_heads(["sentiment"]))
     np.testing.assert_equal(list(tmp_path.iterdir()), [])
 

@@ -67,8 +67,12 @@ def test_a_regressed_behaviour_fails_the_retraining_gate() -> None:
 
 def test_augmentation_labels_threats_hate_and_the_benign_texts_that_look_like_them() -> None:
     examples = templated(seed=13)
-    threats = [e for e in examples if e.toxicity == tox(toxic=1, threat=1)]
-    hate = [e for e in examples if e.toxicity == tox(toxic=1, identity_hate=1)]
+    threats = [e for e in examples if e.toxicity == tox(toxic=1, threat=1, identity_hate=0)]
+    hate = [e for e in examples if e.toxicity == tox(toxic=1, identity_hate=1, threat=0)]
+    assert all(e.toxicity[TOX["targeted"]] == 1 for e in threats + hate)  # aimed at someone by definition
+    untargeted = [e for e in examples if e.toxicity is not None and e.toxicity[TOX["targeted"]] == 0
+                  and e.toxicity[TOX["toxic"]] == 1]
+    assert untargeted and any("fuck" in e.text for e in untargeted)  # profanity at no one
     benign = [e for e in examples if e.toxicity is not None and set(e.toxicity) == {0}]
     assert len(threats) >= 300 and len(hate) >= 300 and len(benign) >= 1500
     assert any("kill the boss" in e.text for e in benign) and any("you" in e.text for e in threats)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from models.artifact import ArtifactError
-from models.labels import Task
+from models.labels import TOXICITY_LABELS, Task
 from models.runtime import ModelSet, TextClassifier
 from tests.tiny_models import build_tiny_artifact
 
@@ -22,7 +22,7 @@ def test_two_tasks_on_one_artifact_load_one_model(tiny_artifact: Path) -> None:
     ms = ModelSet({Task.TOXICITY: tiny_artifact, Task.SENTIMENT: tiny_artifact}, backend="onnx", threads=1)
     assert len(ms.classifiers) == 1
     assert ms.refs == {Task.TOXICITY: "tiny-distilbert@1", Task.SENTIMENT: "tiny-distilbert@1"}
-    assert ms.heads[Task.SENTIMENT].offset == 6
+    assert ms.heads[Task.SENTIMENT].offset == len(TOXICITY_LABELS)
     alone = TextClassifier(tiny_artifact, backend="onnx", threads=1).predict(TEXTS)
     assert ms.predict(TEXTS) == alone
 

@@ -13,6 +13,7 @@ import pytest
 
 from models.labels import SENTIMENT_LABELS, TOXICITY_LABELS, Task
 from models.runtime import BatchMismatch, TextClassifier
+from tests.tiny_models import N_LOGITS
 
 pytestmark = pytest.mark.unit
 
@@ -45,7 +46,7 @@ def test_sub_batches_return_input_order_and_match_one_by_one(tiny_artifact: Path
     clf = TextClassifier(tiny_artifact, backend="onnx_fp32", threads=1, max_batch=3)
     batched = clf.predict_logits(TEXTS)
     single = np.concatenate([clf.predict_logits([t]) for t in TEXTS])
-    assert batched.shape == (len(TEXTS), 9)
+    assert batched.shape == (len(TEXTS), N_LOGITS)
     np.testing.assert_allclose(batched, single, atol=1e-5)
     reversed_batch = clf.predict_logits(TEXTS[::-1])
     np.testing.assert_allclose(reversed_batch[::-1], batched, atol=1e-5)
@@ -71,7 +72,7 @@ def test_truncates_to_max_length(tiny_artifact: Path) -> None:
 def test_empty_input_gives_empty_output(tiny_artifact: Path) -> None:
     clf = TextClassifier(tiny_artifact, threads=1)
     assert clf.predict([]) == []
-    assert clf.predict_logits([]).shape == (0, 9)
+    assert clf.predict_logits([]).shape == (0, N_LOGITS)
     with pytest.raises(TypeError, match="not a single string"):
         clf.predict("one text")
 

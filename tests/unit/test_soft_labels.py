@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from tests.tiny_models import minilm_dir
+from tests.tiny_models import N_LOGITS, minilm_dir
 from tests.unit.test_distill_loop import HEADS, learnable_examples, tiny_teacher
 from training.distill import TrainConfig, train
 from training.soft_labels import SoftLabels, label_texts, save
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.unit
 
 def test_labels_round_trip_by_text_in_float16(tmp_path: Path) -> None:
     texts = ["gg wp", "you idiot", "gg wp", "ok"]
-    logits = np.arange(36, dtype=np.float32).reshape(4, 9) / 7
+    logits = np.arange(4 * N_LOGITS, dtype=np.float32).reshape(4, N_LOGITS) / 7
     save(tmp_path / "t.npz", texts, logits, {"teacher": "t"})
     labels = SoftLabels(tmp_path / "t.npz")
     assert len(labels) == 3 and labels.meta["texts"] == 3 and labels.meta["teacher"] == "t"
@@ -79,3 +79,22 @@ def test_precision_is_checked_and_bf16_autocast_trains(tmp_path: Path) -> None:
     result = train(tiny_teacher(3), HEADS, learnable_examples(32), tokenizer,
                    TrainConfig(epochs=1, batch_size=16, lr=1e-3, log_every=1, precision="bf16"))
     assert all(np.isfinite(h["loss_hard"]) for h in result.history)
+
+
+def test_labels_from_before_a_label_was_appended_teach_the_heads_they_hold(tmp_path: Path) -> None:
+    from models.artifact import Head
+    from models.labels import BASE_TOXICITY_LABELS, ProblemType, Task
+
+    old_heads = [Head(task=Task.TOXICITY, labels=list(BASE_TOXICITY_LABELS), problem_type=ProblemType.MULTI_LABEL),
+                 Head(task=Task.SENTIMENT, labels=["negative", "neutral", "positive"],
+                      problem_type=ProblemType.SINGLE_LABEL, offset=6)]
+    logits = np.arange(18, dtype=np.float32).reshape(2, 9)
+    save(tmp_path / "old.npz", ["a", "b"], logits, {"heads": [h.model_dump(mode="json") for h in old_heads]})
+    labels = SoftLabels(tmp_path / "old.npz")
+    sentiment = [h for h in HEADS if h.task == Task.SENTIMENT]
+    a, missing = labels.for_heads(["a", "nope"], HEADS, sentiment)
+    assert missing is None and a.shape == (N_LOGITS,)
+    np.testing.assert_allclose(a[-3:], logits[0, 6:], atol=1e-2)  # sentiment found by label, not by column
+    np.testing.assert_allclose(a[:6], logits[0, :6], atol=1e-2)
+    with pytest.raises(ValueError, match="targeted"):
+        labels.for_heads(["a"], HEADS, HEADS)  # the toxicity head asks for a label the teacher never scored

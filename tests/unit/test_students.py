@@ -12,6 +12,7 @@ from transformers import (
 )
 
 from training.students import albert_from_teacher, count_parameters, distilbert_from_teacher, select_layers
+from tests.tiny_models import N_LOGITS
 
 pytestmark = pytest.mark.unit
 
@@ -21,7 +22,7 @@ VOCAB = 30522
 def tiny_bert(seed: int = 0, vocab: int = VOCAB) -> BertForSequenceClassification:
     torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=64, num_labels=9)
+                     intermediate_size=64, max_position_embeddings=64, num_labels=N_LOGITS)
     model = BertForSequenceClassification(cfg).eval()
     with torch.no_grad():  # a non-zero segment-0 embedding, so folding it into positions is really tested
         model.bert.embeddings.token_type_embeddings.weight.normal_(0, 0.5)
@@ -53,7 +54,7 @@ def test_distilbert_student_reproduces_chosen_teacher_layers(teacher, ids) -> No
     assert torch.equal(student.classifier.weight, teacher.classifier.weight)
     assert torch.equal(student.classifier.bias, teacher.classifier.bias)
     assert torch.equal(student.pre_classifier.weight, teacher.bert.pooler.dense.weight)
-    assert student.config.n_layers == 2 and student.config.num_labels == 9
+    assert student.config.n_layers == 2 and student.config.num_labels == N_LOGITS
     assert student.config.chatmod_init == {"from_layers": [0, 2]}
 
 
@@ -123,3 +124,31 @@ def test_unsupported_teacher_family_is_refused() -> None:
         distilbert_from_teacher(roberta)
     with pytest.raises(ValueError, match="model_type 'roberta'"):
         albert_from_teacher(roberta, embedding_size=8)
+
+
+def test_a_model_trained_before_a_label_was_appended_is_laid_out_again(ids) -> None:
+    from models.artifact import Head, contract_heads
+    from models.labels import BASE_TOXICITY_LABELS, ProblemType, Task
+    from training.students import fit_heads
+
+    old_heads = [Head(task=Task.TOXICITY, labels=list(BASE_TOXICITY_LABELS), problem_type=ProblemType.MULTI_LABEL),
+                 Head(task=Task.SENTIMENT, labels=["negative", "neutral", "positive"],
+                      problem_type=ProblemType.SINGLE_LABEL, offset=6)]
+    torch.manual_seed(3)
+    old = BertForSequenceClassification(BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1,
+                                                   num_attention_heads=2, intermediate_size=64, num_labels=9)).eval()
+    with torch.no_grad():
+        before = old(input_ids=ids).logits
+    new_heads = contract_heads([Task.TOXICITY, Task.SENTIMENT])
+    assert fit_heads(old, old_heads, new_heads) == ["targeted"]
+    with torch.no_grad():
+        after = old(input_ids=ids).logits
+    assert after.shape == (3, N_LOGITS) and old.config.num_labels == N_LOGITS
+    torch.testing.assert_close(after[:, :6], before[:, :6])  # every label keeps its own row
+    torch.testing.assert_close(after[:, 7:], before[:, 6:])  # sentiment moved one column right
+    torch.testing.assert_close(after[:, 6], before[:, 4])  # targeted starts as insult
+    assert old.config.id2label[6] == "targeted"
+    sentiment_first = [h.model_copy(update={"offset": 3 if h.task == Task.TOXICITY else 0}) for h in old_heads[::-1]]
+    with pytest.raises(ValueError, match="no donor"):
+        fit_heads(old, sentiment_first, [Head(task=Task.SENTIMENT, labels=["mixed"],
+                                              problem_type=ProblemType.SINGLE_LABEL)])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from models.labels import TOXICITY_LABELS
+from models.labels import BASE_TOXICITY_LABELS, TOXICITY_LABELS
 from training.data import (
     CLEAN,
     MASK,
@@ -124,7 +124,7 @@ def data_root(tmp_path: Path) -> Path:
     _write_csv(root / "sentiment/sst2/train.tsv", ["sentence", "label"],
                [["a gorgeous film ", 1], ["dull and tedious ", 0], ["  ", 1]], delimiter="\t")
     _write_csv(root / "sentiment/sst2/dev.tsv", ["sentence", "label"], [["a triumph", 1]], delimiter="\t")
-    jig = ["id", "comment_text", *TOXICITY_LABELS]
+    jig = ["id", "comment_text", *BASE_TOXICITY_LABELS]
     natural = [[f"n{i}", f"natural comment {i}", int(i % 5 == 0), 0, 0, 0, int(i % 5 == 0), 0]
                for i in range(20)]
     _write_csv(root / "toxicity/jigsaw/train_random5k.csv", jig, natural)
@@ -138,11 +138,11 @@ def data_root(tmp_path: Path) -> Path:
 
 def test_olid_mapping(data_root: Path) -> None:
     got = {ex.text: ex.toxicity for ex in read_olid(data_root)}
-    assert got["@USER have a nice day"] == (0, 0, 0, 0, 0, 0)  # NOT: all six known negatives
+    assert got["@USER have a nice day"] == (0,) * len(TOXICITY_LABELS)  # NOT: every label a known negative
     untargeted = dict(zip(TOXICITY_LABELS, got["@USER what the hell"]))
     assert untargeted == {"toxic": 1, "severe_toxic": M, "obscene": M,
-                          "threat": 0, "insult": 0, "identity_hate": 0}
-    assert got["@USER you are a clown"] == (1, M, M, M, M, M)  # targeted: subtype unknown
+                          "threat": 0, "insult": 0, "identity_hate": 0, "targeted": 0}
+    assert got["@USER you are a clown"] == (1, M, M, M, M, M, 1)  # targeted (TIN): subtype unknown
 
 
 def test_davidson_mapping(data_root: Path) -> None:
@@ -163,7 +163,7 @@ def test_convabuse_majority_votes(data_root: Path) -> None:
     got = {ex.text: dict(zip(TOXICITY_LABELS, ex.toxicity)) for ex in read_convabuse(data_root)}
     abusive = got["you are useless and stupid"]
     assert abusive == {"toxic": 1, "severe_toxic": 1, "obscene": M,
-                       "threat": M, "insult": 0, "identity_hate": 1}
+                       "threat": M, "insult": 0, "identity_hate": 1, "targeted": 1}  # identity hate has a target
     assert got["what is the weather"] == dict.fromkeys(TOXICITY_LABELS, 0)  # 1 of 3 abusive: not a majority
 
 
