@@ -97,9 +97,14 @@ def _force_exit(grace_s: float) -> None:
 def classify(
     texts: Annotated[list[str] | None, typer.Argument(help="Messages to classify.")] = None,
     file: Annotated[Path | None, typer.Option("--file", "-f", help="One message per line.")] = None,
+    explain: Annotated[bool, typer.Option("--explain", help="Show each text with the words that drove its "
+                                                            "decision highlighted, instead of JSON.")] = False,
 ) -> None:
-    """Classify messages locally (no Kafka): one JSON object per line."""
-    from pipeline.moderation import decide
+    """Classify messages locally (no Kafka): one JSON object per line, with spans and reason codes."""
+    from rich.console import Console
+
+    from pipeline.moderation import build_result
+    from pipeline.schemas import ChatMessage
     from pipeline.serving import load_serving
     from pipeline.textnorm import normalise_text
 
@@ -115,13 +120,46 @@ def classify(
     settings = _settings()
     serving = load_serving(settings)
     max_chars = settings.batching.max_text_chars
+    console = Console(highlight=False)
     for start in range(0, len(lines), 256):
         chunk = lines[start : start + 256]
-        for text, scores in zip(chunk, serving.predict([normalise_text(t, max_chars) for t in chunk])):
-            tox = scores.get("toxicity", {})
-            decision, flags = decide(scores, serving.policy)
-            typer.echo(json.dumps({"text": text, "toxicity": _round(tox), "sentiment": _round(scores.get("sentiment", {})),
-                                   "flags": flags, "decision": decision, "models": serving.refs}))
+        normalised = [normalise_text(t, max_chars) for t in chunk]
+        for text, norm, scores in zip(chunk, normalised, serving.predict(normalised)):
+            result = build_result(ChatMessage(id="classify", text=text), scores, serving.policy, serving.refs,
+                                  False, 0.0, norm)
+            if explain:
+                console.print(_explained(text, result))
+                continue
+            typer.echo(json.dumps({"text": text, "toxicity": _round(result.toxicity),
+                                   "sentiment": _round(result.sentiment), "flags": result.flags,
+                                   "decision": result.decision, "spans": result.spans, "reasons": result.reasons,
+                                   "models": serving.refs}, ensure_ascii=False))
+
+
+@app.command()
+def schemas(out: Annotated[Path, typer.Argument(help="Folder for <topic>.json files.")] = Path("docs/schemas")) -> None:
+    """Write the JSON Schema of every topic's records (the wire contract, as the code validates it)."""
+    from pipeline.schemas import json_schemas
+
+    out.mkdir(parents=True, exist_ok=True)
+    for topic, schema in json_schemas().items():
+        (out / f"{topic}.json").write_text(json.dumps(schema, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        typer.echo(f"wrote {out / f'{topic}.json'}")
+
+
+def _explained(text: str, result):  # -> rich.text.Text
+    """``decision  text-with-spans-highlighted  reasons``, for a terminal."""
+    from rich.text import Text
+
+    colour = {"allow": "green", "review": "yellow", "block": "red"}[result.decision]
+    line = Text(f"{result.decision:<6} ", style=f"bold {colour}")
+    body = Text(text)
+    for span in result.spans:
+        body.stylize(f"bold reverse {colour}", span["start"], span["end"])
+    line.append_text(body)
+    if result.reasons:
+        line.append(f"  [{', '.join(result.reasons)}]", style="dim")
+    return line
 
 
 def _round(scores: dict[str, float]) -> dict[str, float]:

@@ -17,6 +17,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from models.explain import to_original
 from models.labels import Task
 from models.runtime import BatchMismatch  # noqa: F401 - the one definition; re-exported for callers
 from pipeline.cache import ResultCache
@@ -28,6 +29,7 @@ from pipeline.textnorm import content_key, message_key, normalise_text
 log = logging.getLogger("chatmod.moderation")
 EVASION_FLAG = "evasion"
 RAW_TOXICITY = "raw_toxicity"  # in a scores dict: toxicity of the text as written, when de-obfuscation changed it
+SPANS = "spans"  # in a scores dict: [start, end, label, score] over the normalised text (models/explain.py)
 RECENT_SCORES = 4096  # content keys whose scores a worker keeps in memory (a few MB)
 TASKS = frozenset(t.value for t in Task)
 
@@ -118,13 +120,35 @@ def decide(scores: dict[str, dict[str, float]], policy: Policy) -> tuple[str, li
     return decision, flags
 
 
-def build_result(message: ChatMessage, scores: dict[str, dict[str, float]], policy: Policy, refs: dict[str, str],
-                 cached: bool, latency_ms: float) -> ModerationResult:
-    """The result for one message from its scores (see :func:`decide`)."""
+def reasons(decision: str, flags: list[str], tox: dict[str, float]) -> list[str]:
+    """Stable, machine-readable reason codes for a decision (documented in the README's wire contract):
+    ``label:<label>`` per flagged label, ``severity:high`` (block) or ``severity:medium`` (review),
+    ``target:group`` (identity hate) or ``target:individual`` (the ``targeted`` signal at 0.5 or over), and
+    ``evasion``. An allowed message has none."""
+    if decision == "allow":
+        return []
+    out = [f"label:{flag}" for flag in flags if flag != EVASION_FLAG]
+    out.append("severity:high" if decision == "block" else "severity:medium")
+    if "identity_hate" in flags:
+        out.append("target:group")
+    elif tox.get("targeted", 0.0) >= 0.5:
+        out.append("target:individual")
+    if EVASION_FLAG in flags:
+        out.append(EVASION_FLAG)
+    return out
+
+
+def build_result(message: ChatMessage, scores: dict, policy: Policy, refs: dict[str, str], cached: bool,
+                 latency_ms: float, normalised: str | None = None) -> ModerationResult:
+    """The result for one message from its scores (see :func:`decide`); ``normalised``: the text the scores
+    were computed for, to map their spans onto the message as written."""
     decision, flags = decide(scores, policy)
+    tox = scores.get(Task.TOXICITY.value, {})
+    spans = to_original(scores.get(SPANS) or [], message.text, normalised if normalised is not None else message.text)
     return ModerationResult(id=message.id, channel=message.channel, user=message.user, decision=decision,
-                            toxicity=scores.get(Task.TOXICITY.value, {}), sentiment=scores.get(Task.SENTIMENT.value, {}),
-                            flags=flags, models=refs, cached=cached, latency_ms=latency_ms)
+                            toxicity=tox, sentiment=scores.get(Task.SENTIMENT.value, {}),
+                            flags=flags, models=refs, cached=cached, latency_ms=latency_ms,
+                            spans=spans, reasons=reasons(decision, flags, tox))
 
 
 @dataclass
@@ -316,7 +340,7 @@ class Moderator:
             else:
                 cached = p.content_key in cached_keys
                 stats.cache_hits += cached
-                result = build_result(p.message, scores[p.content_key], policy, clf.refs, cached, latency_ms)
+                result = build_result(p.message, scores[p.content_key], policy, clf.refs, cached, latency_ms, p.text)
                 decision = result.decision
                 value = result.to_json_bytes()
                 cache_writes[p.message_key] = value

@@ -201,10 +201,10 @@ def _rescore(settings: Settings, registry: ModelRegistry, messages: list, publis
         for start in range(0, len(items), SCORE_BATCH):
             chunk = items[start : start + SCORE_BATCH]
             texts = [normalise_text(msg.text, settings.batching.max_text_chars) for _, msg, _, _ in chunk]
-            for (rec, msg, first, raw), scores in zip(chunk, serving.predict(texts), strict=True):
+            for (rec, msg, first, raw), scores, text in zip(chunk, serving.predict(texts), texts, strict=True):
                 # the published delivery fields carried over: an identical result is then the same bytes
                 again = build_result(msg, scores, serving.policy, serving.refs, bool(first.get("cached")),
-                                     float(first.get("latency_ms", 0.0)))
+                                     float(first.get("latency_ms", 0.0)), text)
                 _compare(report, rec, msg.id, first, raw, again, max_differences)
             done += len(chunk)
             if progress:

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
+from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
+
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
 
 from models.labels import SENTIMENT_LABELS, TOXICITY_LABELS, Task
@@ -145,6 +147,15 @@ def differing_fields(first: Mapping[str, Any], other: Mapping[str, Any]) -> list
     return sorted(k for k in keys if first.get(k) != other.get(k))
 
 
+class Span(TypedDict):
+    """A character range of a message's text that explains a label (``models/explain.py``)."""
+
+    start: int
+    end: int
+    label: str
+    score: float
+
+
 class ModerationResult(BaseModel):
     """The verdict on one message, published to the moderated topic and cached by message id."""
 
@@ -160,6 +171,22 @@ class ModerationResult(BaseModel):
     models: dict[str, str] = Field(default_factory=dict)  # task -> model ref (name@version)
     cached: bool = False
     latency_ms: float = 0.0
+    # Additive (optional for consumers): the words that drove the decision, and stable reason codes.
+    spans: list[Span] = Field(default_factory=list, description=(
+        "The words that drove the decision: character ranges [start, end) of the message's text as sent "
+        "(Python string indices, i.e. Unicode code points), with the label they explain and a score "
+        "(the label's score for a listed word; the drop in it when the word is left out, for occlusion)."))
+    reasons: list[str] = Field(default_factory=list, description=(
+        "Reason codes: label:<label> per flagged label, severity:high (block) or severity:medium (review), "
+        "target:group or target:individual, evasion. Empty for an allowed message."))
+
+    @field_validator("spans")
+    @classmethod
+    def _spans(cls, value: list[Span]) -> list[Span]:
+        for span in value:
+            if not 0 <= span["start"] < span["end"]:
+                raise ValueError(f"a span needs 0 <= start < end, got {span['start']}..{span['end']}")
+        return value
 
     @field_validator("toxicity", "sentiment")
     @classmethod
@@ -329,3 +356,17 @@ def decode_message(raw: bytes | None, max_bytes: int) -> ChatMessage:
 def decode_feedback(raw: bytes | None, max_bytes: int) -> Feedback:
     """Raw Kafka value -> :class:`Feedback`, or :class:`InvalidMessage` saying why not."""
     return _decode(raw, max_bytes, Feedback)
+
+
+def json_schemas() -> dict[str, dict]:
+    """The JSON Schema of each topic's records, by topic name (``docs/schemas/<topic>.json``)."""
+    topics = {"chat.messages.v1": (ChatMessage, "validation"), "chat.moderated.v1": (ModerationResult, "serialization"),
+              "chat.feedback.v1": (Feedback, "validation")}
+    out = {}
+    for topic, (model, mode) in topics.items():
+        schema = model.model_json_schema(mode=mode)
+        out[topic] = {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": f"chatmod/{topic}.json",
+                      **schema}
+    out["chat.flagged.v1"] = {**out["chat.moderated.v1"], "$id": "chatmod/chat.flagged.v1.json",
+                              "description": "The results of chat.moderated.v1 whose decision is review or block."}
+    return out

@@ -13,11 +13,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from models.artifact import ArtifactError
-from models.deobfuscate import DEOBFUSCATION_VERSION, deobfuscate
+from models.deobfuscate import DEOBFUSCATION_VERSION, Deobfuscated, deobfuscate
+from models.explain import EXPLAIN_VERSION, find_spans
 from models.labels import Task
 from models.registry import ModelRegistry
 from models.runtime import ModelSet
-from pipeline.moderation import RAW_TOXICITY
+from pipeline.moderation import RAW_TOXICITY, SPANS
 from pipeline.policy import Policy
 from pipeline.settings import Settings
 
@@ -45,11 +46,14 @@ class Serving:
     casefold: bool
     shadow: Serving | None = None  # a candidate compared on live traffic; never decides
     deobfuscate: bool = True
+    explain: str = "hybrid"  # span method (models/explain.py) or "off"
 
     @property
     def normaliser(self) -> str:
-        """What rewrites a text before the model reads it; part of the content cache key."""
-        return f"deobfuscate@{DEOBFUSCATION_VERSION}" if self.deobfuscate else "none"
+        """What rewrites a text before the model reads it, and how its spans are found; part of the content
+        cache key, so cached scores always carry the spans this worker would compute."""
+        read = f"deobfuscate@{DEOBFUSCATION_VERSION}" if self.deobfuscate else "none"
+        return read if self.explain == "off" else f"{read}+spans@{EXPLAIN_VERSION}:{self.explain}"
 
     @property
     def shadow_refs(self) -> dict[str, str]:
@@ -59,20 +63,30 @@ class Serving:
     def refs(self) -> dict[str, str]:
         return {str(k): v for k, v in self.models.refs.items()}
 
-    def predict(self, texts: list[str]) -> list[dict[str, dict[str, float]]]:
+    def predict(self, texts: list[str]) -> list[dict]:
         """Scores per text, of the text as de-obfuscated; where that changed the text, the toxicity of the
-        text as written too (``RAW_TOXICITY``), so a result can say whether the trick changed the decision.
-        Both are pure functions of the text: one model call, whatever else is in the batch."""
-        if not self.deobfuscate:
-            return self.models.predict(texts)
-        read = [deobfuscate(t).text for t in texts]
-        changed = [i for i, (t, r) in enumerate(zip(texts, read, strict=True)) if t != r]
-        scores = self.models.predict(read + [texts[i] for i in changed])
+        text as written too (``RAW_TOXICITY``), so a result can say whether the trick changed the decision;
+        and, unless explanations are off, ``SPANS``: ``[start, end, label, score]`` over the text given.
+        All are pure functions of the text: whatever else is in the batch, the same bits."""
+        reads = [deobfuscate(t) if self.deobfuscate else Deobfuscated(t, ()) for t in texts]
+        changed = [i for i, (t, r) in enumerate(zip(texts, reads, strict=True)) if t != r.text]
+        scores = self.models.predict([r.text for r in reads] + [texts[i] for i in changed])
         out, raw = scores[: len(texts)], scores[len(texts):]
         for i, as_written in zip(changed, raw, strict=True):
             if Task.TOXICITY.value in as_written:
                 out[i][RAW_TOXICITY] = as_written[Task.TOXICITY.value]
+        if self.explain != "off":
+            for read, result in zip(reads, out, strict=True):
+                result[SPANS] = [list(span) for span in self._spans(read, result)]
         return out
+
+    def _spans(self, read: Deobfuscated, scores: dict) -> list:
+        tox = scores.get(Task.TOXICITY.value)
+        if not tox:
+            return []
+        decision, flags = self.policy.decide(tox)
+        deciding = max(flags, key=tox.__getitem__) if flags else None
+        return find_spans(read, scores, decision != "allow", self.explain, self.models.predict, deciding)
 
 
 def load_serving(settings: Settings, registry: ModelRegistry | None = None) -> Serving:
@@ -96,7 +110,7 @@ def serving_for(paths: dict[Task, Path], settings: Settings) -> Serving:
     manifests = model_set.manifests
     policy = Policy.from_heads(manifests[Task.TOXICITY].head(Task.TOXICITY), settings.policy)
     return Serving(model_set, policy, casefold=all(m.lowercase for m in manifests.values()),
-                   deobfuscate=settings.models.deobfuscate)
+                   deobfuscate=settings.models.deobfuscate, explain=settings.models.explain)
 
 
 class ServingHolder:

@@ -176,6 +176,38 @@ def evaluate(folder: Annotated[Path, typer.Argument(help="A trained model folder
 
 
 @app.command()
+def spans(store: Annotated[Path | None, typer.Option(help="Model store whose current models explain (default: "
+                                                           "CHATMOD_MODELS_STORE).")] = None,
+          method: Annotated[list[str] | None, typer.Option(help="Span methods to compare (default all three).")] = None,
+          data_root: DataOpt = None, out: Annotated[Path | None, typer.Option(help="Write the report here (JSON).")] = None) -> None:
+    """Word-level F1 of explanation spans on a CONDA validation split (toxic-word slot T), and each
+    method's cost against explanations off, through the served path."""
+    from dataclasses import replace
+
+    from models.explain import METHODS
+    from pipeline.serving import load_serving
+    from pipeline.settings import Settings
+    from training.spans import conda_validation, evaluate_spans
+
+    settings = Settings() if store is None else Settings(models={"store": store})
+    serving = load_serving(settings)
+    utterances = conda_validation(data_root)
+    console.print(f"{len(utterances)} CONDA validation utterances, {sum(sum(u.toxic) for u in utterances)} toxic "
+                  f"words; models {serving.refs}")
+    bars = _Bars()
+    with bars.progress:
+        report = evaluate_spans(lambda m: replace(serving, explain=m), utterances, tuple(method or METHODS),
+                                progress=lambda m, done, total: bars(m)(done, total, {}))
+    table = Table("method", "F1", "precision", "recall", "seconds", "cost vs off", title="CONDA toxic-word spans")
+    for name, row in report.items():
+        table.add_row(name, *(f"{row[k]:.3f}" if k in row else "-" for k in ("f1", "precision", "recall")),
+                      f"{row['seconds']:.1f}", f"{row.get('cost_vs_off', 1.0):.2f}x")
+    Console().print(table)
+    if out is not None:
+        dump_json(out, {"models": serving.refs, "utterances": len(utterances), "methods": report})
+
+
+@app.command()
 def export(folder: Annotated[Path, typer.Argument(help="A trained model folder (with eval_report.json).")],
            out: Annotated[Path, typer.Option(help="Artifact folder to create.")],
            name: str, version: str,

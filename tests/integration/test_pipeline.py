@@ -171,3 +171,22 @@ def test_status_reports_topics_offsets_models_and_cache(broker, redis_url, tiny_
     assert st["broker"] == "tansu" and st["total_lag"] is None, "tansu's end offsets are not trusted"
     assert st["models"]["toxicity"] == st["models"]["sentiment"] and "@" in st["models"]["toxicity"]
     assert st["cache_keys"] >= 80, "a content entry and a per-message entry for each of 40 texts"
+
+
+def test_results_point_at_the_toxic_word_as_written_even_when_served_from_the_cache(
+        broker, redis_url, tiny_store, topic_prefix, tmp_path):
+    env, worker = _start(broker, redis_url, tiny_store, topic_prefix, tmp_path)
+    # one text to the model, three ways of writing it: the second and third are served from the cache
+    written = ["shut up you 1d10t", "shut   up you １ｄ１０ｔ", "shut up\u200b you 1d10t"]
+    with worker:
+        produce(broker.bootstrap, env["CHATMOD_TOPICS_MESSAGES"], [message(0, written[0])])
+        read_topic(broker.bootstrap, env["CHATMOD_TOPICS_MODERATED"], lambda rs: len(rs) >= 1, 60, worker)
+        produce(broker.bootstrap, env["CHATMOD_TOPICS_MESSAGES"], [message(i, t) for i, t in enumerate(written[1:], 1)])
+        out = read_topic(broker.bootstrap, env["CHATMOD_TOPICS_MODERATED"],
+                         lambda rs: len(results_by_id(rs)) >= 3, 60, worker)
+    by_id = {k: v[0] for k, v in results_by_id(out).items()}
+    assert [by_id[str(i)]["cached"] for i in range(3)] == [False, True, True]
+    for i, text in enumerate(written):
+        spans = by_id[str(i)]["spans"]
+        assert [text[s["start"]:s["end"]] for s in spans] == [text.split()[-1]], (text, spans)
+        assert spans[0]["label"] in by_id[str(i)]["toxicity"]

@@ -3,12 +3,14 @@ says when it changed the decision."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from pathlib import Path
 
 import pytest
 
 from models.deobfuscate import deobfuscate
-from pipeline.moderation import EVASION_FLAG, RAW_TOXICITY, decide
+from pipeline.moderation import EVASION_FLAG, RAW_TOXICITY, SPANS, decide
 from pipeline.policy import Policy
 from pipeline.serving import serving_for
 from pipeline.settings import Settings
@@ -105,10 +107,12 @@ def test_serving_reads_the_deobfuscated_text_and_keeps_the_written_one(tiny_arti
     on = serving_for({"toxicity": tiny_artifact, "sentiment": tiny_artifact}, settings)
     off = serving_for({"toxicity": tiny_artifact, "sentiment": tiny_artifact},
                       Settings(models={"threads": 1, "deobfuscate": False}))
-    assert on.normaliser == "deobfuscate@1" and off.normaliser == "none"
+    assert on.normaliser == "deobfuscate@1+spans@1:hybrid" and off.normaliser == "none+spans@1:hybrid"
+    assert replace(off, explain="off").normaliser == "none"  # what rewrote the text, and how spans are found
     texts = ["you 1d10t", "you idiot", "hello there"]
     scored, plain = on.predict(texts), off.predict(texts)
     assert scored[0]["toxicity"] == plain[1]["toxicity"], "the model read 'you idiot'"
     assert scored[0][RAW_TOXICITY] == plain[0]["toxicity"], "and the text as written, for the evasion flag"
     assert RAW_TOXICITY not in scored[1] and RAW_TOXICITY not in scored[2]
     assert scored[2] == plain[2]
+    assert [s[:2] for s in scored[0][SPANS]] == [[4, 9]], "'1d10t' is the span, over the text given"

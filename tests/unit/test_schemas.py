@@ -168,3 +168,27 @@ def test_feedback_labels_checked_against_contract(labels, reason):
     with pytest.raises(InvalidMessage) as err:
         decode_feedback(_raw({"id": "m1", "text": "t", "labels": labels, "ts": "2024-05-01"}), LIMIT)
     assert err.value.kind == "schema" and reason in err.value.detail
+
+
+def test_published_json_schemas_are_the_code_and_describe_real_results() -> None:
+    import json
+    from pathlib import Path
+
+    import jsonschema
+
+    from pipeline.schemas import json_schemas
+
+    folder = Path(__file__).resolve().parents[2] / "docs" / "schemas"
+    generated = json_schemas()
+    for topic, schema in generated.items():
+        published = json.loads((folder / f"{topic}.json").read_text(encoding="utf-8"))
+        assert published == schema, f"docs/schemas/{topic}.json is stale: run `chatmod schemas`"
+    result = ModerationResult(id="m1", decision="block", toxicity={"toxic": 0.97, "targeted": 0.8},
+                              sentiment={"negative": 0.9}, flags=["toxic"], models={"toxicity": "m@1"},
+                              spans=[{"start": 10, "end": 15, "label": "toxic", "score": 0.97}],
+                              reasons=["label:toxic", "severity:high"])
+    jsonschema.validate(json.loads(result.to_json_bytes()), generated["chat.moderated.v1"])
+    old_consumer_view = {k: v for k, v in json.loads(result.to_json_bytes()).items() if k not in ("spans", "reasons")}
+    jsonschema.validate(old_consumer_view, generated["chat.moderated.v1"])  # both fields are optional
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**old_consumer_view, "spans": [{"start": 1}]}, generated["chat.moderated.v1"])
