@@ -280,11 +280,11 @@ def rss_mb(pid: int) -> dict[str, float]:
 @contextlib.contextmanager
 def bench_worker(store: Path | None, threads: int, max_batch: int, say: Say,
                  extra_env: dict[str, str] | None = None) -> Iterator[tuple[object, object, object]]:
-    """The embedded stack with topics and one ready worker; yields (stack, topics, worker)."""
-    from pipeline.demo import MODELS_LOADED_MARK, PARTITIONS_ASSIGNED_MARK, _prepare_store, _worker_env
+    """The embedded stack with topics and one ready worker; yields (stack, topics, worker), where
+    ``worker.restart_with(env)`` replaces the worker by one with more settings, on the same stack."""
+    from pipeline.demo import _prepare_store, _worker_env
     from pipeline.embedded import EmbeddedStack, create_topics
     from pipeline.settings import TopicsSettings
-    from pipeline.worker_process import WorkerProcess
 
     topics = TopicsSettings()
     with tempfile.TemporaryDirectory(prefix="chatmod-bench-") as tmp, EmbeddedStack() as stack:
@@ -295,22 +295,49 @@ def bench_worker(store: Path | None, threads: int, max_batch: int, say: Say,
         env = _worker_env(stack, store, tasks, topics, tmp)
         env.update({"CHATMOD_MODELS_THREADS": str(threads), "CHATMOD_BATCHING_MAX_BATCH": str(max_batch)})
         env.update(extra_env or {})
-        worker = WorkerProcess(env, tmp / "worker.log")
+        say(f"starting a worker ({', '.join(f'{t}={r}' for t, r in tasks.items())}, {threads} threads)")
+        worker = _BenchWorker(env, tmp)
         try:
-            say(f"starting a worker ({', '.join(f'{t}={r}' for t, r in tasks.items())}, {threads} threads)")
-            deadline = time.monotonic() + 120
-            worker.start()
-            worker.wait_for(MODELS_LOADED_MARK, deadline)
-            worker.wait_for(PARTITIONS_ASSIGNED_MARK, deadline)
             yield stack, topics, worker
         finally:
             worker.stop()
 
 
+class _BenchWorker:
+    """One worker process at a time, started ready (models loaded, partitions assigned)."""
+
+    def __init__(self, env: dict[str, str], tmp: Path):
+        self.env, self.tmp, self.runs = env, tmp, 0
+        self.process = self._start(env)
+
+    def _start(self, env: dict[str, str]):
+        from pipeline.demo import MODELS_LOADED_MARK, PARTITIONS_ASSIGNED_MARK
+        from pipeline.worker_process import WorkerProcess
+
+        self.runs += 1
+        worker = WorkerProcess(env, self.tmp / f"worker-{self.runs}.log")
+        deadline = time.monotonic() + 120
+        worker.start()
+        worker.wait_for(MODELS_LOADED_MARK, deadline)
+        worker.wait_for(PARTITIONS_ASSIGNED_MARK, deadline)
+        return worker
+
+    def restart_with(self, settings: dict[str, str]) -> None:
+        self.process.stop()
+        self.process = self._start({**self.env, **settings})
+
+    def __getattr__(self, name: str):  # pid, alive, exit_message, stop: the current process's
+        return getattr(self.process, name)
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
 def end_to_end(store: Path | None, n: int, threads: int, max_batch: int, seed: int, latency_rate: float | None,
                say: Say, progress: Progress | None, latency_seconds: float = 20.0,
-               worker_env: dict[str, str] | None = None) -> dict:
-    """Unique and 50%-repeat workloads flat out, then a fixed-load latency run, on one worker."""
+               worker_env: dict[str, str] | None = None, compare: list[str] | None = None) -> dict:
+    """Unique and 50%-repeat workloads flat out, then a fixed-load latency run, on one worker; then, for
+    each ``compare`` setting (``CHATMOD_X_Y=value``), the unique workload on a worker with that setting."""
     import redis
 
     out: dict = {"partitions": E2E_PARTITIONS, "max_batch": max_batch, "threads": threads,
@@ -336,10 +363,20 @@ def end_to_end(store: Path | None, n: int, threads: int, max_batch: int, seed: i
         used = {text for _, texts, _ in plans for text in texts}  # the worker remembers recent scores
         results.append(run_workload(stack.bootstrap, topics, fresh_texts(int(rate * seconds), seed + 13, used),
                                     "fixed load", rate, progress, processes))
-        out["runs"] = [r.__dict__ for r in results]
         out["worker_memory"] = rss_mb(worker.pid) if worker.pid else {}
         if not worker.alive:
             raise RuntimeError(worker.exit_message())
+        for setting in compare or []:  # the unique workload again, side by side, on a worker with one change
+            key, _, value = setting.partition("=")
+            name = f"unique, {key.removeprefix('CHATMOD_').lower()}={value}"
+            say(f"end-to-end, {name}: a worker with {setting}, the same {n} unique texts")
+            worker.restart_with({key: value})
+            flush()
+            processes["worker"] = worker.pid
+            results.append(run_workload(stack.bootstrap, topics, unique, name, None, progress, processes))
+            if not worker.alive:
+                raise RuntimeError(worker.exit_message())
+        out["runs"] = [r.__dict__ for r in results]
     return out
 
 
@@ -386,14 +423,15 @@ def model_only(store: Path | None, n: int, threads: int, batch_size: int, seed: 
 
 def run_bench(parts: set[str], store: Path | None, n_model: int, n_e2e: int, threads: int, batch_size: int,
               max_batch: int, latency_rate: float | None, seed: int, say: Say, progress: Progress | None,
-              latency_seconds: float = 20.0, worker_env: dict[str, str] | None = None) -> dict:
+              latency_seconds: float = 20.0, worker_env: dict[str, str] | None = None,
+              compare: list[str] | None = None) -> dict:
     """The benchmarks named in ``parts`` (``model``, ``e2e``), one after the other, as one report."""
     report: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(), "seed": seed}
     if "model" in parts:
         report["model_only"] = model_only(store, n_model, threads, batch_size, seed, say, progress)
     if "e2e" in parts:
         report["end_to_end"] = end_to_end(store, n_e2e, threads, max_batch, seed, latency_rate, say, progress,
-                                          latency_seconds, worker_env)
+                                          latency_seconds, worker_env, compare)
     report["targets"] = check_targets(report)
     return report
 
@@ -424,6 +462,11 @@ def check_targets(report: dict) -> list[dict]:
         peak = e2e.get("worker_memory", {}).get("peak_rss_mb")
         if peak is not None:
             out.append({"target": "worker peak RSS <= 600 MB", "measured": round(peak), "met": peak <= 600})
+        spans_off = runs.get("unique, models_explain=off")
+        if unique and spans_off:
+            ratio = unique["sustained_msgs_per_s"] / spans_off["sustained_msgs_per_s"]
+            out.append({"target": "explanations on: >= 90% of the unique throughput with them off",
+                        "measured": round(ratio, 3), "met": ratio >= 0.9})
         lost = sum(r["lost"] for r in e2e["runs"])
         out.append({"target": "nothing lost", "measured": lost, "met": lost == 0})
     return out

@@ -324,6 +324,9 @@ def bench(
     worker_setting: Annotated[list[str] | None, typer.Option(
         "--worker-setting", help="A worker setting for the end-to-end runs, as its environment variable: "
                                  "CHATMOD_KAFKA_FETCH_MAX_WAIT_MS=20 (repeatable).")] = None,
+    compare: Annotated[list[str] | None, typer.Option(
+        "--compare", help="After the end-to-end runs, the unique workload again on a worker with this one "
+                          "setting changed, side by side: CHATMOD_MODELS_EXPLAIN=off (repeatable).")] = None,
 ) -> None:
     """Benchmarks: model-only beside the transformers pipeline, end to end on the embedded stack, latency at
     a fixed load. Prints tables and writes a JSON report."""
@@ -335,15 +338,17 @@ def bench(
     if parts - {"model", "e2e"}:
         raise typer.BadParameter(f"--only takes model or e2e, got {sorted(parts - {'model', 'e2e'})}")
     worker_env: dict[str, str] = {}
-    for item in worker_setting or []:
+    for item in [*(worker_setting or []), *(compare or [])]:
         key, sep, value = item.partition("=")
         if not sep or not key.startswith("CHATMOD_"):
-            raise typer.BadParameter(f"--worker-setting takes CHATMOD_<GROUP>_<NAME>=value, got {item!r}")
+            raise typer.BadParameter(f"--worker-setting and --compare take CHATMOD_<GROUP>_<NAME>=value, got {item!r}")
+    for item in worker_setting or []:
+        key, _, value = item.partition("=")
         worker_env[key] = value
     bars, progress = _progress_bars()
     with bars:
         report = run_bench(parts, store, texts, messages, threads, batch_size, max_batch, latency_rate, seed,
-                           say=bars.console.print, progress=progress, worker_env=worker_env)
+                           say=bars.console.print, progress=progress, worker_env=worker_env, compare=compare)
     out.write_text(json.dumps(report, indent=2))
     render(report, Console())
     typer.echo(f"report written to {out}")
