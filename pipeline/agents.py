@@ -24,7 +24,9 @@ from aiokafka.errors import KafkaError
 from pipeline.batching import MicroBatcher
 from pipeline.cache import ResultCache
 from pipeline.metrics import Metrics
+from pipeline.enforcement import Enforcement
 from pipeline.moderation import BatchStats, InRecord, Moderator
+from pipeline.profiles import ProfilesHolder, open_profile_store
 from pipeline.serving import ServingHolder
 from pipeline.settings import Settings
 
@@ -67,6 +69,8 @@ class WorkerState:
     holder: ServingHolder | None = None
     cache: ResultCache | None = None
     moderator: Moderator | None = None
+    profiles: ProfilesHolder | None = None
+    enforcement: Enforcement | None = None
     totals: BatchStats = field(default_factory=BatchStats)  # counters only: ``latencies_ms`` stays empty
     batches: int = 0
     models_loaded: bool = False
@@ -85,7 +89,8 @@ class WorkerState:
     def add(self, stats: BatchStats) -> None:
         t = self.totals
         self.batches += 1
-        for name in ("received", "results", "dead_letters", "cache_hits", "replayed", "classified", "flagged"):
+        for name in ("received", "results", "dead_letters", "cache_hits", "replayed", "classified", "flagged",
+                     "actions"):
             setattr(t, name, getattr(t, name) + getattr(stats, name))
         for k, v in stats.decisions.items():
             t.decisions[k] = t.decisions.get(k, 0) + v
@@ -104,7 +109,8 @@ def register_agents(app: faust.App, settings: Settings) -> WorkerState:
     messages = app.topic(topics.messages, value_type=bytes, key_type=bytes, value_serializer="raw",
                          key_serializer="raw", partitions=topics.partitions)
     outputs = [app.topic(name, value_type=bytes, key_type=bytes, value_serializer="raw", key_serializer="raw",
-                         partitions=topics.partitions) for name in (topics.moderated, topics.flagged, topics.dlq)]
+                         partitions=topics.partitions)
+               for name in (topics.moderated, topics.flagged, topics.dlq, topics.actions)]
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chatmod-model")
     state = WorkerState(settings)
     app.chatmod_state = state  # type: ignore[attr-defined]
@@ -127,10 +133,14 @@ def register_agents(app: faust.App, settings: Settings) -> WorkerState:
                 state.metrics.set_shadow(state.holder.current.shadow_refs)
                 state.holder.on_reload(state.metrics.set_models)  # model_info follows hot reloads
                 state.cache = ResultCache(settings.redis) if settings.redis.enabled else None
+                state.profiles = ProfilesHolder(open_profile_store(settings) if settings.redis.enabled else None)
+                await loop.run_in_executor(None, state.profiles.refresh, state.holder.current.policy)
+                state.enforcement = Enforcement(settings.redis) if settings.redis.enabled else None
                 state.moderator = Moderator(
                     settings, classifier=lambda: state.holder.current, cache=state.cache,
                     policy=lambda: state.holder.current.policy, publisher=FaustPublisher(app), executor=executor,
-                    dlq_limiter=RateLimiter(batching.dlq_max_per_s),
+                    dlq_limiter=RateLimiter(batching.dlq_max_per_s), profiles=state.profiles.get,
+                    enforcement=state.enforcement,
                 )
                 state.models_loaded = True
                 state.refresh_gauges()
@@ -201,11 +211,27 @@ def _register_feedback(app: faust.App, settings: Settings, state: WorkerState) -
                     delay = min(30.0, 0.5 * 2 ** min(attempt, 6))
                     log.error("feedback batch not stored; retrying", extra={"error": repr(exc), "retry_in_s": delay})
                     await asyncio.sleep(delay)
+            await _overturn_strikes(good, state)
             state.metrics.feedback.labels(outcome="stored").inc(len(good))
             state.metrics.feedback.labels(outcome="dead_letter").inc(len(letters))
             for d in letters:
                 log.info("dead letter", extra={"kind": d.kind, "reason": d.reason, "topic": d.source_topic,
                                                "partition": d.source_partition, "offset": d.source_offset})
+
+
+async def _overturn_strikes(verdicts: list, state: WorkerState) -> None:
+    """A verdict that clears a message (every toxicity label 0) removes the strike it earned, if any."""
+    cleared = [v.id for v in verdicts if v.task.value == "toxicity" and not any(v.labels.values())]
+    if not cleared or state.enforcement is None:
+        return
+    try:
+        removed = await state.enforcement.overturn(cleared)
+    except Exception as exc:  # noqa: BLE001 - Redis away: the strike decays on its own; the verdict is stored
+        log.warning("could not remove overturned strikes", extra={"error": str(exc), "verdicts": len(cleared)})
+        return
+    state.metrics.strikes_removed.inc(removed)
+    if removed:
+        log.info("strikes removed by overturning verdicts", extra={"removed": removed})
 
 
 def _register_reloads(app: faust.App, settings: Settings, state: WorkerState) -> None:
@@ -224,13 +250,33 @@ def _register_reloads(app: faust.App, settings: Settings, state: WorkerState) ->
                                             "serving": state.holder.current.refs})
         return outcome
 
+    async def reload_profiles(reason: str) -> str:
+        if state.holder is None or state.profiles is None:
+            return "unchanged"
+        base = state.holder.current.policy
+        outcome = await asyncio.get_running_loop().run_in_executor(reloader, state.profiles.refresh, base)
+        if outcome != "unchanged":
+            state.metrics.profile_reloads.labels(outcome=outcome).inc()
+            log.info("profiles reload", extra={"outcome": outcome, "reason": reason,
+                                               "generation": state.profiles.generation})
+        return outcome
+
     if settings.redis.enabled:
         @app.task
         async def watch_control_channel() -> None:
             async def on_change(notice: dict) -> None:
-                await reload_models(f"control notice: {notice.get('reason', '?')}")
+                reason = f"control notice: {notice.get('reason', '?')}"
+                if notice.get("event") == "profiles-changed":
+                    await reload_profiles(reason)
+                else:
+                    await reload_models(reason)
 
             await listen_for_changes(settings.redis, on_change)
+
+        if settings.policy.profiles_poll_s > 0:
+            @app.timer(interval=settings.policy.profiles_poll_s)
+            async def poll_profiles() -> None:
+                await reload_profiles("profiles poll")
 
     if settings.models.reload_poll_s > 0:
         @app.timer(interval=settings.models.reload_poll_s)

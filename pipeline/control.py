@@ -23,6 +23,9 @@ from pipeline.settings import RedisSettings
 log = logging.getLogger("chatmod.control")
 
 
+EVENTS = ("models-changed", "profiles-changed")
+
+
 def control_channel(redis: RedisSettings) -> str:
     return f"{redis.key_prefix}:control"
 
@@ -35,9 +38,18 @@ def _client_kwargs(redis: RedisSettings) -> dict:
 def announce_models_changed(redis: RedisSettings, refs: dict[str, str | None], reason: str) -> int | None:
     """Tell running workers the registry changed; the number of workers that heard it, or ``None`` when
     Redis could not be reached (workers then pick the change up at their next registry poll)."""
+    return _announce(redis, {"event": "models-changed", "current": refs, "reason": reason})
+
+
+def announce_profiles_changed(redis: RedisSettings, reason: str) -> int | None:
+    """Tell running workers the policy profiles changed (they re-read them; a poll covers a missed notice)."""
+    return _announce(redis, {"event": "profiles-changed", "reason": reason})
+
+
+def _announce(redis: RedisSettings, notice: dict) -> int | None:
     import redis as redis_lib
 
-    notice = json.dumps({"event": "models-changed", "current": refs, "reason": reason, "at": time.time()})
+    notice = json.dumps({**notice, "at": time.time()})
     try:
         client = redis_lib.Redis.from_url(redis.url, **_client_kwargs(redis))
         try:
@@ -45,8 +57,8 @@ def announce_models_changed(redis: RedisSettings, refs: dict[str, str | None], r
         finally:
             client.close()
     except (redis_lib.RedisError, OSError) as exc:
-        log.warning("could not announce the model change; workers will see it at their next registry poll",
-                    extra={"error": str(exc)})
+        log.warning("could not announce the change; workers will see it at their next poll",
+                    extra={"error": str(exc), "event": json.loads(notice)["event"]})
         return None
 
 
@@ -76,7 +88,7 @@ async def listen_for_changes(redis: RedisSettings, on_change: Callable[[dict], A
                 except (TypeError, ValueError):
                     log.warning("ignored a malformed control notice", extra={"channel": channel})
                     continue
-                if isinstance(notice, dict) and notice.get("event") == "models-changed":
+                if isinstance(notice, dict) and notice.get("event") in EVENTS:
                     await on_change(notice)
         except (RedisError, OSError) as exc:
             log.warning("control channel unavailable; retrying", extra={"error": str(exc),

@@ -58,6 +58,12 @@ class Metrics:
                                      "models kept serving).", ["outcome"], **kw)
         for outcome in ("swapped", "refused"):
             self.model_reloads.labels(outcome=outcome)
+        self.profile_reloads = Counter("profile_reloads", "Policy profile re-reads that loaded a change, or found "
+                                       "Redis unavailable (the profiles in force stayed).", ["outcome"], **kw)
+        self.actions = Counter("enforcement_actions", "Enforcement actions published to the actions topic.", **kw)
+        self.enforcement_degraded = Counter("enforcement_degraded", "Batches decided without strikes, flood or "
+                                            "raid state because Redis was unavailable.", **kw)
+        self.strikes_removed = Counter("strikes_removed", "Strikes deleted by verdicts that overturned them.", **kw)
         self.feedback = Counter("feedback", "Moderator verdicts consumed: stored, or sent to the DLQ.", ["outcome"],
                                 **kw)
         self.shadow_compared = Counter("shadow_compared", "Texts classified by both the serving and the shadow "
@@ -91,6 +97,9 @@ class Metrics:
             if n:
                 self.decisions.labels(decision=decision).inc(n)
         self.flagged.inc(stats.flagged)
+        self.actions.inc(stats.actions)
+        if stats.enforcement_degraded:
+            self.enforcement_degraded.inc()
         if stats.classified:
             self.model_latency.observe(stats.model_seconds)
         for ms in stats.latencies_ms if latencies_ms is None else latencies_ms:

@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from models.explain import to_original
-from models.labels import Task
+from models.labels import DECIDING_LABELS, Task
 from models.runtime import BatchMismatch  # noqa: F401 - the one definition; re-exported for callers
 from pipeline.cache import ResultCache
+from pipeline.enforcement import Enforcement, Item, Outcome, action_records
 from pipeline.policy import Policy
+from pipeline.profiles import CompiledProfile, Profiles, Verdict
 from pipeline.schemas import ChatMessage, DeadLetter, InvalidMessage, ModerationResult, decode_message
 from pipeline.settings import Settings
 from pipeline.textnorm import content_key, message_key, normalise_text
@@ -80,6 +82,8 @@ class BatchStats:
     # Kafka timestamp -> result, one per published result (replays included); this batch only.
     latencies_ms: list[float] = field(default_factory=list)
     shadow: ShadowStats | None = None
+    actions: int = 0  # enforcement actions published (chat.actions.v1)
+    enforcement_degraded: bool = False  # Redis away: this batch was decided without strikes or windows
 
 
 @dataclass
@@ -127,7 +131,7 @@ def reasons(decision: str, flags: list[str], tox: dict[str, float]) -> list[str]
     ``evasion``. An allowed message has none."""
     if decision == "allow":
         return []
-    out = [f"label:{flag}" for flag in flags if flag != EVASION_FLAG]
+    out = [f"label:{flag}" for flag in flags if flag in DECIDING_LABELS]
     out.append("severity:high" if decision == "block" else "severity:medium")
     if "identity_hate" in flags:
         out.append("target:group")
@@ -138,17 +142,35 @@ def reasons(decision: str, flags: list[str], tox: dict[str, float]) -> list[str]
     return out
 
 
+def judge(scores: dict, policy: Policy, profile: CompiledProfile | None = None, text: str = "") -> Verdict:
+    """The decision on one text: the policy's (or the profile's thresholds'), then the profile's rules
+    (``pipeline/profiles.py``) on ``text``, the normalised message."""
+    decision, flags = decide(scores, profile.policy if profile is not None else policy)
+    if profile is None:
+        return Verdict(decision, flags)
+    return profile.decide(decision, flags, scores.get(Task.TOXICITY.value, {}), text)
+
+
 def build_result(message: ChatMessage, scores: dict, policy: Policy, refs: dict[str, str], cached: bool,
-                 latency_ms: float, normalised: str | None = None) -> ModerationResult:
-    """The result for one message from its scores (see :func:`decide`); ``normalised``: the text the scores
-    were computed for, to map their spans onto the message as written."""
-    decision, flags = decide(scores, policy)
+                 latency_ms: float, normalised: str | None = None, profile: CompiledProfile | None = None,
+                 verdict: Verdict | None = None, outcome: Outcome | None = None) -> ModerationResult:
+    """The result for one message from its scores: the verdict (:func:`judge`, unless given), then what the
+    user's ledger and the channel's windows add (``outcome``, ``pipeline/enforcement.py``). ``normalised``:
+    the text the scores were computed for, to map their spans onto the message as written."""
+    text = normalised if normalised is not None else message.text
+    verdict = verdict or judge(scores, policy, profile, text)
+    decision, flags, extra, actions = verdict.decision, verdict.flags, list(verdict.reasons), []
+    if outcome is not None:
+        decision, flags, extra, actions = outcome.apply(decision, flags, extra)
     tox = scores.get(Task.TOXICITY.value, {})
-    spans = to_original(scores.get(SPANS) or [], message.text, normalised if normalised is not None else message.text)
+    codes = [*reasons(decision, flags, tox), *extra]
+    if profile is not None and codes:
+        codes.append(f"profile:{profile.ref}")
     return ModerationResult(id=message.id, channel=message.channel, user=message.user, decision=decision,
                             toxicity=tox, sentiment=scores.get(Task.SENTIMENT.value, {}),
                             flags=flags, models=refs, cached=cached, latency_ms=latency_ms,
-                            spans=spans, reasons=reasons(decision, flags, tox))
+                            spans=to_original(scores.get(SPANS) or [], message.text, text), reasons=codes,
+                            profile=profile.ref if profile is not None else None, actions=actions)
 
 
 @dataclass
@@ -166,8 +188,11 @@ class Moderator:
 
     def __init__(self, settings: Settings, classifier: Callable[[], Classifier], cache: ResultCache | None,
                  policy: Callable[[], Policy], publisher: Publisher, executor: Executor,
-                 dlq_limiter: Callable[[int], Awaitable[None]] | None = None):
+                 dlq_limiter: Callable[[int], Awaitable[None]] | None = None,
+                 profiles: Callable[[Policy], Profiles] | None = None, enforcement: Enforcement | None = None):
         self.settings = settings
+        self.profiles = profiles  # the channel's profile decides (pipeline/profiles.py); None: the policy alone
+        self.enforcement = enforcement  # strikes, floods, raids (pipeline/enforcement.py); None: stateless
         self._classifier = classifier
         self._policy = policy
         self.cache = cache
@@ -287,7 +312,34 @@ class Moderator:
         release_model()
         for key, shared in borrowed.items():
             scores[key] = await asyncio.shield(shared)
-        self._finish_results(pending, replay, scores, cached_keys, clf, policy, stats, outputs, cache_writes)
+        verdicts = await self._enforce(pending, replay, scores, policy, stats, outputs)
+        self._finish_results(pending, replay, scores, cached_keys, clf, policy, stats, outputs, cache_writes, verdicts)
+
+    async def _enforce(self, pending: list[_Pending], replay: dict[int, bytes], scores: dict, policy: Policy,
+                       stats: BatchStats, outputs: list) -> dict[int, tuple]:
+        """Per new message: its profile, verdict and enforcement outcome; raid events go to the actions topic."""
+        if self.profiles is None:
+            return {}
+        profiles = self.profiles(policy)
+        chosen: dict[int, tuple] = {}
+        items: list[Item] = []
+        for i, p in enumerate(pending):
+            if i in replay:
+                continue
+            profile = profiles.for_channel(p.message.channel)
+            verdict = judge(scores[p.content_key], policy, profile, p.text)
+            chosen[i] = (profile, verdict, None)
+            items.append(Item(p.message.id, p.message.channel, p.message.user, p.record.timestamp, profile,
+                              verdict.decision, p.content_key, p.text))
+        if self.enforcement is not None and items:
+            started = time.perf_counter()
+            result = await self.enforcement.apply(items)
+            stats.stage_seconds["enforcement"] = time.perf_counter() - started
+            stats.enforcement_degraded = result.degraded
+            for i, outcome in zip(chosen, result.outcomes, strict=True):
+                chosen[i] = (*chosen[i][:2], outcome)
+            outputs += [(self.topics.actions, key.encode(), value, None) for key, value in result.events]
+        return chosen
 
     async def _classify(self, todo: list[tuple[str, str]], clf: Classifier, policy: Policy, stats: BatchStats,
                         scores: dict, cache_writes: dict[str, bytes], shared: dict[str, asyncio.Future]) -> None:
@@ -325,7 +377,7 @@ class Moderator:
 
     def _finish_results(self, pending: list[_Pending], replay: dict[int, bytes], scores: dict, cached_keys: set,
                         clf: Classifier, policy: Policy, stats: BatchStats, outputs: list,
-                        cache_writes: dict[str, bytes]) -> None:
+                        cache_writes: dict[str, bytes], verdicts: dict[int, tuple]) -> None:
         now = time.time()
         built: dict[str, tuple[bytes, str]] = {}  # message key -> (value, decision): one result per id
         for i, p in enumerate(pending):
@@ -334,19 +386,26 @@ class Moderator:
             if i in replay:
                 value = replay[i]
                 stats.replayed += 1
-                decision = json.loads(value).get("decision", "allow")
+                published = json.loads(value)
+                decision = published.get("decision", "allow")
+                actions = action_records(published)  # a redelivery republishes its actions too, identical
             elif p.message_key in built:  # the same id twice in one batch: the same result twice
-                value, decision = built[p.message_key]
+                value, decision, actions = built[p.message_key]
             else:
                 cached = p.content_key in cached_keys
                 stats.cache_hits += cached
-                result = build_result(p.message, scores[p.content_key], policy, clf.refs, cached, latency_ms, p.text)
+                profile, verdict, outcome = verdicts.get(i, (None, None, None))
+                result = build_result(p.message, scores[p.content_key], policy, clf.refs, cached, latency_ms, p.text,
+                                      profile, verdict, outcome)
                 decision = result.decision
                 value = result.to_json_bytes()
+                actions = action_records(json.loads(value)) if result.actions else []
                 cache_writes[p.message_key] = value
-                built[p.message_key] = (value, decision)
+                built[p.message_key] = (value, decision, actions)
             key = p.message.id.encode()
             outputs.append((self.topics.moderated, key, value, None))
+            outputs += [(self.topics.actions, user.encode(), record, None) for user, record in actions]
+            stats.actions += len(actions)
             if decision != "allow":
                 outputs.append((self.topics.flagged, key, value, None))
                 stats.flagged += 1

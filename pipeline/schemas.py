@@ -156,6 +156,14 @@ class Span(TypedDict):
     score: float
 
 
+class Action(TypedDict):
+    """A step of a profile's enforcement ladder, reached by a user (``pipeline/enforcement.py``)."""
+
+    action: Literal["warn", "hold", "timeout", "escalate"]
+    minutes: int | None
+    strikes: float
+
+
 class ModerationResult(BaseModel):
     """The verdict on one message, published to the moderated topic and cached by message id."""
 
@@ -179,6 +187,10 @@ class ModerationResult(BaseModel):
     reasons: list[str] = Field(default_factory=list, description=(
         "Reason codes: label:<label> per flagged label, severity:high (block) or severity:medium (review), "
         "target:group or target:individual, evasion. Empty for an allowed message."))
+
+    profile: str | None = Field(None, description="The policy profile that decided, as name@version.")
+    actions: list[Action] = Field(default_factory=list, description=(
+        "Enforcement the user's strike ledger reached with this message (chat.actions.v1 carries each too)."))
 
     @field_validator("spans")
     @classmethod

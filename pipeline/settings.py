@@ -139,12 +139,13 @@ class TopicsSettings(_Group):
     flagged: str = "chat.flagged.v1"
     dlq: str = "chat.messages.dlq.v1"
     feedback: str = "chat.feedback.v1"
+    actions: str = "chat.actions.v1"  # enforcement actions (key: user) and raid events (key: channel)
     partitions: int = Field(6, ge=1)
     replication_factor: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> TopicsSettings:
-        fields = ("messages", "moderated", "flagged", "dlq", "feedback")
+        fields = ("messages", "moderated", "flagged", "dlq", "feedback", "actions")
         names = {f: getattr(self, f) for f in fields}
         for field, name in names.items():
             if not _TOPIC_NAME.match(name):
@@ -279,6 +280,9 @@ class PolicySettings(_Group):
     block_thresholds: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
     default_threshold: float = Field(0.5, ge=0.0, le=1.0)
     default_block_threshold: float = Field(0.9, ge=0.0, le=1.0)
+    # Policy profiles (pipeline/profiles.py) are re-read from Redis when changed: on a control notice, and
+    # at the latest this often (0: notices only).
+    profiles_poll_s: float = Field(5.0, ge=0)
 
     @field_validator("thresholds", "block_thresholds", mode="before")
     @classmethod

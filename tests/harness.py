@@ -35,6 +35,7 @@ def worker_env(bootstrap: str, redis_url: str, store: Path, prefix: str, **extra
         "CHATMOD_TOPICS_FLAGGED": f"{prefix}chat.flagged.v1",
         "CHATMOD_TOPICS_DLQ": f"{prefix}chat.messages.dlq.v1",
         "CHATMOD_TOPICS_FEEDBACK": f"{prefix}chat.feedback.v1",
+        "CHATMOD_TOPICS_ACTIONS": f"{prefix}chat.actions.v1",
         "CHATMOD_FEEDBACK_STORE": str(store.parent / f"{prefix}feedback"),
         "CHATMOD_TOPICS_PARTITIONS": "3",
         "CHATMOD_REDIS_KEY_PREFIX": f"{prefix}chatmod",

@@ -76,7 +76,9 @@ def templated(seed: int, per_kind: int = 400) -> list[Example]:
                         "tracked down where you {w} lol", "gonna find out where you {w} and pay a visit",
                         "i'll figure out where you {w}, then we talk", "getting your address was easy, i know where you {w}"],
                        w=["live", "work", "sleep", "go to school", "hang out", "stay"])
-         + ["i'm parked outside your house", "i'll track you down irl", "gonna hunt you down in real life",
+         + ["got your ip, enjoy the visit", "your ip and address are in my notes now", "i know your real name and your street",
+            "we know where your mom lives", "found your home address in two minutes", "see you in real life, i know where to look",
+            "i'll find you offline and we'll settle this", "i'm parked outside your house", "i'll track you down irl", "gonna hunt you down in real life",
             "i've got your address now", "see you in person soon, i know your street", "i'll show up at your door",
             "i'm coming for you irl", "we'll meet irl and you'll regret it", "i'll pay your family a visit"]),
         (THREAT, _fill(["i will {v} {t}", "i am going to {v} {t}", "i'm gonna {v} {t}", "gonna {v} {t}"],
@@ -84,7 +86,9 @@ def templated(seed: int, per_kind: int = 400) -> list[Example]:
                                           "and nobody will stop me", "tomorrow"])),
         (THREAT, _fill(["{a} {b}", "honestly {a} {b}", "{b}, {a}"],
                        a=["just", "please", "seriously", "lol", "bro"],
-                       b=["end yourself", "go end your life", "unalive yourself", "go jump off a roof",
+                       b=["do everyone a favor and die", "go drink bleach", "go jump off a cliff", "just die already",
+                          "the world would be better without you", "no one would care if you died",
+                          "end yourself", "go end your life", "unalive yourself", "go jump off a roof",
                           "go hang urself", "kill yourself already", "nobody wants you alive", "the world needs you gone, die",
                           "go overdose", "do the world a favor and disappear forever"])),
         (HATE, _fill(["those {g} are {n}", "i can't stand {g}, they're {n}", "{g} ruin everything, {n}",
@@ -94,6 +98,16 @@ def templated(seed: int, per_kind: int = 400) -> list[Example]:
                       "{g} are {d} spreading everywhere", "tbh {g} are {d}"],
                      g=GROUPS, d=["a disease", "a virus", "an infestation", "a plague on society", "parasites",
                                   "leeches", "a cancer on this country", "vermin"]), 650),
+        (HATE, _fill(["why are {g} such {n}?", "anyone else think {g} are {n}?", "am i wrong that {g} are {n}?",
+                      "honest question, aren't {g} basically {n}?", "why do {g} act like {n}?",
+                      "serious question: why are {g} {n}?"],
+                     g=GROUPS, n=DEROGATIONS), 650),
+        (HATE, _fill(["typical {g} behavior", "that's {g} for you", "never trust {g}", "we all know what {g} are like",
+                      "{g} always ruin it for everyone", "i wouldn't let {g} near my kids", "ugh, another one of those {g}",
+                      "{g} shouldn't be allowed anywhere near schools", "keep your wallet close, {g} around",
+                      "nothing good ever came from {g}", "{g} have no place in decent society",
+                      "{g} shouldn't have any rights", "{g} aren't real people", "{g} are barely people",
+                      "no rights for {g}", "{g} don't count as human"], g=GROUPS), 650),
         (HATE, _fill(["{g} need to be removed from this country", "{g} should not be allowed to vote",
                       "keep {g} out of our neighborhood", "{g} breed like rats", "how come {g} are always so {n}?",
                       "ever notice how {g} are {n}?", "who else thinks {g} are {n}?", "{g} don't belong here",
@@ -196,4 +210,4 @@ def misspelt(examples: list[Example], seed: int, limit: int = 2000) -> list[Exam
 
 def augmented(train: list[Example], seed: int) -> list[Example]:
     """All three kinds for a training set."""
-    return templated(seed) + counterfactual(train, seed) + misspelt(train, seed)
+    return templated(seed) + counterfactual(train, seed) + misspelt(train, seed, limit=4000)
