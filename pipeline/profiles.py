@@ -297,13 +297,15 @@ class Profiles:
     """What a worker applies: compiled profiles by name and the channel map; swapped whole on reload."""
 
     def __init__(self, profiles: Mapping[str, Profile], channels: Mapping[str, str], base: Policy,
-                 generation: int = 0):
+                 generation: int = 0, fallback: Profile | None = None):
         self.generation = generation
         self.base = base
+        self.fallback = fallback
+        self.stored = dict(profiles)  # as read from the store (the built-in or file default is not among them)
         self.channels = dict(channels)
         self.compiled = {name: CompiledProfile(p, base) for name, p in profiles.items()}
         if DEFAULT_PROFILE not in self.compiled:
-            self.compiled[DEFAULT_PROFILE] = CompiledProfile(Profile(name=DEFAULT_PROFILE), base)
+            self.compiled[DEFAULT_PROFILE] = CompiledProfile(fallback or Profile(name=DEFAULT_PROFILE), base)
 
     def for_channel(self, channel: str | None) -> CompiledProfile:
         name = self.channels.get(channel, DEFAULT_PROFILE) if channel is not None else DEFAULT_PROFILE
@@ -325,7 +327,7 @@ class Profiles:
                                  "kept": previous.ref if previous else None})
                 if previous is not None:
                     kept[name] = previous.profile
-        return Profiles(kept, store.assignments(), base, generation)
+        return Profiles(kept, store.assignments(), base, generation, self.fallback)
 
 
 class ProfilesHolder:
@@ -333,8 +335,11 @@ class ProfilesHolder:
     notice), compiled against the serving model's policy (recompiled when a model reload replaces it).
     Without a store (Redis disabled) every channel gets the built-in default."""
 
-    def __init__(self, store: ProfileStore | None):
+    def __init__(self, store: ProfileStore | None, fallback: Profile | None = None):
+        if fallback is not None and fallback.name != DEFAULT_PROFILE:
+            fallback = fallback.model_copy(update={"name": DEFAULT_PROFILE})  # it stands in for "default"
         self.store = store
+        self.fallback = fallback
         self._profiles: dict[str, Profile] = {}
         self._channels: dict[str, str] = {}
         self.generation = -1
@@ -343,7 +348,7 @@ class ProfilesHolder:
     def get(self, base: Policy) -> Profiles:
         compiled = self._compiled
         if compiled is None or compiled.base is not base or compiled.generation != self.generation:
-            compiled = self._compiled = Profiles(self._profiles, self._channels, base, self.generation)
+            compiled = self._compiled = Profiles(self._profiles, self._channels, base, self.generation, self.fallback)
         return compiled
 
     def refresh(self, base: Policy) -> str:
@@ -354,7 +359,7 @@ class ProfilesHolder:
         try:
             if self.store.generation() == self.generation:
                 return "unchanged"
-            previous = Profiles(self._profiles, self._channels, base, self.generation)
+            previous = Profiles(self._profiles, self._channels, base, self.generation, self.fallback)
             fresh = previous.refreshed(self.store, base)
         except OSError as exc:
             log.warning("profiles unavailable; the ones in force stay", extra={"error": str(exc)})
@@ -364,7 +369,7 @@ class ProfilesHolder:
                 log.warning("profiles unavailable; the ones in force stay", extra={"error": str(exc)})
                 return "unavailable"
             raise
-        self._profiles = {name: c.profile for name, c in fresh.compiled.items() if c.profile.version > 0}  # stored ones
+        self._profiles = fresh.stored
         self._channels = fresh.channels
         self.generation = fresh.generation
         log.info("profiles loaded", extra={"generation": self.generation,

@@ -283,6 +283,9 @@ class PolicySettings(_Group):
     # Policy profiles (pipeline/profiles.py) are re-read from Redis when changed: on a control notice, and
     # at the latest this often (0: notices only).
     profiles_poll_s: float = Field(5.0, ge=0)
+    # A profile file (YAML or JSON) used as the "default" profile while Redis holds none of that name: a
+    # deployment's baseline rules from a ConfigMap. Validated at start: a bad file stops the worker.
+    default_profile: Path | None = None
 
     @field_validator("thresholds", "block_thresholds", mode="before")
     @classmethod

@@ -195,3 +195,22 @@ def test_action_records_are_keyed_by_user_and_identical_for_every_copy() -> None
                                                  "minutes": 10, "profile": "p@1", "strikes": 4.2, "user": "u1"}
     assert action_records(result) == [(key, value)] and action_records({"id": "m2"}) == []
     assert Profiles({}, {}, BASE).for_channel(None).ref == "default@0"
+
+
+def test_a_profile_file_stands_in_for_default_until_one_is_stored(redis_url: str, tmp_path) -> None:
+    from pipeline.profiles import load_profile_file
+
+    path = tmp_path / "base.yaml"
+    path.write_text("name: baseline\nblock_terms: [frobnik]\nmode: suggest\n")
+    fallback = load_profile_file(path)
+    store = ProfileStore(redis_lib.Redis.from_url(redis_url), "fb")
+    holder = ProfilesHolder(store, fallback)
+    holder.refresh(BASE)
+    default = holder.get(BASE).for_channel("anywhere")
+    assert default.profile.name == "default" and default.profile.mode == "suggest" and len(default.block_terms) == 1
+    store.put(Profile(name="default"))
+    holder.refresh(BASE)
+    assert holder.get(BASE).for_channel("anywhere").ref == "default@1"  # a stored default wins
+    (tmp_path / "bad.yaml").write_text("name: x\nmode: sometimes\n")
+    with pytest.raises(ValueError, match="mode"):
+        load_profile_file(tmp_path / "bad.yaml")
