@@ -130,6 +130,10 @@ def _run(n: int, rate: float, store: Path | None, console: Console, live: bool, 
             names = (topics.messages, topics.moderated, topics.flagged, topics.dlq)
             create_topics(stack.bootstrap, dict.fromkeys(names, TOPIC_PARTITIONS))
             note.append(", ".join(names))
+        with _step(console, live, "policy profile") as note:
+            profile = _store_demo_profile(stack.redis_url)
+            note.append(f"{profile.ref} on {DEMO_PROFILE_CHANNEL}: {len(profile.block_terms)} block terms, "
+                        f"a {len(profile.strikes.ladder)}-rung strike ladder")
     except (ServiceStartError, TimeoutError) as exc:
         raise DemoError(str(exc)) from exc
 
@@ -159,6 +163,24 @@ def _run(n: int, rate: float, store: Path | None, console: Console, live: bool, 
         _replay(producer, topics.messages, load_sample(), n, rate, tally, view, worker)
         _await_results(tally, worker, reader, view)
     return _verdict(console, tally, worker)
+
+
+DEMO_PROFILE_CHANNEL = "fps_ranked"
+
+
+def _store_demo_profile(redis_url: str):  # -> pipeline.profiles.Profile
+    """Store the bundled demo profile in the demo's Redis and assign it to one channel."""
+    import redis as redis_lib
+    import yaml
+
+    from pipeline.profiles import Profile, ProfileStore
+    from pipeline.settings import RedisSettings
+
+    raw = resources.files("pipeline").joinpath("data/demo_profile.yaml").read_text(encoding="utf-8")
+    store = ProfileStore(redis_lib.Redis.from_url(redis_url), RedisSettings().key_prefix)
+    stored = store.put(Profile.model_validate(yaml.safe_load(raw)))
+    store.assign(DEMO_PROFILE_CHANNEL, stored.name)
+    return stored
 
 
 @contextlib.contextmanager

@@ -53,6 +53,9 @@ class Tally:
     e2e_ms: list[float] = field(default_factory=list)  # produce -> result read back, as seen here
     first_send: float | None = None
     last_result: float | None = None
+    term_hits: int = 0  # results a profile's term list decided
+    profiles: Counter = field(default_factory=Counter)  # profile ref -> results it decided
+    ladder: list[tuple[str, str, dict]] = field(default_factory=list)  # (user, channel, action) as reached
 
     def on_sent(self, msg_id: str, line: ChatLine, now: float) -> None:
         with self.lock:
@@ -81,6 +84,11 @@ class Tally:
                 self.e2e_ms.append((now - sent[1]) * 1000.0)
             self.recent.append(result)
             self.last_result = now
+            self.term_hits += "term" in (result.get("flags") or [])
+            if result.get("profile"):
+                self.profiles[result["profile"]] += 1
+            for action in result.get("actions") or []:
+                self.ladder.append((str(result.get("user")), str(result.get("channel")), action))
 
     def on_dead_letter(self, value: bytes) -> None:
         with self.lock:
@@ -227,6 +235,16 @@ def render_summary(tally: Tally) -> Table:
                                      f"{percentile(tally.latencies_ms, 99):.0f}", ""),
             ("end-to-end ms p50 / p99", e2e, ""),
         ]
+        custom = sorted(ref for ref in tally.profiles if not ref.startswith("default@"))
+        if custom:
+            rows.append(("policy profiles", ", ".join(f"{ref} ({tally.profiles[ref]} results)" for ref in custom), ""))
+            rows.append(("term-list hits", str(tally.term_hits), ""))
+        by_user: dict[str, list[str]] = {}
+        for user, _, action in tally.ladder:
+            step = action["action"] + (f" {action['minutes']} min" if action.get("minutes") else "")
+            by_user.setdefault(user, []).append(f"{step} ({action['strikes']:.1f})")
+        for user, steps in sorted(by_user.items(), key=lambda kv: -len(kv[1]))[:2]:
+            rows.append((f"strike ladder: {user}", " → ".join(steps), "yellow"))
         if tally.duplicates:  # at-least-once delivery: harmless, but worth seeing
             rows.insert(2, ("duplicate results", str(tally.duplicates), ""))
     table = Table(title="chatmod demo: summary", title_justify="left", show_header=False,
