@@ -30,6 +30,7 @@ from pipeline.profiles import ProfilesHolder, load_profile_file, open_profile_st
 from pipeline.serving import ServingHolder
 from pipeline.settings import Settings
 
+MOOD_REFRESH_S = 15.0  # how often the per-channel mood gauges are re-read from Redis
 log = logging.getLogger("chatmod.agents")
 MAX_ATTEMPTS = 5  # per batch, for errors that are not the broker's (a bug must not spin forever)
 
@@ -273,6 +274,21 @@ def _register_reloads(app: faust.App, settings: Settings, state: WorkerState) ->
                     await reload_models(reason)
 
             await listen_for_changes(settings.redis, on_change)
+
+        @app.timer(interval=MOOD_REFRESH_S)
+        async def refresh_mood() -> None:
+            if state.profiles is None or state.profiles.store is None:
+                return
+            from pipeline.enforcement import channel_mood
+
+            store = state.profiles.store
+            try:
+                mood = await asyncio.get_running_loop().run_in_executor(
+                    reloader, channel_mood, store.client, settings.redis.key_prefix, time.time())
+            except Exception as exc:  # noqa: BLE001 - Redis away: the gauges keep their last values
+                log.debug("channel mood unavailable", extra={"error": str(exc)})
+                return
+            state.metrics.set_mood(mood)
 
         if settings.policy.profiles_poll_s > 0:
             @app.timer(interval=settings.policy.profiles_poll_s)

@@ -229,8 +229,34 @@ def tail(
         typer.echo(json.dumps(record, ensure_ascii=False))
 
 
+def _channel_status(as_json: bool) -> None:
+    import redis as redis_lib
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipeline.enforcement import channel_mood
+
+    settings = _settings()
+    client = redis_lib.Redis.from_url(settings.redis.url, socket_timeout=2, socket_connect_timeout=2,
+                                      **settings.redis.credential_kwargs())
+    try:
+        mood = channel_mood(client, settings.redis.key_prefix, time.time())
+    except (redis_lib.RedisError, OSError) as exc:
+        typer.secho(f"Redis unavailable at the configured CHATMOD_REDIS_URL: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from exc
+    if as_json:
+        typer.echo(json.dumps(mood, indent=2))
+        return
+    table = Table("channel", "messages", "negative", "neutral", "positive", title="channel mood, last 5 minutes")
+    for channel, row in mood.items():
+        table.add_row(channel, str(row["messages"]), *(f"{row[k]:.0%}" for k in ("negative", "neutral", "positive")))
+    Console().print(table if mood else "no channel active in the last 5 minutes")
+
+
 @app.command()
-def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False) -> None:
+def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+           channels: Annotated[bool, typer.Option("--channels", help="Per-channel mood over the last 5 minutes "
+                                                                    "instead (from Redis).")] = False) -> None:
     """Topics, the consumer group's offsets and lag, current model versions, cache size."""
     from dataclasses import asdict
 
@@ -239,6 +265,9 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON inst
 
     from pipeline.status import collect_status
 
+    if channels:
+        _channel_status(as_json)
+        return
     st = collect_status(_settings())
     if as_json:
         typer.echo(json.dumps({**asdict(st), "total_lag": st.total_lag}, indent=2))

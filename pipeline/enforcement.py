@@ -16,6 +16,11 @@ content key), and mentions in one message. Sorted sets keyed by message id: exac
 **Raids.** Per channel, the flagged share of the last window against the channel's share over the ten
 windows before it; a jump sets off one ``raid`` event per window on ``chat.actions.v1``, keyed by channel.
 
+**Mood.** Per channel, the sentiment of its messages counted in one-minute buckets (a hash per channel
+and minute, and an index of channels by last activity): ``channel_mood`` reads the negative and positive
+shares over a window, for the ``chatmod_channel_mood`` gauges and ``chatmod status --channels``. A
+redelivered message may be counted twice: the shares are a trend, not a ledger.
+
 **Redis down**: decisions fall back to the stateless profile (no strikes, floods or raids), logged once per
 outage and counted in ``chatmod_enforcement_degraded_total``; nothing is lost.
 """
@@ -71,6 +76,7 @@ class Item:
     decision: str
     content_key: str
     text: str
+    sentiment: str | None = None  # the message's sentiment class, for the channel's mood
 
 
 @dataclass
@@ -160,9 +166,15 @@ class Enforcement:
 
         active = [i for i, it in enumerate(items) if self._needs_state(it)]
         outcomes = [Outcome()] * len(items)
-        if not active:
+        mood = [it for it in items if it.channel is not None and it.sentiment is not None]
+        if not active and not mood:
             return Result(outcomes)
         try:
+            if mood:
+                await self._count_mood(mood)
+            if not active:
+                self._down = False
+                return Result(outcomes)
             result = await self._apply([items[i] for i in active])
         except (RedisError, OSError) as exc:
             self.degraded_batches += 1
@@ -313,6 +325,25 @@ class Enforcement:
                                                     "messages": n_now})
         return events
 
+    async def _count_mood(self, items: list[Item]) -> None:
+        counts: dict[tuple[str, int], dict[str, int]] = {}
+        latest: dict[str, float] = {}
+        for it in items:
+            bucket = counts.setdefault((it.channel, int(it.ts // MOOD_BUCKET_S)), {})
+            bucket["n"] = bucket.get("n", 0) + 1
+            bucket[it.sentiment] = bucket.get(it.sentiment, 0) + 1
+            latest[it.channel] = max(latest.get(it.channel, 0.0), it.ts)
+        pipe = self.client.pipeline(transaction=False)
+        for (channel, minute), fields in counts.items():
+            key = mood_key(self.prefix, channel, minute)
+            for name, n in fields.items():
+                pipe.hincrby(key, name, n)
+            pipe.expire(key, MOOD_RETAIN_S)
+        index = f"{self.prefix}:v1:mood:channels"
+        pipe.zadd(index, latest)
+        pipe.zremrangebyscore(index, "-inf", max(latest.values()) - MOOD_RETAIN_S)
+        await pipe.execute()
+
     async def overturn(self, message_ids: Sequence[str]) -> int:
         """Delete the strikes of ``message_ids`` (verdicts that overturned them); how many were removed."""
         if not message_ids:
@@ -327,6 +358,37 @@ class Enforcement:
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+MOOD_BUCKET_S = 60
+MOOD_RETAIN_S = 2 * 3600
+
+
+def mood_key(prefix: str, channel: str, minute: int) -> str:
+    return f"{prefix}:v1:mood:{_h(channel)}:{minute}"
+
+
+def channel_mood(client, prefix: str, now: float, window_s: int = 300, limit: int = 50) -> dict[str, dict]:
+    """Channels active in the last ``window_s`` (at most ``limit``, the most recent first), each with its
+    message count and its negative, neutral and positive shares over the window (sync client)."""
+    channels = client.zrevrangebyscore(f"{prefix}:v1:mood:channels", "+inf", now - window_s, start=0, num=limit)
+    minutes = range(int((now - window_s) // MOOD_BUCKET_S), int(now // MOOD_BUCKET_S) + 1)
+    pipe = client.pipeline(transaction=False)
+    names = [c.decode() for c in channels]
+    for channel in names:
+        for minute in minutes:
+            pipe.hgetall(mood_key(prefix, channel, minute))
+    answers = pipe.execute() if names else []
+    out = {}
+    for k, channel in enumerate(names):
+        totals: dict[str, int] = {}
+        for bucket in answers[k * len(minutes) : (k + 1) * len(minutes)]:
+            for field, value in bucket.items():
+                totals[field.decode()] = totals.get(field.decode(), 0) + int(value)
+        n = totals.get("n", 0)
+        out[channel] = {"messages": n, **{s: round(totals.get(s, 0) / n, 4) if n else 0.0
+                                          for s in ("negative", "neutral", "positive")}}
+    return out
 
 
 def action_records(result_json: dict) -> list[tuple[str, bytes]]:

@@ -64,6 +64,11 @@ class Metrics:
         self.enforcement_degraded = Counter("enforcement_degraded", "Batches decided without strikes, flood or "
                                             "raid state because Redis was unavailable.", **kw)
         self.strikes_removed = Counter("strikes_removed", "Strikes deleted by verdicts that overturned them.", **kw)
+        self.channel_mood = Gauge("channel_mood", "Share of a channel's messages per sentiment over the last 5 "
+                                  "minutes (the 50 most recently active channels; from Redis, all workers).",
+                                  ["channel", "sentiment"], **kw)
+        self.channel_messages = Gauge("channel_messages", "A channel's messages over the last 5 minutes.",
+                                      ["channel"], **kw)
         self.feedback = Counter("feedback", "Moderator verdicts consumed: stored, or sent to the DLQ.", ["outcome"],
                                 **kw)
         self.shadow_compared = Counter("shadow_compared", "Texts classified by both the serving and the shadow "
@@ -111,6 +116,15 @@ class Metrics:
             for task, values in stats.shadow.drift.items():
                 for value in values:
                     self.shadow_drift.labels(task=task).observe(value)
+
+    def set_mood(self, mood: Mapping[str, Mapping[str, float]]) -> None:
+        """Replace the per-channel mood gauges (channels no longer active disappear)."""
+        self.channel_mood.clear()
+        self.channel_messages.clear()
+        for channel, row in mood.items():
+            self.channel_messages.labels(channel=channel).set(row["messages"])
+            for sentiment in ("negative", "neutral", "positive"):
+                self.channel_mood.labels(channel=channel, sentiment=sentiment).set(row[sentiment])
 
     def set_shadow(self, refs: Mapping[str, str]) -> None:
         self.shadow_info.clear()

@@ -329,8 +329,10 @@ class Moderator:
             profile = profiles.for_channel(p.message.channel)
             verdict = judge(scores[p.content_key], policy, profile, p.text)
             chosen[i] = (profile, verdict, None)
+            sentiment = scores[p.content_key].get(Task.SENTIMENT.value)
             items.append(Item(p.message.id, p.message.channel, p.message.user, p.record.timestamp, profile,
-                              verdict.decision, p.content_key, p.text))
+                              verdict.decision, p.content_key, p.text,
+                              max(sentiment, key=sentiment.get) if sentiment else None))
         if self.enforcement is not None and items:
             started = time.perf_counter()
             result = await self.enforcement.apply(items)

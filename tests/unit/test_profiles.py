@@ -9,7 +9,7 @@ import redis as redis_lib
 from redis import asyncio as aioredis
 
 from models.labels import DECIDING_LABELS
-from pipeline.enforcement import Enforcement, Item, action_records, ledger_total, parse_strike, rungs_reached
+from pipeline.enforcement import Enforcement, Item, Outcome, action_records, ledger_total, parse_strike, rungs_reached
 from pipeline.policy import Policy
 from pipeline.profiles import CompiledProfile, Profile, Profiles, ProfilesHolder, ProfileStore
 from pipeline.settings import RedisSettings
@@ -214,3 +214,25 @@ def test_a_profile_file_stands_in_for_default_until_one_is_stored(redis_url: str
     (tmp_path / "bad.yaml").write_text("name: x\nmode: sometimes\n")
     with pytest.raises(ValueError, match="mode"):
         load_profile_file(tmp_path / "bad.yaml")
+
+
+async def test_channel_mood_is_counted_per_minute_and_read_over_a_window(redis_url: str) -> None:
+    from pipeline.enforcement import channel_mood
+
+    client = aioredis.Redis.from_url(redis_url)
+    enforcement = Enforcement(RedisSettings(url=redis_url, key_prefix="mood"), client)
+    plain = Profile(name="default")
+
+    def said(i: int, channel: str, sentiment: str, ts: float) -> Item:
+        return Item(f"m{i}", channel, "u", ts, CompiledProfile(plain, BASE), "allow", "ck", "x", sentiment)
+
+    now = 10_000.0
+    batch = [said(i, "calm", "positive" if i % 4 else "negative", now - 200 + i) for i in range(8)]
+    batch += [said(100 + i, "angry", "negative", now - 30) for i in range(3)]
+    batch += [said(200, "old", "positive", now - 3000)]  # outside the window
+    assert (await enforcement.apply(batch)).outcomes == [Outcome()] * len(batch)  # mood decides nothing
+    mood = channel_mood(redis_lib.Redis.from_url(redis_url), "mood", now, window_s=300)
+    assert list(mood) == ["angry", "calm"]  # the most recently active first; "old" is not
+    assert mood["calm"] == {"messages": 8, "negative": 0.25, "neutral": 0.0, "positive": 0.75}
+    assert mood["angry"]["negative"] == 1.0
+    await client.aclose()
