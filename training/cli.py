@@ -198,9 +198,10 @@ def spans(store: Annotated[Path | None, typer.Option(help="Model store whose cur
     with bars.progress:
         report = evaluate_spans(lambda m: replace(serving, explain=m), utterances, tuple(method or METHODS),
                                 progress=lambda m, done, total: bars(m)(done, total, {}))
-    table = Table("method", "F1", "precision", "recall", "seconds", "cost vs off", title="CONDA toxic-word spans")
+    table = Table("method", "F1", "precision", "recall", "flagged explained", "seconds", "cost vs off",
+                  title="CONDA toxic-word spans")
     for name, row in report.items():
-        table.add_row(name, *(f"{row[k]:.3f}" if k in row else "-" for k in ("f1", "precision", "recall")),
+        table.add_row(name, *(f"{row[k]:.3f}" if k in row else "-" for k in ("f1", "precision", "recall", "explained")),
                       f"{row['seconds']:.1f}", f"{row.get('cost_vs_off', 1.0):.2f}x")
     Console().print(table)
     if out is not None:

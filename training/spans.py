@@ -88,7 +88,8 @@ def evaluate_spans(serving_for_method: Callable[[str], object], utterances: Sequ
                    methods: Sequence[str] = ("lexicon", "occlusion", "hybrid"), batch: int = 64,
                    progress: Callable[[str, int, int], None] | None = None) -> dict[str, dict]:
     """Word-level F1 and cost per span method, the same utterances through the served path; ``off`` is
-    measured too, as the cost baseline (seconds for the whole split, and the ratio to ``off``)."""
+    measured too, as the cost baseline (seconds for the whole split, and the ratio to ``off``). ``explained``:
+    the share of flagged results with at least one span (a moderator's question: does it say why?)."""
     from pipeline.moderation import build_result
     from pipeline.schemas import ChatMessage
     from pipeline.textnorm import normalise_text
@@ -99,7 +100,7 @@ def evaluate_spans(serving_for_method: Callable[[str], object], utterances: Sequ
         texts = [u.text for u in utterances]
         normalised = [normalise_text(t, 2000) for t in texts]
         found: list[list[dict]] = []
-        flagged = 0
+        flagged = explained = 0
         started = time.perf_counter()
         for i in range(0, len(texts), batch):
             chunk = slice(i, i + batch)
@@ -108,12 +109,13 @@ def evaluate_spans(serving_for_method: Callable[[str], object], utterances: Sequ
                                       False, 0.0, norm)
                 found.append(result.spans)
                 flagged += result.decision != "allow"
+                explained += result.decision != "allow" and bool(result.spans)
             if progress:
                 progress(method, min(i + batch, len(texts)), len(texts))
         seconds = time.perf_counter() - started
         report[method] = {"seconds": round(seconds, 2), "flagged": flagged, "utterances": len(texts)}
-        if method != "off":
-            report[method].update(word_f1(utterances, found))
+        if method != "off":  # explained: the share of flagged results that point at a word at all
+            report[method].update(word_f1(utterances, found), explained=round(explained / max(1, flagged), 4))
     for method in methods:
         report[method]["cost_vs_off"] = round(report[method]["seconds"] / max(report["off"]["seconds"], 1e-9), 3)
     return report
