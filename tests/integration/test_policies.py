@@ -137,3 +137,22 @@ def test_floods_and_raids_are_detected(broker, redis_url, tiny_store, topic_pref
     assert "flood:mentions" in got["m0"]["reasons"]
     raids = [json.loads(r.value) for r in events if json.loads(r.value).get("event") == "raid"]
     assert len(raids) == 1 and raids[0]["channel"] == "stream" and raids[0]["flagged_share"] >= 0.5
+
+
+def test_redis_down_decides_with_the_profile_alone_and_loses_nothing(broker, tiny_store, topic_prefix, tmp_path):
+    profile = tmp_path / "base.yaml"
+    profile.write_text("name: base\nblock_terms: [frobnik]\n"
+                       "strikes: {ladder: [{strikes: 1, action: warn}]}\nflood: {max_messages: 2}\n")
+    env, _, worker = _start(broker, "redis://127.0.0.1:9/0", tiny_store, topic_prefix, tmp_path,
+                            CHATMOD_POLICY_DEFAULT_PROFILE=str(profile))
+    texts = [f"frobnik {i}" if i % 2 else f"hello {i}" for i in range(20)]
+    with worker:
+        produce(broker.bootstrap, env["CHATMOD_TOPICS_MESSAGES"], [msg(i, t, "any", "same-user") for i, t in enumerate(texts)])
+        got = _results(broker, env, len(texts), worker)
+        log = worker.log_tail(200)
+    assert sorted(got, key=int) == [str(i) for i in range(len(texts))]  # nothing lost
+    for i in range(len(texts)):
+        r = got[str(i)]
+        assert r["profile"] == "default@0" and r["actions"] == [] and "flood" not in r["flags"]  # stateless
+        assert (r["decision"] == "block") == bool(i % 2), r  # the term list still decides
+    assert "enforcement state unavailable" in log
