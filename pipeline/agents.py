@@ -140,7 +140,7 @@ def register_agents(app: faust.App, settings: Settings) -> WorkerState:
                 state.enforcement = Enforcement(settings.redis) if settings.redis.enabled else None
                 state.moderator = Moderator(
                     settings, classifier=lambda: state.holder.current, cache=state.cache,
-                    policy=lambda: state.holder.current.policy, publisher=FaustPublisher(app), executor=executor,
+                    publisher=FaustPublisher(app), executor=executor,
                     dlq_limiter=RateLimiter(batching.dlq_max_per_s), profiles=state.profiles.get,
                     enforcement=state.enforcement,
                 )

@@ -14,7 +14,6 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -194,13 +193,3 @@ class ResultCache:
         """Close the client and its connection pool."""
         if self._client is not None:
             await self._client.aclose(close_connection_pool=True)
-
-    def describe(self) -> dict[str, object]:
-        """Where the cache points and how it is doing, safe to log."""
-        return {
-            "url": mask_url_password(self._settings.url),
-            "enabled": self.enabled,
-            "available": self.available,
-            "scheme": urlsplit(self._settings.url).scheme,
-            **self.stats.as_dict(),
-        }

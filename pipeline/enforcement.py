@@ -124,8 +124,8 @@ def parse_strike(entry: bytes | str) -> tuple[float, float, float]:
 def ledger_total(ledger: dict, ts: float, half_life: float) -> float:
     """The total of a ledger (``HGETALL``) at ``ts``: each strike decayed by its age."""
     total = 0.0
-    for field, entry in ledger.items():
-        if (field.decode() if isinstance(field, bytes) else field) == LAST:
+    for name, entry in ledger.items():
+        if (name.decode() if isinstance(name, bytes) else name) == LAST:
             continue
         weight, at = (entry.decode() if isinstance(entry, bytes) else entry).split(":")[:2]
         total += float(weight) * 0.5 ** (max(0.0, ts - float(at)) / half_life)
@@ -383,8 +383,8 @@ def channel_mood(client, prefix: str, now: float, window_s: int = 300, limit: in
     for k, channel in enumerate(names):
         totals: dict[str, int] = {}
         for bucket in answers[k * len(minutes) : (k + 1) * len(minutes)]:
-            for field, value in bucket.items():
-                totals[field.decode()] = totals.get(field.decode(), 0) + int(value)
+            for name, value in bucket.items():
+                totals[name.decode()] = totals.get(name.decode(), 0) + int(value)
         n = totals.get("n", 0)
         out[channel] = {"messages": n, **{s: round(totals.get(s, 0) / n, 4) if n else 0.0
                                           for s in ("negative", "neutral", "positive")}}

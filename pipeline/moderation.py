@@ -56,11 +56,13 @@ class Publisher(Protocol):
 
 
 class Classifier(Protocol):
-    """What the runtime offers the pipeline (``models.runtime.ModelSet``)."""
+    """What the pipeline classifies with (``pipeline.serving.Serving``): models and the policy derived from
+    their thresholds, read together so a batch never pairs a new model with an old policy."""
 
     refs: dict[str, str]
     casefold: bool
     normaliser: str
+    policy: Policy
 
     def predict(self, texts: list[str]) -> list[dict[str, dict[str, float]]]: ...
 
@@ -183,18 +185,17 @@ class _Pending:
 
 
 class Moderator:
-    """Moderates micro-batches. ``classifier`` is read through a getter so a hot reload takes effect
-    at the next batch without locking the hot path."""
+    """Moderates micro-batches. ``classifier`` (models and their policy, as one) is read through a getter
+    once per batch, so a hot reload takes effect at the next batch without locking the hot path."""
 
     def __init__(self, settings: Settings, classifier: Callable[[], Classifier], cache: ResultCache | None,
-                 policy: Callable[[], Policy], publisher: Publisher, executor: Executor,
+                 publisher: Publisher, executor: Executor,
                  dlq_limiter: Callable[[int], Awaitable[None]] | None = None,
                  profiles: Callable[[Policy], Profiles] | None = None, enforcement: Enforcement | None = None):
         self.settings = settings
         self.profiles = profiles  # the channel's profile decides (pipeline/profiles.py); None: the policy alone
         self.enforcement = enforcement  # strikes, floods, raids (pipeline/enforcement.py); None: stateless
         self._classifier = classifier
-        self._policy = policy
         self.cache = cache
         self.publisher = publisher
         self.executor = executor
@@ -226,7 +227,7 @@ class Moderator:
         if records:  # the oldest record's age as the batch starts: broker, fetch and queueing before the worker
             stats.stage_seconds["queued"] = max(0.0, time.time() - min(r.timestamp for r in records))
         clf = self._classifier()
-        policy = self._policy()
+        policy = clf.policy
         pending: list[_Pending] = []
         dead: list[tuple[InRecord, InvalidMessage]] = []
         for rec in records:

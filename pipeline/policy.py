@@ -99,7 +99,3 @@ class Policy:
         if blocked:
             return "block", flags
         return ("review" if flags else "allow"), flags
-
-    def describe(self) -> dict[str, dict[str, float]]:
-        """``{label: {"review": t, "block": t}}`` for logs and the CLI."""
-        return {label: {"review": self.review[label], "block": self.block[label]} for label in self.labels}

@@ -13,7 +13,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -258,7 +258,3 @@ def train(
     last = history[-1] if history else {}
     return TrainResult(step, elapsed, seen / max(elapsed, 1e-9),
                        {k: v for k, v in last.items() if k.startswith("loss_")}, history)
-
-
-def config_dict(cfg: TrainConfig) -> dict:
-    return asdict(cfg)

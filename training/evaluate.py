@@ -9,7 +9,6 @@ precision >= ``BLOCK_PRECISION`` and at least ``BLOCK_FLOOR`` for block) and the
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from sklearn.metrics import f1_score, precision_recall_curve, recall_score, roc_
 from models.artifact import Head, dump_json
 from models.labels import Task
 from models.runtime import head_probabilities
-from training.data import SENT, TOX, Example
+from training.data import TOX, Example
 
 PredictFn = Callable[[list[str]], np.ndarray]  # texts -> logits (n, columns)
 HEADLINE = {"olid": "macro_f1", "semeval": "macro_recall", "sst2": "accuracy", "jigsaw": "mean_roc_auc"}
@@ -173,10 +172,6 @@ def write_model_card(folder: Path, card: dict) -> None:
         lines += ["", "## Data fingerprints (sha256, first 16 hex)", ""]
         lines += [f"- {k}: {v}" for k, v in card["data"].items()]
     (folder / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
-
-
-def load_card(folder: Path) -> dict:
-    return json.loads((folder / "model_card.json").read_text())
 
 
 def torch_predictor(model, tokenizer, max_length: int = 128, batch_size: int = 128, precision: str = "fp32",

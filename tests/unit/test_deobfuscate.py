@@ -66,10 +66,11 @@ def test_rewrites_point_at_the_original_characters() -> None:
 
 
 def test_the_sample_chat_keeps_its_words() -> None:
-    """Real chat: the only rewrites are the stretched cheer and the abbreviation, never a new insult."""
+    """Real chat: the only rewrites are the stretched cheer, the abbreviation and the demo's one spaced-out
+    word (for its term list), never a new insult."""
     lines = (ROOT / "pipeline" / "data" / "sample_chat.txt").read_text(encoding="utf-8").splitlines()
     rewrites = {(r.original, r.replacement) for line in lines for r in deobfuscate(line.split("\t")[-1]).rewrites}
-    assert rewrites == {("GOOOO", "go"), ("stfu", "shut the fuck up")}
+    assert rewrites == {("GOOOO", "go"), ("stfu", "shut the fuck up"), ("i n s t a l l", "install")}
 
 
 @pytest.mark.skipif(not (DATA / "toxicity" / "conda" / "train.csv").is_file(),

@@ -51,7 +51,7 @@ def settings(tmp_path: Path, tiny_artifact: Path, redis_url: str, monkeypatch) -
 def _moderator(settings: Settings, publisher, classifier=None) -> Moderator:
     serving = load_serving(settings)
     return Moderator(settings, classifier=lambda: classifier or serving, cache=ResultCache(settings.redis),
-                     policy=lambda: serving.policy, publisher=publisher, executor=ThreadPoolExecutor(1))
+                     publisher=publisher, executor=ThreadPoolExecutor(1))
 
 
 def _records(values: list[bytes | None]) -> list[InRecord]:
@@ -107,6 +107,7 @@ async def test_a_classifier_breaking_the_batch_contract_publishes_nothing(settin
         refs = {"toxicity": "broken@1", "sentiment": "broken@1"}
         casefold = True
         normaliser = "none"
+        policy = load_serving(settings).policy
 
         def predict(self, texts):
             return [{"toxicity": {}, "sentiment": {}}] * (len(texts) - 1)
