@@ -195,27 +195,60 @@ def _rescore(settings: Settings, registry: ModelRegistry, messages: list, publis
         first = json.loads(raw)
         groups.setdefault(tuple(sorted(first.get("models", {}).items())), []).append((rec, msg, first, raw))
     done = 0
+    holder = _profiles(settings)
     for refs, items in groups.items():
         report.models[",".join(f"{t}={r}" for t, r in refs)] = len(items)
         serving = serving_for({Task(t): registry.get(ref)[1] for t, ref in refs}, settings)
+        holder.refresh(serving.policy)
+        profiles = holder.get(serving.policy)
         for start in range(0, len(items), SCORE_BATCH):
             chunk = items[start : start + SCORE_BATCH]
             texts = [normalise_text(msg.text, settings.batching.max_text_chars) for _, msg, _, _ in chunk]
             for (rec, msg, first, raw), scores, text in zip(chunk, serving.predict(texts), texts, strict=True):
                 # the published delivery fields carried over: an identical result is then the same bytes
+                profile = profiles.compiled.get((first.get("profile") or "").split("@")[0])
+                if first.get("profile") is not None and (profile is None or profile.ref != first["profile"]):
+                    profile = None  # that profile version is no longer stored: only the model's fields compare
                 again = build_result(msg, scores, serving.policy, serving.refs, bool(first.get("cached")),
-                                     float(first.get("latency_ms", 0.0)), text)
-                _compare(report, rec, msg.id, first, raw, again, max_differences)
+                                     float(first.get("latency_ms", 0.0)), text, profile,
+                                     outcome=_published_outcome(first))
+                _compare(report, rec, msg.id, first, raw, again, max_differences,
+                         model_only=first.get("profile") is not None and profile is None)
             done += len(chunk)
             if progress:
                 progress("re-scored", done, len(messages))
 
 
+def _profiles(settings: Settings):  # -> pipeline.profiles.ProfilesHolder
+    """The policy profiles as the workers hold them now (Redis, and the default profile file)."""
+    from pipeline.profiles import ProfilesHolder, load_profile_file, open_profile_store
+
+    fallback = load_profile_file(settings.policy.default_profile) if settings.policy.default_profile else None
+    holder = ProfilesHolder(open_profile_store(settings) if settings.redis.enabled else None, fallback)
+    return holder
+
+
+def _published_outcome(first: dict):  # -> pipeline.enforcement.Outcome
+    """What the user's ledger and the channel's windows added when the result was published: state that
+    depends on the user's history, not on the text, taken as published (the replay checks the rest)."""
+    from pipeline.enforcement import FLOOD_FLAG, HOLD_REASON, Outcome
+
+    reasons = tuple(r for r in first.get("reasons") or []
+                    if r == HOLD_REASON or r.startswith(("action:", "flood:")))
+    flags = tuple(f for f in first.get("flags") or [] if f == FLOOD_FLAG)
+    return Outcome(flags, HOLD_REASON in reasons, tuple(first.get("actions") or []), reasons)
+
+
+MODEL_FIELDS = ("toxicity", "sentiment", "spans", "models")  # a function of the text and the model alone
+
+
 def _compare(report: ReplayReport, rec: _Input, msg_id: str, first: dict, raw: bytes, again: ModerationResult,
-             max_differences: int) -> None:
+             max_differences: int, model_only: bool = False) -> None:
     report.compared += 1
     rebuilt = again.to_json_bytes()
     fields = differing_fields(first, json.loads(rebuilt))
+    if model_only:
+        fields = [f for f in fields if f in MODEL_FIELDS]
     if not fields:
         report.identical += 1
         report.byte_identical += rebuilt == raw
