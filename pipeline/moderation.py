@@ -126,10 +126,11 @@ def decide(scores: dict[str, dict[str, float]], policy: Policy) -> tuple[str, li
     return decision, flags
 
 
-def reasons(decision: str, flags: list[str], tox: dict[str, float]) -> list[str]:
+def reasons(decision: str, flags: list[str], tox: dict[str, float], targeted_at: float = 0.5) -> list[str]:
     """Stable, machine-readable reason codes for a decision (documented in the README's wire contract):
     ``label:<label>`` per flagged label, ``severity:high`` (block) or ``severity:medium`` (review),
-    ``target:group`` (identity hate) or ``target:individual`` (the ``targeted`` signal at 0.5 or over), and
+    ``target:group`` (identity hate) or ``target:individual`` (the ``targeted`` signal at or over its
+    calibrated threshold, ``targeted_at``), and
     ``evasion``. An allowed message has none."""
     if decision == "allow":
         return []
@@ -137,7 +138,7 @@ def reasons(decision: str, flags: list[str], tox: dict[str, float]) -> list[str]
     out.append("severity:high" if decision == "block" else "severity:medium")
     if "identity_hate" in flags:
         out.append("target:group")
-    elif tox.get("targeted", 0.0) >= 0.5:
+    elif tox.get("targeted", 0.0) >= targeted_at:
         out.append("target:individual")
     if EVASION_FLAG in flags:
         out.append(EVASION_FLAG)
@@ -165,7 +166,7 @@ def build_result(message: ChatMessage, scores: dict, policy: Policy, refs: dict[
     if outcome is not None:
         decision, flags, extra, actions = outcome.apply(decision, flags, extra)
     tox = scores.get(Task.TOXICITY.value, {})
-    codes = [*reasons(decision, flags, tox), *extra]
+    codes = [*reasons(decision, flags, tox, policy.signals.get("targeted", 0.5)), *extra]
     if profile is not None and codes:
         codes.append(f"profile:{profile.ref}")
     return ModerationResult(id=message.id, channel=message.channel, user=message.user, decision=decision,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from models.artifact import Head
 from models.labels import TOXICITY_SIGNALS, ProblemType, Task
@@ -33,6 +33,8 @@ class Policy:
     labels: tuple[str, ...]
     review: Mapping[str, float]
     block: Mapping[str, float]
+    # the signals' calibrated thresholds (``targeted``: at or over it, the offence is aimed at someone)
+    signals: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name, table in (("review thresholds", self.review), ("block thresholds", self.block)):
@@ -77,7 +79,9 @@ class Policy:
             else:
                 shipped = toxicity_head.block_thresholds.get(label, settings.default_block_threshold)
                 block[label] = max(shipped, review[label])
-        return cls(labels=labels, review=review, block=block)
+        signals = {label: toxicity_head.thresholds.get(label, 0.5)
+                   for label in toxicity_head.labels if label in TOXICITY_SIGNALS}
+        return cls(labels=labels, review=review, block=block, signals=signals)
 
     def decide(self, toxicity_scores: Mapping[str, float]) -> tuple[Decision, list[str]]:
         """``(decision, flags)``: flags are the labels at or over their review threshold, in label order;

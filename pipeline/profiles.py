@@ -11,7 +11,8 @@ that reads a profile it cannot validate keeps the version it had: a bad profile 
 What a profile does to one message, in order (``CompiledProfile.decide``):
 1. the decision from the thresholds (the model's, overridden per label by the profile);
 2. profanity allowed: a decision driven only by ``toxic`` / ``obscene`` / ``severe_toxic``, on a text the
-   model does not find targeted (``targeted`` < 0.5), becomes allow (reason ``rule:profanity-allowed``);
+   model does not find targeted (``targeted`` under its calibrated threshold), becomes allow (reason
+   ``rule:profanity-allowed``);
 3. allow terms: a text holding one, not targeted and flagged for no insult, threat or identity hate, is
    allowed (``rule:allow-term``); an allow term never excuses a targeted attack;
 4. block terms: any hit blocks (flag ``term``, reason ``term:block:<term-id>``);
@@ -39,7 +40,7 @@ log = logging.getLogger("chatmod.profiles")
 DEFAULT_PROFILE = "default"
 PROFANITY_LABELS = frozenset({"toxic", "obscene", "severe_toxic"})  # what swearing alone may raise
 ATTACK_LABELS = frozenset({"insult", "threat", "identity_hate"})  # aimed at someone: never excused
-TARGETED_AT = 0.5  # the ``targeted`` signal at or over this: the offence is aimed at someone
+TARGETED_AT = 0.5  # the ``targeted`` signal's threshold where the model calibrated none
 TERM_FLAG = "term"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
@@ -194,7 +195,8 @@ class CompiledProfile:
             if block[label] < review[label]:
                 raise ValueError(f"profile {profile.ref}: {label} would block at {block[label]}, below its review "
                                  f"threshold {review[label]}")
-        self.policy = Policy(labels=base.labels, review=review, block=block)
+        self.policy = Policy(labels=base.labels, review=review, block=block, signals=base.signals)
+        self.targeted_at = base.signals.get("targeted", TARGETED_AT)
         self.block_terms = TermList(profile.block_terms)
         self.allow_terms = TermList(profile.allow_terms)
 
@@ -202,7 +204,7 @@ class CompiledProfile:
         """Apply the profile to a decision made with ``self.policy`` (see the module docstring)."""
         reasons: list[str] = []
         deciding = [f for f in flags if f in DECIDING_LABELS]
-        targeted = tox.get("targeted", 0.0) >= TARGETED_AT or any(f in ATTACK_LABELS for f in deciding)
+        targeted = tox.get("targeted", 0.0) >= self.targeted_at or any(f in ATTACK_LABELS for f in deciding)
         if decision != "allow" and not targeted:
             if self.profile.allow_profanity and set(deciding) <= PROFANITY_LABELS:
                 decision, reasons = "allow", ["rule:profanity-allowed"]

@@ -16,7 +16,7 @@ import numpy as np
 from sklearn.metrics import f1_score, precision_recall_curve, recall_score, roc_auc_score
 
 from models.artifact import Head, dump_json
-from models.labels import Task
+from models.labels import TOXICITY_SIGNALS, Task
 from models.runtime import head_probabilities
 from training.data import TOX, Example
 
@@ -83,10 +83,12 @@ def toxicity_metrics(probs: np.ndarray, targets: np.ndarray, thresholds: dict[st
             continue
         pred = probs[known, col] >= thresholds[label]
         out[f"f1_{label}"] = float(f1_score(y, pred, zero_division=0))
-        f1s.append(out[f"f1_{label}"])
+        if label not in TOXICITY_SIGNALS:
+            f1s.append(out[f"f1_{label}"])
         if 0 < y.sum() < len(y):
             out[f"roc_auc_{label}"] = float(roc_auc_score(y, probs[known, col]))
-            aucs.append(out[f"roc_auc_{label}"])
+            if label not in TOXICITY_SIGNALS:  # the benchmarks' mean is over the harm labels
+                aucs.append(out[f"roc_auc_{label}"])
     if f1s:
         out["label_macro_f1"] = float(np.mean(f1s))
     if aucs:
