@@ -8,8 +8,10 @@ Two methods, measured side by side on CONDA's toxic-word labels (``chatmod train
   words whose absence lowers the deciding label most are the span. It finds what no list holds ("i will
   find where you live"), at one model call per word.
 
-The served method is ``hybrid``: the lexicon everywhere (a set lookup per word), and occlusion only for a
-flagged text in which the lexicon found nothing, so the model's cost is paid for the rare texts that need it.
+``hybrid`` is the lexicon everywhere (a set lookup per word), and occlusion only for a flagged text in
+which the lexicon found nothing. Measured (README "Explanations"), the lexicon has the best F1 on CONDA and
+costs no model call, so it is the default; hybrid explains more flagged results, at a model call per word
+of each flagged text the lexicon cannot explain.
 
 Coordinates: spans are found in the text the model read (normalised, then de-obfuscated), mapped back
 through de-obfuscation (``Deobfuscated.rewrites``: "i d i o t" is one span over all its letters) to the

@@ -111,6 +111,21 @@ redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('SET', KEYS[2], KEYS[1], 'EX', ARGV[5])
 return v
 """
+# A message in a user's flood windows, in one command: added to the rate and repeat windows by id (a
+# redelivery adds nothing), old entries trimmed. FLOOD_COUNT, once the batch is in, reads both counts.
+FLOOD_ADD = """
+local ts, window = tonumber(ARGV[2]), tonumber(ARGV[3])
+for i = 1, 2 do
+  redis.call('ZADD', KEYS[i], ts, ARGV[1])
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', ts - 10 * window)
+  redis.call('EXPIRE', KEYS[i], 10 * window)
+end
+return 1
+"""
+FLOOD_COUNT = """
+local ts, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+return {redis.call('ZCOUNT', KEYS[1], ts - window, ts), redis.call('ZCOUNT', KEYS[2], ts - window, ts)}
+"""
 LAST = "_last"  # the ledger field holding the total right after the latest strike
 
 
@@ -153,6 +168,8 @@ class Enforcement:
         self.degraded_batches = 0
         self._down = False
         self._strike = self.client.register_script(STRIKE_SCRIPT)
+        self._flood_add = self.client.register_script(FLOOD_ADD)
+        self._flood_count = self.client.register_script(FLOOD_COUNT)
 
     def ledger_key(self, channel: str | None, user: str) -> str:
         return f"{self.prefix}:v1:strikes:{_h(channel or '')}:{_h(user)}"
@@ -199,6 +216,7 @@ class Enforcement:
         pipe = self.client.pipeline(transaction=False)
         reads: list[tuple[str, int | str]] = []  # what each read answers, in order
         strikes_at: dict[int, int] = {}  # item -> the pipeline answer holding its strike entry
+        flood_at: dict[int, int] = {}  # item -> the answer holding its (rate, repeat) counts
         ledgers: set[str] = set()  # ledgers read whole (to hold an unflagged message of a user over a hold rung)
         channels: dict[str, tuple[Item, float]] = {}  # channel -> (an item, latest ts) for the raid check
         for k, it in enumerate(items):
@@ -215,13 +233,9 @@ class Enforcement:
                 elif any(r.action == "hold" for r in p.strikes.ladder):
                     ledgers.add(ledger)
             if it.user is not None and p.flood:
-                window = p.flood.window_s
                 rate = f"{self.prefix}:v1:rate:{_h(it.channel or '')}:{_h(it.user)}"
-                repeat = f"{rate}:{_h(it.content_key)}"
-                for key in (rate, repeat):
-                    pipe.zadd(key, {it.message_id: it.ts})
-                    pipe.zremrangebyscore(key, "-inf", it.ts - 10 * window)
-                    pipe.expire(key, 10 * window)
+                await self._flood_add(keys=[rate, f"{rate}:{_h(it.content_key)}"],
+                                      args=[it.message_id, repr(it.ts), p.flood.window_s], client=pipe)
             if p.raid and it.channel is not None:
                 base = f"{self.prefix}:v1:chan:{_h(it.channel)}"
                 horizon = p.raid.window_s * (BASELINE_WINDOWS + 1)
@@ -234,18 +248,17 @@ class Enforcement:
                 seen = channels.get(it.channel)
                 if seen is None or it.ts > seen[1]:
                     channels[it.channel] = (it, it.ts)
+        for k, it in enumerate(items):  # after every write: a message's counts include its whole batch
+            p = it.profile.profile
+            if it.user is not None and p.flood:
+                rate = f"{self.prefix}:v1:rate:{_h(it.channel or '')}:{_h(it.user)}"
+                await self._flood_count(keys=[rate, f"{rate}:{_h(it.content_key)}"],
+                                        args=[repr(it.ts), p.flood.window_s], client=pipe)
+                flood_at[k] = len(pipe) - 1
         writes = len(pipe)  # the answers after these are the reads
         for ledger in ledgers:
             pipe.hgetall(ledger)
             reads.append(("ledger", ledger))
-        for k, it in enumerate(items):
-            p = it.profile.profile
-            if it.user is not None and p.flood:
-                rate = f"{self.prefix}:v1:rate:{_h(it.channel or '')}:{_h(it.user)}"
-                pipe.zcount(rate, it.ts - p.flood.window_s, it.ts)
-                reads.append(("rate", k))
-                pipe.zcount(f"{rate}:{_h(it.content_key)}", it.ts - p.flood.window_s, it.ts)
-                reads.append(("repeat", k))
         for channel, (it, ts) in channels.items():
             base, w = f"{self.prefix}:v1:chan:{_h(channel)}", it.profile.profile.raid.window_s
             for key in (f"{base}:all", f"{base}:flagged"):
@@ -254,9 +267,11 @@ class Enforcement:
             reads.append(("raid", channel))
         executed = await pipe.execute()
         entries = {k: executed[i] for k, i in strikes_at.items()}
+        rates = {}
+        for k, i in flood_at.items():
+            rates[("rate", k)], rates[("repeat", k)] = (int(n) for n in executed[i])
         answers = executed[writes:]
         strikes: dict[str, dict] = {}
-        rates: dict[tuple[str, int], int] = {}
         raids: dict[str, tuple[int, int, int, int]] = {}
         pos = 0
         for kind, what in reads:

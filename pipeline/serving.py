@@ -46,7 +46,7 @@ class Serving:
     casefold: bool
     shadow: Serving | None = None  # a candidate compared on live traffic; never decides
     deobfuscate: bool = True
-    explain: str = "hybrid"  # span method (models/explain.py) or "off"
+    explain: str = "lexicon"  # span method (models/explain.py) or "off"
 
     @property
     def normaliser(self) -> str:

@@ -11,8 +11,9 @@ A profile's block and allow terms are matched against the normalised message, wo
   (contains), within one word;
 - **phrases**: a term of several words matches those words in a row.
 
-Plain words and phrases are dictionary lookups, so a list of thousands of terms costs a lookup per word;
-wildcard terms are one compiled alternation. A term is reported by a stable id (the first 8 hex digits
+Plain words, phrases, and wildcards at one end are dictionary lookups (per prefix or suffix length in
+use), so a list of thousands of terms costs a few lookups per word; "contains" wildcards, rarer, are one
+compiled pattern. A term is reported by a stable id (the first 8 hex digits
 of its SHA-256), never by its text, so logs and reason codes never repeat the words a community bans.
 """
 
@@ -49,7 +50,9 @@ class TermList:
     def __init__(self, terms: Iterable[str]):
         self.words: dict[str, str] = {}  # word -> id
         self.phrases: dict[str, list[tuple[tuple[str, ...], str]]] = {}  # first word -> [(words, id)]
-        wildcards: list[tuple[str, str]] = []
+        self.prefixes: dict[str, str] = {}  # "noob*": a word starting with "noob"
+        self.suffixes: dict[str, str] = {}  # "*tard"
+        contains: list[tuple[str, str]] = []  # "*rekt*"
         self.size = 0
         for raw in terms:
             term = " ".join(raw.strip().lower().split())
@@ -66,27 +69,43 @@ class TermList:
                 core = term.strip("*")
                 if not core or "*" in core:
                     raise ValueError(f"term {raw!r}: a wildcard stands at the start or the end of a word")
-                body = re.escape(core)
-                pattern = ("\\w*" if term.startswith("*") else "") + body + ("\\w*" if term.endswith("*") else "")
-                wildcards.append((pattern, term_id(term)))
+                if term.startswith("*") and term.endswith("*"):
+                    contains.append((core, term_id(term)))
+                elif term.endswith("*"):
+                    self.prefixes.setdefault(core, term_id(term))
+                else:
+                    self.suffixes.setdefault(core, term_id(term))
             elif len(parts) == 1:
                 self.words[term] = term_id(term)
             else:
                 self.phrases.setdefault(parts[0], []).append((tuple(parts), term_id(term)))
-        self._wild_ids = [tid for _, tid in wildcards]
-        self._wild = (re.compile("|".join(f"(?P<w{i}>{p})" for i, (p, _) in enumerate(wildcards)))
-                      if wildcards else None)
+        # a prefix or suffix is a dictionary lookup per length in use; "contains" terms, rarer, one pattern
+        self._prefix_lengths = sorted({len(p) for p in self.prefixes})
+        self._suffix_lengths = sorted({len(p) for p in self.suffixes})
+        self._contains_ids = [tid for _, tid in contains]
+        self._contains = (re.compile("|".join(f"(?P<w{i}>{re.escape(c)})" for i, (c, _) in enumerate(contains)))
+                          if contains else None)
 
     def __len__(self) -> int:
         return self.size
 
     def _word_id(self, word: str) -> str | None:
         tid = self.words.get(word)
-        if tid is None and self._wild is not None:
-            match = self._wild.fullmatch(word)
-            if match is not None:
-                tid = self._wild_ids[int(match.lastgroup[1:])]
-        return tid
+        if tid is not None:
+            return tid
+        for k in self._prefix_lengths:
+            if k > len(word):
+                break
+            if (tid := self.prefixes.get(word[:k])) is not None:
+                return tid
+        for k in self._suffix_lengths:
+            if k > len(word):
+                break
+            if (tid := self.suffixes.get(word[-k:])) is not None:
+                return tid
+        if self._contains is not None and (match := self._contains.search(word)) is not None:
+            return self._contains_ids[int(match.lastgroup[1:])]
+        return None
 
     def _lookup(self, token: str) -> tuple[str, str] | None:
         """``(reading, id)`` of the term a token is, as written or in one of its de-obfuscated readings."""

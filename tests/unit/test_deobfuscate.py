@@ -108,7 +108,7 @@ def test_serving_reads_the_deobfuscated_text_and_keeps_the_written_one(tiny_arti
     on = serving_for({"toxicity": tiny_artifact, "sentiment": tiny_artifact}, settings)
     off = serving_for({"toxicity": tiny_artifact, "sentiment": tiny_artifact},
                       Settings(models={"threads": 1, "deobfuscate": False}))
-    assert on.normaliser == "deobfuscate@1+spans@1:hybrid" and off.normaliser == "none+spans@1:hybrid"
+    assert on.normaliser == "deobfuscate@1+spans@1:lexicon" and off.normaliser == "none+spans@1:lexicon"
     assert replace(off, explain="off").normaliser == "none"  # what rewrote the text, and how spans are found
     texts = ["you 1d10t", "you idiot", "hello there"]
     scored, plain = on.predict(texts), off.predict(texts)
