@@ -36,7 +36,7 @@ WARM_START_INT8 = ExportTolerance(max_abs_logit_diff=1.0, min_agreement=0.98)
 def run_strong(out: Path, store: Path, teacher_cfg: StageConfig, student_cfg: StageConfig, *,
                base: str = "mpnet", labels: Path | None = None, version: str | None = None,
                families: Sequence[str] = ("distilbert", "albert"), promote: bool = False,
-               soft_tasks: Sequence[str] | None = None,
+               soft_tasks: Sequence[str] | None = None, int8_tolerance: ExportTolerance = WARM_START_INT8,
                progress: Progress | None = None, say: Callable[[str], None] = print) -> dict:
     """Run the stages that are not done yet; returns the summary (also written to ``out/summary.json``)."""
     from training.requantize import model_folder
@@ -81,7 +81,7 @@ def run_strong(out: Path, store: Path, teacher_cfg: StageConfig, student_cfg: St
             # feed-forward output in fp32); the served model is what is judged below, on validation and
             # the functional suite, so decisions must agree (98%) and logits may move up to 1.0.
             export_folder(student_dir, artifact, name, tag, torch_report, verify_texts=verify,
-                          int8_tolerance=WARM_START_INT8)
+                          int8_tolerance=int8_tolerance)
         card = student_card(f"{name}@{tag}", record, artifact, student_cfg, torch_report, verify, warm_start=current,
                             soft_labels=str(labels), soft_label_coverage=record.get("soft_label_coverage"))
         write_model_card(student_dir, card)

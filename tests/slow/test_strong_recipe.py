@@ -13,6 +13,7 @@ from models.registry import ModelRegistry
 from tests.tiny_models import build_tiny_artifact, save_tiny_hf_model
 from training.data import default_data_root
 from training.distill import TrainConfig
+from training.export import ExportTolerance
 from training.recipe import StageConfig, scaled
 from training.soft_labels import SoftLabels
 from training.strong import run_strong
@@ -32,8 +33,12 @@ def test_strong_recipe_runs_every_stage_and_resumes(tmp_path: Path) -> None:
     teacher_cfg = scaled(base, 0.01)
     student_cfg = replace(scaled(base, 0.01), train=replace(base.train, alpha_cos=0.0))
     lines: list[str] = []
+    # A 32-wide random encoder trained for a few steps quantises coarsely (logits move up to ~2 in int8, every
+    # decision agreeing): this test checks the recipe's stages, so only the decision contract (98%) is kept;
+    # int8 accuracy is tests/unit/test_export.py's.
+    coarse = ExportTolerance(max_abs_logit_diff=3.0, min_agreement=0.98)
     summary = run_strong(tmp_path / "run", store.store, teacher_cfg, student_cfg, base=str(teacher),
-                         version="2", families=("distilbert",), promote=True, say=lines.append)
+                         version="2", families=("distilbert",), promote=True, int8_tolerance=coarse, say=lines.append)
     labels = SoftLabels(tmp_path / "run" / "soft_labels.npz")
     assert len(labels) > 500 and labels.meta["base"] == str(teacher)
     (card,) = summary["models"].values()
@@ -45,5 +50,5 @@ def test_strong_recipe_runs_every_stage_and_resumes(tmp_path: Path) -> None:
     assert manifest.metrics["export"]["onnx_int8"]["batch_invariance_max_diff"] == 0.0
     lines.clear()
     run_strong(tmp_path / "run", store.store, teacher_cfg, student_cfg, base=str(teacher), version="2",
-               families=("distilbert",), say=lines.append)
+               families=("distilbert",), int8_tolerance=coarse, say=lines.append)
     assert not any(line.startswith(("[1/4]", "[2/4]", "[3/4]")) for line in lines), lines  # resumed: nothing redone
