@@ -360,8 +360,8 @@ def bench(
         "--compare", help="After the end-to-end runs, the unique workload again on a worker with this one "
                           "setting changed, side by side: CHATMOD_MODELS_EXPLAIN=off (repeatable).")] = None,
     profile_terms: Annotated[int, typer.Option(
-        help="Also run the unique workload with a default profile of this many block terms, a strike ladder "
-             "and flood limits, side by side (0: not run).")] = 0,
+        help="Also run the unique workload with a default profile of this many block terms, then with a strike "
+             "ladder and flood limits as well, side by side (0: not run).")] = 0,
 ) -> None:
     """Benchmarks: model-only beside the transformers pipeline, end to end on the embedded stack, latency at
     a fixed load. Prints tables and writes a JSON report."""
@@ -386,7 +386,9 @@ def bench(
         from pipeline.bench import policy_profile_file
 
         folder = Path(tempfile.mkdtemp(prefix="chatmod-bench-profile-"))
-        compare = [*(compare or []), f"CHATMOD_POLICY_DEFAULT_PROFILE={policy_profile_file(folder, profile_terms)}"]
+        compare = [*(compare or []),
+                   f"CHATMOD_POLICY_DEFAULT_PROFILE={policy_profile_file(folder, profile_terms, state=False)}",
+                   f"CHATMOD_POLICY_DEFAULT_PROFILE={policy_profile_file(folder, profile_terms)}"]
     bars, progress = _progress_bars()
     with bars:
         report = run_bench(parts, store, texts, messages, threads, batch_size, max_batch, latency_rate, seed,
