@@ -26,7 +26,7 @@ from pipeline.cache import ResultCache
 from pipeline.metrics import Metrics
 from pipeline.enforcement import Enforcement
 from pipeline.moderation import BatchStats, InRecord, Moderator
-from pipeline.profiles import ProfilesHolder, load_profile_file, open_profile_store
+from pipeline.profiles import ProfilesHolder, profiles_holder
 from pipeline.serving import ServingHolder
 from pipeline.settings import Settings
 
@@ -134,8 +134,7 @@ def register_agents(app: faust.App, settings: Settings) -> WorkerState:
                 state.metrics.set_shadow(state.holder.current.shadow_refs)
                 state.holder.on_reload(state.metrics.set_models)  # model_info follows hot reloads
                 state.cache = ResultCache(settings.redis) if settings.redis.enabled else None
-                fallback = load_profile_file(settings.policy.default_profile) if settings.policy.default_profile else None
-                state.profiles = ProfilesHolder(open_profile_store(settings) if settings.redis.enabled else None, fallback)
+                state.profiles = profiles_holder(settings)
                 await loop.run_in_executor(None, state.profiles.refresh, state.holder.current.policy)
                 state.enforcement = Enforcement(settings.redis) if settings.redis.enabled else None
                 state.moderator = Moderator(

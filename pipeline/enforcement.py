@@ -174,6 +174,11 @@ class Enforcement:
     def ledger_key(self, channel: str | None, user: str) -> str:
         return f"{self.prefix}:v1:strikes:{_h(channel or '')}:{_h(user)}"
 
+    def _flood_keys(self, it: Item) -> list[str]:
+        """The user's rate window and their window for this text."""
+        rate = f"{self.prefix}:v1:rate:{_h(it.channel or '')}:{_h(it.user)}"
+        return [rate, f"{rate}:{_h(it.content_key)}"]
+
     def strike_of_key(self, message_id: str) -> str:
         return f"{self.prefix}:v1:strike-of:{_h(message_id)}"
 
@@ -233,8 +238,7 @@ class Enforcement:
                 elif any(r.action == "hold" for r in p.strikes.ladder):
                     ledgers.add(ledger)
             if it.user is not None and p.flood:
-                rate = f"{self.prefix}:v1:rate:{_h(it.channel or '')}:{_h(it.user)}"
-                await self._flood_add(keys=[rate, f"{rate}:{_h(it.content_key)}"],
+                await self._flood_add(keys=self._flood_keys(it),
                                       args=[it.message_id, repr(it.ts), p.flood.window_s], client=pipe)
             if p.raid and it.channel is not None:
                 base = f"{self.prefix}:v1:chan:{_h(it.channel)}"
@@ -251,8 +255,7 @@ class Enforcement:
         for k, it in enumerate(items):  # after every write: a message's counts include its whole batch
             p = it.profile.profile
             if it.user is not None and p.flood:
-                rate = f"{self.prefix}:v1:rate:{_h(it.channel or '')}:{_h(it.user)}"
-                await self._flood_count(keys=[rate, f"{rate}:{_h(it.content_key)}"],
+                await self._flood_count(keys=self._flood_keys(it),
                                         args=[repr(it.ts), p.flood.window_s], client=pipe)
                 flood_at[k] = len(pipe) - 1
         writes = len(pipe)  # the answers after these are the reads

@@ -332,6 +332,12 @@ class Profiles:
         return Profiles(kept, store.assignments(), base, generation, self.fallback)
 
 
+def profiles_holder(settings) -> ProfilesHolder:  # settings: pipeline.settings.Settings
+    """The profiles a worker (or a replay) applies: the Redis store, and the default profile file if set."""
+    fallback = load_profile_file(settings.policy.default_profile) if settings.policy.default_profile else None
+    return ProfilesHolder(open_profile_store(settings) if settings.redis.enabled else None, fallback)
+
+
 class ProfilesHolder:
     """The worker's profiles: re-read from the store when its generation moves (a poll, or a control
     notice), compiled against the serving model's policy (recompiled when a model reload replaces it).
@@ -358,19 +364,16 @@ class ProfilesHolder:
         profiles in force stay)."""
         if self.store is None:
             return "unchanged"
+        import redis as redis_lib
+
         try:
             if self.store.generation() == self.generation:
                 return "unchanged"
             previous = Profiles(self._profiles, self._channels, base, self.generation, self.fallback)
             fresh = previous.refreshed(self.store, base)
-        except OSError as exc:
+        except (OSError, redis_lib.RedisError) as exc:
             log.warning("profiles unavailable; the ones in force stay", extra={"error": str(exc)})
             return "unavailable"
-        except Exception as exc:  # noqa: BLE001 - redis errors: keep serving what we have
-            if type(exc).__module__.startswith("redis"):
-                log.warning("profiles unavailable; the ones in force stay", extra={"error": str(exc)})
-                return "unavailable"
-            raise
         self._profiles = fresh.stored
         self._channels = fresh.channels
         self.generation = fresh.generation

@@ -195,7 +195,9 @@ def _rescore(settings: Settings, registry: ModelRegistry, messages: list, publis
         first = json.loads(raw)
         groups.setdefault(tuple(sorted(first.get("models", {}).items())), []).append((rec, msg, first, raw))
     done = 0
-    holder = _profiles(settings)
+    from pipeline.profiles import profiles_holder
+
+    holder = profiles_holder(settings)  # the profiles as the workers hold them now
     for refs, items in groups.items():
         report.models[",".join(f"{t}={r}" for t, r in refs)] = len(items)
         serving = serving_for({Task(t): registry.get(ref)[1] for t, ref in refs}, settings)
@@ -217,15 +219,6 @@ def _rescore(settings: Settings, registry: ModelRegistry, messages: list, publis
             done += len(chunk)
             if progress:
                 progress("re-scored", done, len(messages))
-
-
-def _profiles(settings: Settings):  # -> pipeline.profiles.ProfilesHolder
-    """The policy profiles as the workers hold them now (Redis, and the default profile file)."""
-    from pipeline.profiles import ProfilesHolder, load_profile_file, open_profile_store
-
-    fallback = load_profile_file(settings.policy.default_profile) if settings.policy.default_profile else None
-    holder = ProfilesHolder(open_profile_store(settings) if settings.redis.enabled else None, fallback)
-    return holder
 
 
 def _published_outcome(first: dict):  # -> pipeline.enforcement.Outcome

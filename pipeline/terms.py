@@ -24,12 +24,11 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from models.deobfuscate import _SPACED, _SINGLE, _obfuscated, _readings
+from models.deobfuscate import _EDGE_PUNCT, _SINGLE, _SPACED, _obfuscated, _readings
 
 _CHUNK = re.compile(r"\S+")
 _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*", re.UNICODE)
 _TRAILING = re.compile(r"[!?,;:…~]+(?=\s|$)")
-_EDGE = "\"'“”‘’()[]{}<>,;:?!.…~"
 _TERM_WORD = re.compile(r"^[\w'*]+$", re.UNICODE)
 
 
@@ -153,7 +152,7 @@ def _tokens(text: str) -> list[tuple[int, int]]:
     out = []
     for chunk in _CHUNK.finditer(text):
         raw = chunk.group()
-        core = raw.strip(_EDGE)
+        core = raw.strip(_EDGE_PUNCT)
         if core and _obfuscated(core):
             start = chunk.start() + raw.index(core)
             out.append((start, start + len(core)))
