@@ -126,7 +126,10 @@ def test_floods_and_raids_are_detected(broker, redis_url, tiny_store, topic_pref
     mentions = [msg("m0", "@a @b @c @d hi", "stream", "pinger")]
     raid = [msg(f"r{i}", f"frobnik {i}", "stream", f"raider{i}") for i in range(25)]
     with worker:
-        produce(broker.bootstrap, env["CHATMOD_TOPICS_MESSAGES"], calm + spam + mentions)
+        # keyed by channel, as a platform produces chat: one channel's messages keep their order, and a
+        # user's flood count at a message is the messages they sent up to it
+        first = calm + spam + mentions
+        produce(broker.bootstrap, env["CHATMOD_TOPICS_MESSAGES"], first, [b"stream"] * len(first))
         got = _results(broker, env, 25, worker)
         produce(broker.bootstrap, env["CHATMOD_TOPICS_MESSAGES"], raid)
         _results(broker, env, 50, worker)
