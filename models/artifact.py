@@ -19,12 +19,16 @@ from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from models.labels import TASK_LABELS, TASK_PROBLEM, ProblemType, Task, accepted_labels
 
 MANIFEST_NAME = "manifest.json"
-FORMAT_VERSION = 1
+# 2 adds Head.logit_bias. A reader accepts the formats it knows and refuses newer ones, so a worker not
+# yet upgraded keeps its model rather than serve a newer artifact's scores without their offsets.
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 FORBIDDEN_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".h5")
 WEIGHT_FORMATS = ("safetensors", "onnx", "onnx_int8")
 
@@ -43,6 +47,9 @@ class Head(BaseModel):
     # Multi-label: flag a label for review at >= thresholds[label], block at >= block_thresholds[label].
     thresholds: dict[str, float] = Field(default_factory=dict)
     block_thresholds: dict[str, float] = Field(default_factory=dict)
+    # Single-label: added to the label's logit before the softmax. Fitted on validation so that the argmax
+    # is the balanced-recall decision (a class's logit minus its learned log-prior, in effect); 0 if absent.
+    logit_bias: dict[str, float] = Field(default_factory=dict)
     metrics: dict[str, float] = Field(default_factory=dict)
 
     @property
@@ -60,7 +67,20 @@ class Head(BaseModel):
             bad = {k: v for k, v in table.items() if not 0.0 <= v <= 1.0}
             if bad:
                 raise ValueError(f"head {self.task}: {name} must lie in [0, 1], got {bad}")
+        if self.logit_bias:
+            if self.problem_type != ProblemType.SINGLE_LABEL:
+                raise ValueError(f"head {self.task}: logit_bias is for single-label heads (multi-label ones have thresholds)")
+            unknown = set(self.logit_bias) - set(self.labels)
+            if unknown:
+                raise ValueError(f"head {self.task}: logit_bias for unknown labels {sorted(unknown)}")
+            bad = {k: v for k, v in self.logit_bias.items() if not -20.0 <= v <= 20.0}
+            if bad:
+                raise ValueError(f"head {self.task}: logit_bias must lie in [-20, 20], got {bad}")
         return self
+
+    def bias_vector(self) -> np.ndarray:
+        """``logit_bias`` as a row of ``width`` floats, in label order."""
+        return np.array([self.logit_bias.get(label, 0.0) for label in self.labels], dtype=np.float64)
 
 
 class FileEntry(BaseModel):
@@ -196,8 +216,9 @@ def verify_artifact(folder: Path, check_contract: bool = True) -> Manifest:
     """Load a manifest and check every file against its checksum; raise ArtifactError on any mismatch."""
     folder = Path(folder)
     manifest = read_manifest(folder)
-    if manifest.format_version != FORMAT_VERSION:
-        raise ArtifactError(f"{manifest.ref}: format_version {manifest.format_version} is not {FORMAT_VERSION}")
+    if manifest.format_version not in READABLE_FORMATS:
+        raise ArtifactError(f"{manifest.ref}: format_version {manifest.format_version} is not one this chatmod "
+                            f"reads {READABLE_FORMATS}: upgrade chatmod to serve it")
     present = {p.relative_to(folder).as_posix() for p in _artifact_files(folder)}
     forbidden = [p for p in present if p.endswith(FORBIDDEN_SUFFIXES)]
     if forbidden:

@@ -151,7 +151,9 @@ def softmax(x: np.ndarray) -> np.ndarray:
 def head_probabilities(head: Head, logits: np.ndarray) -> np.ndarray:
     """Probabilities ``(n, width)`` of one head from the full logits ``(n, num_logits)``."""
     cols = logits[:, head.offset : head.offset + head.width].astype(np.float64)
-    return sigmoid(cols) if head.problem_type == ProblemType.MULTI_LABEL else softmax(cols)
+    if head.problem_type == ProblemType.MULTI_LABEL:
+        return sigmoid(cols)
+    return softmax(cols + head.bias_vector()) if head.logit_bias else softmax(cols)
 
 
 def scores_from_logits(heads: Sequence[Head], logits: np.ndarray) -> list[Scores]:

@@ -257,7 +257,7 @@ def requantize(ref: Annotated[str, typer.Argument(help="NAME@VERSION in the stor
 
     def evaluate_served(folder: Path, manifest) -> dict:
         tox = next((h for h in manifest.heads if h.task == Task.TOXICITY), None)
-        fixed = (tox.thresholds, tox.block_thresholds) if tox else None  # the source's calibrated thresholds
+        fixed = (tox.thresholds, tox.block_thresholds) if tox else ({}, {})  # the source's rules, as they stand
         task_cfg = StageConfig(tasks=[str(t) for t in manifest.tasks], data_root=cfg.data_root, seed=seed)
         return evaluate_folder(folder, task_cfg, fixed)["headline"]
 
@@ -277,9 +277,49 @@ def requantize(ref: Annotated[str, typer.Argument(help="NAME@VERSION in the stor
         console.print(f"[yellow]{root} is missing: the re-export is verified against its source, not re-evaluated")
     console.print(f"registered {stored.ref}; validation {manifest.metrics.get('validation', {})}")
     if promote_:
-        serving = [task for task in stored.tasks if (registry.current(task) or "").split("@")[0] == stored.name]
-        registry.promote(stored.ref, tasks=serving or None)
-        console.print(f"{stored.ref} is current for {[str(t) for t in (serving or stored.tasks)]}")
+        _promote_like_source(registry, stored)
+
+
+@app.command()
+def recalibrate(ref: Annotated[str, typer.Argument(help="NAME@VERSION in the store, or an artifact folder.")],
+                version: Annotated[str, typer.Option(help="Version of the recalibrated artifact.")],
+                store: Annotated[Path, typer.Option(help="Model store.")] = Path("model-store"),
+                thresholds: Annotated[bool, typer.Option("--thresholds/--keep-thresholds",
+                                                         help="Fit the toxicity thresholds again too.")] = False,
+                promote_: Annotated[bool, typer.Option("--promote/--no-promote",
+                                                       help="Make it current for the tasks its source serves.")] = False,
+                data_root: DataOpt = None, seed: int = 13) -> None:
+    """Fit a model's decision rules again on validation, as served (int8): the sentiment head's logit
+    offsets (balanced recall), and with --thresholds the toxicity thresholds. Same weights, new version."""
+    import tempfile
+
+    from models.registry import ModelRegistry
+    from training.data import default_data_root
+    from training.recipe import training_examples, validation_config
+    from training.requantize import recalibrate_artifact
+
+    registry = ModelRegistry(store)
+    source = Path(ref) if Path(ref).is_dir() else registry.get(ref)[1]
+    cfg = StageConfig(tasks=_tasks(["all"]), data_root=str(data_root) if data_root else None, seed=seed)
+    root = Path(cfg.data_root) if cfg.data_root else default_data_root()
+    if not root.is_dir():
+        raise typer.BadParameter(f"{root} is missing: recalibration fits on the validation sets made from it")
+    _, validation, _ = training_examples(validation_config(cfg))
+    with tempfile.TemporaryDirectory(prefix="chatmod-recalibrate-") as tmp:
+        manifest = recalibrate_artifact(source, Path(tmp) / "artifact", version, validation, thresholds=thresholds)
+        stored = registry.add(Path(tmp) / "artifact", version=str(version))
+    sentiment = next((h for h in manifest.heads if h.task == Task.SENTIMENT), None)
+    console.print(f"registered {stored.ref}; sentiment offsets {sentiment.logit_bias if sentiment else '-'}; "
+                  f"validation {manifest.metrics['validation']} (was {manifest.metrics['validation_source']})")
+    if promote_:
+        _promote_like_source(registry, stored)
+
+
+def _promote_like_source(registry, stored) -> None:
+    """Make ``stored`` current for the tasks its name serves now (all its tasks where it serves none)."""
+    serving = [task for task in stored.tasks if (registry.current(task) or "").split("@")[0] == stored.name]
+    registry.promote(stored.ref, tasks=serving or None)
+    console.print(f"{stored.ref} is current for {[str(t) for t in (serving or stored.tasks)]}")
 
 
 @app.command()

@@ -4,7 +4,8 @@ and model cards (JSON + Markdown).
 Headline metrics follow the published benchmarks: OLID offensive macro-F1 (the ``toxic`` label),
 SemEval-2017 sentiment macro-recall, SST-2 accuracy (negative vs positive), Jigsaw mean ROC-AUC.
 Thresholds are calibrated on the pooled validation sets (F1-optimal for review; the lowest score with
-precision >= ``BLOCK_PRECISION`` and at least ``BLOCK_FLOOR`` for block) and the metrics are reported at those thresholds.
+precision >= ``BLOCK_PRECISION`` and at least ``BLOCK_FLOOR`` for block), and the sentiment head's logit
+offsets on the sentiment sets (``fit_logit_bias``); the metrics are reported with both.
 """
 
 from __future__ import annotations
@@ -110,10 +111,51 @@ def sentiment_metrics(probs: np.ndarray, targets: np.ndarray, classes: np.ndarra
     return out
 
 
+# The sentiment head's decision rule. A softmax trained on a mix of sets argmaxes towards the classes the
+# mix holds most (neutral tweets, positive phrases), while the benchmarks score balanced recall: offsets
+# added to the logits move each class's share of the argmax. Measured on the v5 DistilBERT student's
+# validation: SemEval macro-recall 0.680 -> 0.709 at SST-2 accuracy 0.877 -> 0.873.
+BIAS_GRID = np.round(np.arange(-3.0, 3.0001, 0.05), 2)
+
+
+def fit_logit_bias(head: Head, sets: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """Per-label logit offsets maximising the summed headline metric of the single-label ``sets``
+    (``{source: (logits, targets, classes)}``). The first label stays at 0 (only differences count); the
+    others move by coordinate ascent over ``BIAS_GRID`` from 0, a move kept only where it helps."""
+    cols = {source: (logits[:, head.offset : head.offset + head.width], y, c) for source, (logits, y, c) in sets.items()}
+
+    def objective(bias: np.ndarray) -> float:  # the argmax is all the metrics read: no softmax, no sklearn
+        total = 0.0
+        for source, (z, y, c) in cols.items():
+            pred = np.argmax(np.where(c > 0, z + bias, -np.inf), axis=1)
+            if HEADLINE.get(source) == "accuracy":
+                total += float((pred == y).mean())
+            else:  # macro recall over the classes the set has (sklearn's, zero_division=0)
+                labels = np.nonzero(c[0])[0]
+                total += float(np.mean([(pred[y == k] == k).mean() if (y == k).any() else 0.0 for k in labels]))
+        return total
+
+    bias = np.zeros(head.width)
+    best = objective(bias)
+    for _ in range(4):  # passes until no coordinate moves
+        moved = False
+        for col in range(1, head.width):
+            for value in sorted(BIAS_GRID, key=abs):  # ties keep the smallest offset
+                trial = bias.copy()
+                trial[col] = value
+                score = objective(trial)
+                if score > best + 1e-9:
+                    best, bias, moved = score, trial, True
+        if not moved:
+            break
+    return {label: float(b) for label, b in zip(head.labels, bias, strict=True) if b}
+
+
 def evaluate(predict: PredictFn, heads: Sequence[Head], validation: dict[str, list[Example]],
              thresholds: tuple[dict[str, float], dict[str, float]] | None = None,
              block_precision: float = BLOCK_PRECISION) -> dict:
-    """Metrics per validation set; calibrates toxicity thresholds unless given."""
+    """Metrics per validation set. Unless ``thresholds`` are given, calibrates them and the sentiment head's
+    ``logit_bias`` (``report["logit_bias"]``); given, the heads are judged as they stand."""
     by_task = {h.task: h for h in heads}
     tox_probs, tox_targets, sent = {}, {}, {}
     for source, examples in validation.items():
@@ -124,8 +166,7 @@ def evaluate(predict: PredictFn, heads: Sequence[Head], validation: dict[str, li
             tox_probs[source] = head_probabilities(by_task[Task.TOXICITY], logits)
             tox_targets[source] = np.array([ex.toxicity for ex in examples])
         if Task.SENTIMENT in by_task and examples[0].sentiment is not None:
-            sent[source] = (head_probabilities(by_task[Task.SENTIMENT], logits),
-                            np.array([ex.sentiment for ex in examples]),
+            sent[source] = (logits, np.array([ex.sentiment for ex in examples]),
                             np.array([ex.sentiment_classes for ex in examples]))
     report: dict = {"sets": {}, "thresholds": {}, "block_thresholds": {}}
     if tox_probs:
@@ -133,8 +174,12 @@ def evaluate(predict: PredictFn, heads: Sequence[Head], validation: dict[str, li
         report["thresholds"], report["block_thresholds"] = review, block
         for source in tox_probs:
             report["sets"][source] = toxicity_metrics(tox_probs[source], tox_targets[source], review)
-    for source, (p, y, c) in sent.items():
-        report["sets"][source] = sentiment_metrics(p, y, c)
+    sentiment = by_task.get(Task.SENTIMENT)
+    if sent and thresholds is None:  # calibrating: the sentiment decision rule is fitted with the thresholds
+        report["logit_bias"] = fit_logit_bias(sentiment, sent)
+        sentiment = sentiment.model_copy(update={"logit_bias": report["logit_bias"]})
+    for source, (logits, y, c) in sent.items():
+        report["sets"][source] = sentiment_metrics(head_probabilities(sentiment, logits), y, c)
     report["headline"] = {f"{s}_{m}": round(report["sets"][s][m], 4)
                           for s, m in HEADLINE.items() if s in report["sets"] and m in report["sets"][s]}
     report["n"] = {s: len(v) for s, v in validation.items()}

@@ -242,7 +242,8 @@ def measure_latency(artifact: Path, texts: list[str], threads: int | None = None
 def export_folder(model_dir: Path, out: Path, name: str, version: str, report: dict,
                   formats: Sequence[str] = ("onnx_int8",), verify_texts: Sequence[str] | None = None,
                   int8_tolerance=None) -> Path:  # training.export.ExportTolerance
-    """Build a verified artifact (thresholds from the validation report) from a trained model folder."""
+    """Build a verified artifact (thresholds and sentiment offsets from the validation report) from a trained
+    model folder."""
     from models.artifact import Head
     from training.export import DEFAULT_VERIFY_TEXTS, build_artifact
 
@@ -253,6 +254,8 @@ def export_folder(model_dir: Path, out: Path, name: str, version: str, report: d
         if head.task == Task.TOXICITY:
             head = head.model_copy(update={"thresholds": report["thresholds"],
                                            "block_thresholds": report["block_thresholds"]})
+        if head.task == Task.SENTIMENT and "logit_bias" in report:
+            head = head.model_copy(update={"logit_bias": report["logit_bias"]})
         heads.append(head.model_copy(update={"metrics": {k: v for k, v in report["headline"].items()}}))
     build_artifact(
         Path(model_dir), Path(out), name=name, version=version, heads=heads,

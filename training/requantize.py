@@ -1,10 +1,14 @@
-"""Re-export a registered model with the current export: same weights, today's int8 graph.
+"""New versions of a registered model without retraining: re-exported with today's int8 graph
+(``requantize_artifact``), or with its decision rules fitted again as served (``recalibrate_artifact``).
 
 An artifact built before per-token activation scales scores a text differently in different batches.
 Retraining is not needed to fix that: its weights are rebuilt (from its safetensors, or from its ONNX
 file, where per-channel int8 weights dequantise exactly and quantise back to the same codes), exported
 again, verified against those weights, and stored as a new version with the source's heads and
 thresholds. The served model is re-evaluated on the validation sets when they are available.
+
+A model's decision rules (toxicity thresholds, the sentiment head's logit offsets) live in its manifest:
+fitting them again on the served int8 model changes no weight, so the files are copied as they are.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from models.artifact import Manifest, read_manifest, verify_artifact, write_manifest
+from models.artifact import FORMAT_VERSION, Manifest, read_manifest, verify_artifact, write_manifest
+from models.labels import Task
 from training.export import DEFAULT_VERIFY_TEXTS, SAFETENSORS_NAME, TOKENIZER_FILES, build_artifact
 
 log = logging.getLogger(__name__)
@@ -85,4 +90,54 @@ def requantize_artifact(
         manifest = write_manifest(Path(out), read_manifest(Path(out)).model_copy(
             update={"metrics": metrics, "heads": heads}))
     log.info("re-exported %s as %s", source.ref, manifest.ref)
+    return manifest
+
+
+def recalibrate_artifact(artifact: Path, out: Path, version: str, validation: dict, *,
+                         thresholds: bool = False) -> Manifest:
+    """``name@version`` at ``out``: ``artifact``'s files as they are, with the sentiment head's logit offsets
+    fitted on ``validation`` (``{source: [Example]}``) through the served runtime, and, with ``thresholds``,
+    the toxicity thresholds too (otherwise they are kept). The metrics recorded are the served model's with
+    the rules it ships (the source's are kept as ``metrics.validation_source``)."""
+    from models.runtime import TextClassifier
+    from training.evaluate import evaluate
+
+    artifact, out = Path(artifact), Path(out)
+    source = verify_artifact(artifact)
+    if str(version) == source.version:
+        raise ValueError(f"{source.ref} already has version {version}; pick a new version for the recalibration")
+    clf = TextClassifier(artifact, backend="onnx")
+    logits: dict[tuple[str, ...], object] = {}
+
+    def predict(texts: list[str]):  # each set scored once, for the fit and the verdict
+        key = tuple(texts)
+        if key not in logits:
+            logits[key] = clf.predict_logits(texts)
+        return logits[key]
+
+    fitted = evaluate(predict, source.heads, validation)
+    heads = []
+    for head in source.heads:
+        if head.task == Task.SENTIMENT and "logit_bias" in fitted:
+            head = head.model_copy(update={"logit_bias": fitted["logit_bias"]})
+        if head.task == Task.TOXICITY and thresholds:
+            head = head.model_copy(update={"thresholds": fitted["thresholds"],
+                                           "block_thresholds": fitted["block_thresholds"]})
+        heads.append(head)
+    tox = next((h for h in heads if h.task == Task.TOXICITY), None)
+    served = evaluate(predict, heads, validation, (tox.thresholds, tox.block_thresholds) if tox else ({}, {}))
+    headline = served["headline"]
+    with tempfile.TemporaryDirectory(prefix="chatmod-recalibrate-", dir=out.parent) as tmp:
+        staging = Path(tmp) / "artifact"
+        shutil.copytree(artifact, staging, ignore=shutil.ignore_patterns("manifest.json"))
+        manifest = write_manifest(staging, source.model_copy(update={
+            "format_version": FORMAT_VERSION, "version": str(version),
+            "heads": [h.model_copy(update={"metrics": headline}) for h in heads],
+            "created_at": Manifest.model_fields["created_at"].default_factory(),
+            "training": source.training | {"recalibrated_from": source.ref},
+            "metrics": source.metrics | {"validation": headline,
+                                         "validation_source": source.metrics.get("validation", {})}}))
+        verify_artifact(staging)
+        staging.rename(out)
+    log.info("recalibrated %s as %s", source.ref, manifest.ref, extra={"validation": headline})
     return manifest

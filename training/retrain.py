@@ -154,8 +154,7 @@ def judge(folder: Path, task: Task, validation: dict[str, list[Example]], feedba
 
     clf = TextClassifier(folder, backend="onnx")
     head = served_head(clf.manifest.head(task))
-    thresholds = (head.thresholds, head.block_thresholds) if task == Task.TOXICITY else None
-    report = evaluate(clf.predict_logits, [head], validation, thresholds)
+    report = evaluate(clf.predict_logits, [head], validation, (head.thresholds, head.block_thresholds))  # as it stands
     metrics = {f"{s}_{PRIMARY[task]}": round(m[PRIMARY[task]], 4) for s, m in report["sets"].items()
                if PRIMARY[task] in m}
     metrics.update(report["headline"])
@@ -248,6 +247,8 @@ def retrain(cfg: RetrainConfig, store: Path, feedback_root: Path, out: Path, *, 
             if head.task == Task.TOXICITY and cfg.task == Task.TOXICITY:
                 head = head.model_copy(update={"thresholds": torch_report["thresholds"],
                                                "block_thresholds": torch_report["block_thresholds"]})
+            if head.task == Task.SENTIMENT and cfg.task == Task.SENTIMENT and "logit_bias" in torch_report:
+                head = head.model_copy(update={"logit_bias": torch_report["logit_bias"]})
             calibrated.append(head)
         model.save_pretrained(model_dir, safe_serialization=True)
         tokenizer.save_pretrained(model_dir)
