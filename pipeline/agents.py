@@ -155,21 +155,7 @@ def register_agents(app: faust.App, settings: Settings) -> WorkerState:
     # event, so nothing is committed early, whatever order batches finish in.
     @app.agent(messages, name="moderate_messages")
     async def moderate_messages(stream: faust.StreamT) -> None:
-        moderator = await start()
-        manual = stream.noack()  # acks are ours: after the batch's outputs are confirmed
-        batcher: MicroBatcher[faust.EventT] = MicroBatcher(
-            batching.max_batch, batching.max_wait_ms / 1000.0,
-            capacity=batching.max_batch * (batching.max_inflight_batches + 1))
-        runner = asyncio.ensure_future(_run_batches(moderator, batcher, manual, state, batching.max_inflight_batches))
-        try:
-            async for event in manual.events():
-                await batcher.put(event)
-        finally:
-            batcher.close()  # buffered events are not acked: they are redelivered after a restart
-            if not runner.done():
-                runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await runner  # started batches finish and are acked first
+        await consume_in_batches(stream, await start(), state)
 
     if settings.feedback.enabled:
         _register_feedback(app, settings, state)
@@ -298,6 +284,25 @@ def _register_reloads(app: faust.App, settings: Settings, state: WorkerState) ->
         @app.timer(interval=settings.models.reload_poll_s)
         async def poll_registry() -> None:
             await reload_models("registry poll")
+
+
+async def consume_in_batches(stream: faust.StreamT, moderator: Moderator, state: WorkerState) -> None:
+    """Feed ``stream`` to ``moderator`` in micro-batches, acking each event once its batch is confirmed."""
+    batching = state.settings.batching
+    manual = stream.noack()  # acks are ours: after the batch's outputs are confirmed
+    batcher: MicroBatcher[faust.EventT] = MicroBatcher(
+        batching.max_batch, batching.max_wait_ms / 1000.0,
+        capacity=batching.max_batch * (batching.max_inflight_batches + 1))
+    runner = asyncio.ensure_future(_run_batches(moderator, batcher, manual, state, batching.max_inflight_batches))
+    try:
+        async for event in manual.events():
+            await batcher.put(event)
+    finally:
+        batcher.close()  # buffered events are not acked: they are redelivered after a restart
+        if not runner.done():
+            runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner  # started batches finish and are acked first
 
 
 async def _run_batches(moderator: Moderator, batcher: MicroBatcher, stream: faust.StreamT, state: WorkerState,

@@ -343,15 +343,19 @@ def _progress_bars():  # -> (rich.progress.Progress, progress(label, done, total
 @app.command()
 def bench(
     part: Annotated[list[str] | None, typer.Option("--only", help="model and/or e2e (default: both).")] = None,
-    out: Annotated[Path, typer.Option(help="Where to write the JSON report.")] = Path("bench.json"),
+    out: Annotated[Path, typer.Option(help="Where to write the JSON report (the latency plot goes beside it, "
+                                           ".svg).")] = Path("bench.json"),
     store: Annotated[Path | None, typer.Option(help="Model store (default: the bundled defaults).")] = None,
     texts: Annotated[int, typer.Option(help="Texts per model-only row.")] = 2000,
-    messages: Annotated[int, typer.Option(help="Messages per end-to-end workload.")] = 20000,
+    messages: Annotated[int, typer.Option(help="Messages per flat-out end-to-end workload.")] = 20000,
     threads: Annotated[int, typer.Option(help="Model threads (ONNX Runtime and torch alike).")] = 2,
     batch_size: Annotated[int, typer.Option(help="Model-only batch size.")] = 64,
     max_batch: Annotated[int, typer.Option(help="The worker's micro-batch size (CHATMOD_BATCHING_MAX_BATCH).")] = 128,
-    latency_rate: Annotated[float | None, typer.Option(help="Offered load of the latency run (default: half "
-                                                              "the unique-text throughput).")] = None,
+    bound_ms: Annotated[float, typer.Option(help="The p99 bound of the capacity search, ms.")] = 150.0,
+    capacity_start: Annotated[float | None, typer.Option(help="First offered load of the capacity search "
+                                                              "(default: a third of the unique throughput).")] = None,
+    capacity_seconds: Annotated[float, typer.Option(help="Seconds per load of the capacity search.")] = 8.0,
+    peer_messages: Annotated[int, typer.Option(help="Messages through the peer design (0: not run).")] = 1000,
     seed: Annotated[int, typer.Option()] = 13,
     worker_setting: Annotated[list[str] | None, typer.Option(
         "--worker-setting", help="A worker setting for the end-to-end runs, as its environment variable: "
@@ -363,39 +367,43 @@ def bench(
         help="Also run the unique workload with a default profile of this many block terms, then with a strike "
              "ladder and flood limits as well, side by side (0: not run).")] = 0,
 ) -> None:
-    """Benchmarks: model-only beside the transformers pipeline, end to end on the embedded stack, latency at
-    a fixed load. Prints tables and writes a JSON report."""
+    """Benchmarks: model-only beside the transformers pipeline; end to end on the embedded stack (unique,
+    repeats, a raid), the capacity at a p99 bound with its latency-by-load plot, the stack's own limit and
+    the peer design. Prints tables and writes a JSON report and an SVG."""
     from rich.console import Console
 
-    from pipeline.bench import render, run_bench
+    from pipeline.bench import E2EPlan, latency_plot, render, run_bench
 
     parts = set(part or ("model", "e2e"))
     if parts - {"model", "e2e"}:
         raise typer.BadParameter(f"--only takes model or e2e, got {sorted(parts - {'model', 'e2e'})}")
-    worker_env: dict[str, str] = {}
     for item in [*(worker_setting or []), *(compare or [])]:
         key, sep, value = item.partition("=")
         if not sep or not key.startswith("CHATMOD_"):
             raise typer.BadParameter(f"--worker-setting and --compare take CHATMOD_<GROUP>_<NAME>=value, got {item!r}")
-    for item in worker_setting or []:
-        key, _, value = item.partition("=")
-        worker_env[key] = value
+    compare = list(compare or [])
     if profile_terms:
         import tempfile
 
         from pipeline.bench import policy_profile_file
 
         folder = Path(tempfile.mkdtemp(prefix="chatmod-bench-profile-"))
-        compare = [*(compare or []),
-                   f"CHATMOD_POLICY_DEFAULT_PROFILE={policy_profile_file(folder, profile_terms, state=False)}",
-                   f"CHATMOD_POLICY_DEFAULT_PROFILE={policy_profile_file(folder, profile_terms)}"]
+        compare += [f"CHATMOD_POLICY_DEFAULT_PROFILE={policy_profile_file(folder, profile_terms, state=False)}",
+                    f"CHATMOD_POLICY_DEFAULT_PROFILE={policy_profile_file(folder, profile_terms)}"]
+    plan = E2EPlan(messages=messages, threads=threads, max_batch=max_batch, seed=seed,
+                   worker_env=dict(item.split("=", 1) for item in worker_setting or []), compare=compare,
+                   bound_ms=bound_ms, capacity_start=capacity_start, capacity_seconds=capacity_seconds,
+                   peer_messages=peer_messages)
     bars, progress = _progress_bars()
     with bars:
-        report = run_bench(parts, store, texts, messages, threads, batch_size, max_batch, latency_rate, seed,
-                           say=bars.console.print, progress=progress, worker_env=worker_env, compare=compare)
+        report = run_bench(parts, store, plan, texts, batch_size, say=bars.console.print, progress=progress)
     out.write_text(json.dumps(report, indent=2))
     render(report, Console())
     typer.echo(f"report written to {out}")
+    plot = latency_plot(report)
+    if plot is not None:
+        out.with_suffix(".svg").write_text(plot)
+        typer.echo(f"latency by load drawn in {out.with_suffix('.svg')}")
 
 
 @app.command()

@@ -24,10 +24,11 @@ class WorkerStartError(RuntimeError):
 
 
 class WorkerProcess:
-    """``chatmod worker`` as a child process in its own session, its log in a file."""
+    """``chatmod worker`` (or another Python entry point, ``argv``) as a child process in its own session,
+    its log in a file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path):
-        self.env, self.log_path = env, log_path
+    def __init__(self, env: dict[str, str], log_path: Path, argv: tuple[str, ...] = ("-m", "pipeline.cli", "worker")):
+        self.env, self.log_path, self.argv = env, log_path, argv
         self._proc: subprocess.Popen | None = None
         self._log = None
 
@@ -43,7 +44,7 @@ class WorkerProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         in_main = threading.current_thread() is threading.main_thread()
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "worker"], env=self.env, cwd=self.log_path.parent,
+            [sys.executable, *self.argv], env=self.env, cwd=self.log_path.parent,
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches the parent only, which then stops the worker in order
             preexec_fn=_die_with_parent if in_main and sys.platform == "linux" else None,

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.bench import policy_profile_file, render, run_bench
+from pipeline.bench import E2EPlan, latency_plot, policy_profile_file, render, run_bench
+from pipeline.bench_load import LoadPoint
 
 pytestmark = pytest.mark.integration
 
@@ -15,37 +16,54 @@ pytestmark = pytest.mark.integration
 def test_end_to_end_bench_measures_every_message(tiny_store: Path, tmp_path: Path) -> None:
     from rich.console import Console
 
-    profile, terms_only = policy_profile_file(tmp_path, 500), policy_profile_file(tmp_path, 500, state=False)
-    report = run_bench({"e2e"}, tiny_store, n_model=0, n_e2e=400, threads=1, batch_size=32, max_batch=32,
-                       latency_rate=100.0, seed=5, say=lambda _: None, progress=None, latency_seconds=3.0,
-                       worker_env={"CHATMOD_KAFKA_FETCH_MAX_WAIT_MS": "50"},
-                       compare=["CHATMOD_MODELS_EXPLAIN=off", f"CHATMOD_POLICY_DEFAULT_PROFILE={terms_only}",
-                                f"CHATMOD_POLICY_DEFAULT_PROFILE={profile}"])
-    assert report["end_to_end"]["worker_settings"] == {"CHATMOD_KAFKA_FETCH_MAX_WAIT_MS": "50"}
-    runs = {r["workload"]: r for r in report["end_to_end"]["runs"]}
-    assert set(runs) == {"unique", "50% repeats", "fixed load", "unique, models_explain=off",
-                         "unique, profile: 500 terms", "unique, profile: 500 terms + strikes"}
+    profile = policy_profile_file(tmp_path, 500, state=False)
+    plan = E2EPlan(messages=400, threads=1, max_batch=32, seed=5,
+                   worker_env={"CHATMOD_KAFKA_FETCH_MAX_WAIT_MS": "50"},
+                   compare=["CHATMOD_MODELS_EXPLAIN=off", f"CHATMOD_POLICY_DEFAULT_PROFILE={profile}"],
+                   capacity_start=100.0, capacity_seconds=2.0, capacity_points=3, raid_distinct=20, peer_messages=60)
+    report = run_bench({"e2e"}, tiny_store, plan, n_model=0, batch_size=32, say=lambda _: None, progress=None)
+    e2e = report["end_to_end"]
+    assert e2e["worker_settings"] == {"CHATMOD_KAFKA_FETCH_MAX_WAIT_MS": "50"}
+    runs = {r["workload"]: r for r in e2e["runs"]}
+    assert set(runs) == {"unique", "50% repeats", "raid: 20 texts", "unique, models_explain=off",
+                         "unique, profile: 500 terms", "reference: Faust, no model", "peer: kafka-python + pipeline"}
     off = runs["unique, models_explain=off"]  # the same texts on a worker without explanations, side by side
     assert off["messages"] == runs["unique"]["messages"] and off["cache_hit_rate"] == 0.0
     assert all(r["lost"] == 0 and r["results"] == r["messages"] for r in runs.values())
     assert runs["unique"]["cache_hit_rate"] == 0.0  # each workload starts from an empty cache
     # the first 100 are fresh, and repeats within one batch are deduped rather than served from the cache
     assert 0.25 < runs["50% repeats"]["cache_hit_rate"] <= 0.4
-    assert runs["fixed load"]["messages"] == 300 and runs["fixed load"]["offered_msgs_per_s"] == 100.0
-    assert 0 < runs["fixed load"]["latency_p50_ms"] <= runs["fixed load"]["latency_p99_ms"]
-    for r in runs.values():  # the worker's share of the latency: produced -> result built, before publishing
-        assert 0 < r["extra"]["worker_latency_p50_ms"] <= r["latency_p50_ms"]
+    # a raid of 20 texts (and their shouted and spaced copies): all but the first of each from memory
+    assert runs["raid: 20 texts"]["cache_hit_rate"] >= 0.9
+    assert runs["peer: kafka-python + pipeline"]["messages"] == 60
+    capacity = e2e["capacity"]  # three loads from 100 msgs/s, up by 1.5x while p99 stays within 150 ms
+    offered = [round(p["offered_msgs_per_s"]) for p in capacity["points"]]
+    assert len(offered) == 3 and offered[0] == 100
+    within = [p["offered_msgs_per_s"] for p in capacity["points"]
+              if LoadPoint(p["offered_msgs_per_s"], p["sustained_msgs_per_s"], p["latency_p50_ms"],
+                           p["latency_p99_ms"], p["lost"]).within(150.0)]
+    assert capacity["capacity_msgs_per_s"] == round(max(within, default=0.0), 1)
+    for r in [*runs.values(), *capacity["points"]]:
+        assert 0 < r["latency_p50_ms"] <= r["latency_p99_ms"]
         cpu = r["extra"]["cpu_ms_per_msg"]  # where the machine's time went, per process
         assert set(cpu) == {"worker", "broker", "redis", "load generator"}
         assert cpu["worker"] > 0 and all(v >= 0 for v in cpu.values())
-    assert report["end_to_end"]["worker_memory"]["peak_rss_mb"] > 50
-    assert {t["target"] for t in report["targets"]} >= {"nothing lost", "worker peak RSS <= 600 MB",
-                                                          "explanations on: >= 90% of the unique throughput with them off",
-                                                          "profile: 500 terms: >= 95% of the unique throughput without",
-                                                          "profile: 500 terms + strikes: share of the unique throughput "
-                                                          "without (reported)"}
-    console = Console(file=open(tmp_path / "out.txt", "w"), width=160)  # noqa: SIM115
+    for r in [runs["unique"], *capacity["points"]]:  # the worker's share: produced -> result built
+        assert 0 < r["extra"]["worker_latency_p50_ms"] <= r["latency_p50_ms"]
+    assert e2e["worker_memory"]["peak_rss_mb"] > 50
+    targets = {t["target"]: t for t in report["targets"]}
+    assert set(targets) >= {"nothing lost", "worker peak RSS <= 600 MB", "capacity at p99 <= 150 ms: >= 600 msgs/s",
+                            "raid: >= 90% of the stack's own limit (Faust, no model)",
+                            "raid: worker CPU per cached message <= 0.2 ms",
+                            "end-to-end unique over the peer design (reported)",
+                            "explanations on: >= 90% of the unique throughput with them off",
+                            "profile: 500 terms: >= 95% of the unique throughput without"}
+    assert targets["nothing lost"]["met"]
+    assert targets["capacity at p99 <= 150 ms: >= 600 msgs/s"]["measured"] == capacity["capacity_msgs_per_s"]
+    console = Console(file=open(tmp_path / "out.txt", "w"), width=200)  # noqa: SIM115
     render(json.loads(json.dumps(report)), console)  # what the CLI prints, from what it writes
     console.file.close()
     printed = (tmp_path / "out.txt").read_text()
-    assert "fixed load" in printed and "machine time per message" in printed
+    assert "load 150/s" in printed and "machine time per message" in printed and "capacity at p99" in printed
+    svg = latency_plot(report)
+    assert svg.startswith("<svg") and svg.count("<circle") == 6 and "p99 bound 150 ms" in svg
