@@ -233,57 +233,12 @@ def latency_plot_svg(points: Sequence[dict], capacity: float, bound_ms: float, t
     ``points``: dicts with ``offered_msgs_per_s``, ``latency_p50_ms`` and ``latency_p99_ms``. The latency
     axis stops at four times the bound; a point above it is drawn on the edge, its value written beside.
     """
-    width, height, left, right, top, bottom = 720, 420, 70, 30, 50, 60
-    plot_w, plot_h = width - left - right, height - top - bottom
-    x_max = max([p["offered_msgs_per_s"] for p in points] + [capacity, 1.0]) * 1.08
-    y_max = bound_ms * 4
+    from pipeline.svgchart import Chart, Line, Marker, render
 
-    def x(v: float) -> float:
-        return left + plot_w * v / x_max
-
-    def y(v: float) -> float:
-        return top + plot_h * (1 - min(v, y_max) / y_max)
-
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
-           f'<rect width="{width}" height="{height}" fill="white"/>',
-           f'<text x="{width / 2}" y="22" text-anchor="middle" font-size="14">{_escape(title)}</text>']
-    for i in range(5):  # grid and axis labels
-        yv = y_max * i / 4
-        out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y(yv):.1f}" y2="{y(yv):.1f}" stroke="#e5e5e5"/>')
-        out.append(f'<text x="{left - 8}" y="{y(yv) + 4:.1f}" text-anchor="end">{yv:.0f}</text>')
-        xv = x_max * i / 4
-        out.append(f'<text x="{x(xv):.1f}" y="{top + plot_h + 18}" text-anchor="middle">{xv:,.0f}</text>')
-    out.append(f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + plot_h}" stroke="black"/>')
-    out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{top + plot_h}" y2="{top + plot_h}" stroke="black"/>')
-    out.append(f'<text x="{left + plot_w / 2}" y="{height - 18}" text-anchor="middle">offered load, msgs/s</text>')
-    out.append(f'<text x="18" y="{top + plot_h / 2}" text-anchor="middle" '
-               f'transform="rotate(-90 18 {top + plot_h / 2})">produce-to-result latency, ms</text>')
-    out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y(bound_ms):.1f}" y2="{y(bound_ms):.1f}" '
-               f'stroke="#c0392b" stroke-dasharray="6 4"/>')
-    out.append(f'<text x="{left + plot_w - 4}" y="{y(bound_ms) - 6:.1f}" text-anchor="end" fill="#c0392b">'
-               f'p99 bound {bound_ms:.0f} ms</text>')
+    lines = [Line(name, [(p["offered_msgs_per_s"], p[key]) for p in points], colour)
+             for name, key, colour in (("p50", "latency_p50_ms", "#2c7fb8"), ("p99", "latency_p99_ms", "#e67e22"))]
+    markers = [Marker(f"p99 bound {bound_ms:.0f} ms", "#c0392b", y=bound_ms)]
     if capacity:
-        out.append(f'<line x1="{x(capacity):.1f}" x2="{x(capacity):.1f}" y1="{top}" y2="{top + plot_h}" '
-                   f'stroke="#27ae60" stroke-dasharray="6 4"/>')
-        out.append(f'<text x="{x(capacity) - 6:.1f}" y="{top + 14}" text-anchor="end" fill="#27ae60">'
-                   f'capacity {capacity:,.0f} msgs/s</text>')
-    ordered = sorted(points, key=lambda p: p["offered_msgs_per_s"])
-    for key, colour, name in (("latency_p50_ms", "#2c7fb8", "p50"), ("latency_p99_ms", "#e67e22", "p99")):
-        path = " ".join(f'{x(p["offered_msgs_per_s"]):.1f},{y(p[key]):.1f}' for p in ordered)
-        out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"/>')
-        for p in ordered:
-            out.append(f'<circle cx="{x(p["offered_msgs_per_s"]):.1f}" cy="{y(p[key]):.1f}" r="3" fill="{colour}"/>')
-            if p[key] > y_max:
-                out.append(f'<text x="{x(p["offered_msgs_per_s"]) + 5:.1f}" y="{top + 12}" fill="{colour}">'
-                           f'{p[key]:,.0f}</text>')
-        legend_y = top + plot_h + 40
-        legend_x = left + (0 if name == "p50" else 70)
-        out.append(f'<line x1="{legend_x}" x2="{legend_x + 20}" y1="{legend_y}" y2="{legend_y}" stroke="{colour}" '
-                   f'stroke-width="2"/><text x="{legend_x + 26}" y="{legend_y + 4}">{name}</text>')
-    out.append("</svg>")
-    return "\n".join(out) + "\n"
-
-
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        markers.append(Marker(f"capacity {capacity:,.0f} msgs/s", "#27ae60", x=capacity))
+    return render(Chart(title, "offered load, msgs/s", "produce-to-result latency, ms", lines, markers,
+                        y_max=bound_ms * 4))

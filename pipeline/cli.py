@@ -27,6 +27,15 @@ policy_app = typer.Typer(help="Policy profiles: per-channel rules, terms, strike
 app.add_typer(policy_app, name="policy")
 
 
+def _console_app() -> typer.Typer:
+    from pipeline.console.cli import app as console_app
+
+    return console_app
+
+
+app.add_typer(_console_app(), name="console")
+
+
 def _settings() -> Settings:
     try:
         return Settings()
@@ -537,12 +546,11 @@ def models_rollback(task: Annotated[str, typer.Argument(help="toxicity or sentim
 
 def _announce(settings: Settings, registry, reason: str) -> None:  # noqa: ANN001 - ModelRegistry
     """Tell running workers to reload now (they would also notice at their next registry poll)."""
-    from pipeline.control import announce_models_changed
+    from pipeline.control import announce_current_models
 
     if not settings.redis.enabled:
         return
-    refs = {t: registry.current(t) for t in ("toxicity", "sentiment")}
-    heard = announce_models_changed(settings.redis, refs, reason)
+    heard = announce_current_models(settings.redis, registry, reason)
     if heard is None:
         typer.echo(f"Redis unreachable: running workers switch at their next registry poll "
                    f"(every {settings.models.reload_poll_s:g} s)")

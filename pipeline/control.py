@@ -41,6 +41,11 @@ def announce_models_changed(redis: RedisSettings, refs: dict[str, str | None], r
     return _announce(redis, {"event": "models-changed", "current": refs, "reason": reason})
 
 
+def announce_current_models(redis: RedisSettings, registry, reason: str) -> int | None:  # noqa: ANN001 - ModelRegistry
+    """After a promote or rollback: announce the registry's current model per task (see above)."""
+    return announce_models_changed(redis, {t: registry.current(t) for t in ("toxicity", "sentiment")}, reason)
+
+
 def announce_profiles_changed(redis: RedisSettings, reason: str) -> int | None:
     """Tell running workers the policy profiles changed (they re-read them; a poll covers a missed notice)."""
     return _announce(redis, {"event": "profiles-changed", "reason": reason})

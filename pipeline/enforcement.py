@@ -136,6 +136,11 @@ def parse_strike(entry: bytes | str) -> tuple[float, float, float]:
     return float(before), float(after), float(peak)
 
 
+def ledger_key(prefix: str, channel: str | None, user: str) -> str:
+    """A user's strike ledger in a channel (a Redis hash: message id -> strike, and the running total)."""
+    return f"{prefix}:v1:strikes:{_h(channel or '')}:{_h(user)}"
+
+
 def ledger_total(ledger: dict, ts: float, half_life: float) -> float:
     """The total of a ledger (``HGETALL``) at ``ts``: each strike decayed by its age."""
     total = 0.0
@@ -172,7 +177,7 @@ class Enforcement:
         self._flood_count = self.client.register_script(FLOOD_COUNT)
 
     def ledger_key(self, channel: str | None, user: str) -> str:
-        return f"{self.prefix}:v1:strikes:{_h(channel or '')}:{_h(user)}"
+        return ledger_key(self.prefix, channel, user)
 
     def _flood_keys(self, it: Item) -> list[str]:
         """The user's rate window and their window for this text."""

@@ -114,6 +114,11 @@ def compare_shadow(serving: list[dict], shadow: list[dict], policy: Policy, shad
     return stats
 
 
+def with_text(result: bytes, text: str) -> bytes:
+    """A serialised result with the message's ``text`` appended: the flagged topic's record."""
+    return result[:-1] + b',"text":' + json.dumps(text, ensure_ascii=False).encode() + b"}"
+
+
 def decide(scores: dict[str, dict[str, float]], policy: Policy) -> tuple[str, list[str]]:
     """``(decision, flags)`` from one text's scores: the policy's decision on the toxicity scores (of the
     de-obfuscated text), plus the flag ``evasion`` when the text as written would have been decided
@@ -410,8 +415,8 @@ class Moderator:
             outputs.append((self.topics.moderated, key, value, None))
             outputs += [(self.topics.actions, user.encode(), record, None) for user, record in actions]
             stats.actions += len(actions)
-            if decision != "allow":
-                outputs.append((self.topics.flagged, key, value, None))
+            if decision != "allow":  # moderators read the text beside the verdict (the console's queue)
+                outputs.append((self.topics.flagged, key, with_text(value, p.message.text), None))
                 stats.flagged += 1
             stats.decisions[decision] = stats.decisions.get(decision, 0) + 1
         stats.results = len(pending)

@@ -379,6 +379,12 @@ def json_schemas() -> dict[str, dict]:
         schema = model.model_json_schema(mode=mode)
         out[topic] = {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": f"chatmod/{topic}.json",
                       **schema}
-    out["chat.flagged.v1"] = {**out["chat.moderated.v1"], "$id": "chatmod/chat.flagged.v1.json",
-                              "description": "The results of chat.moderated.v1 whose decision is review or block."}
+    moderated = out["chat.moderated.v1"]
+    out["chat.flagged.v1"] = {
+        **moderated, "$id": "chatmod/chat.flagged.v1.json",
+        "description": "The results of chat.moderated.v1 whose decision is review or block, with the message's "
+                       "text, for moderators.",
+        "properties": {**moderated["properties"],
+                       "text": {"type": "string", "title": "Text", "description": "The message's text as sent."}},
+        "required": [*moderated.get("required", []), "text"]}
     return out

@@ -342,6 +342,20 @@ class WorkerSettings(_Group):
         return value.lower() if isinstance(value, str) else value
 
 
+class ConsoleSettings(_Group):
+    """``chatmod console``: the moderators' web application (see pipeline/console)."""
+
+    host: str = "127.0.0.1"  # bind address: put it behind a TLS proxy before opening it wider
+    port: int = Field(8088, ge=1, le=65535)
+    secure_cookies: bool = False  # set true behind TLS: session cookies then travel over HTTPS only
+    session_ttl_s: int = Field(8 * 3600, ge=60)
+    claim_ttl_s: int = Field(300, ge=10)  # a claimed item returns to the queue if not decided in time
+    login_max_failures: int = Field(5, ge=1)  # per user name and per client address, in the window
+    login_window_s: int = Field(300, ge=1)
+    consumer_group: str = Field("chatmod-console", min_length=1)
+    queue_limit: int = Field(500, ge=1)  # items shown at once (the most severe first)
+
+
 class Settings(BaseSettings):
     """The whole configuration. Build it once at the entry point and pass it down."""
 
@@ -362,6 +376,7 @@ class Settings(BaseSettings):
     policy: PolicySettings = Field(default_factory=PolicySettings)
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
 
     def redacted(self) -> dict[str, Any]:
         """JSON-safe dict for display and logs: secrets as ``**********``, URL passwords masked."""

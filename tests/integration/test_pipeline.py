@@ -53,6 +53,10 @@ def test_every_message_gets_exactly_one_result_and_repeats_hit_the_cache(broker,
     flagged = read_topic(broker.bootstrap, env["CHATMOD_TOPICS_FLAGGED"], lambda rs: False, 3)
     expected = {k for k, v in by_id.items() if v[0]["decision"] != "allow"}
     assert {json.loads(r.value)["id"] for r in flagged} == expected
+    texts = {m["id"]: m["text"] for m in map(json.loads, first + repeats)}
+    for record in flagged:  # the moderated result plus the message's text, for moderators
+        value = json.loads(record.value)
+        assert value.pop("text") == texts[value["id"]] and value == by_id[value["id"]][0]
 
 
 def test_malformed_input_goes_to_the_dlq_and_good_messages_around_it_are_moderated(
