@@ -320,6 +320,8 @@ def demo(
     messages: Annotated[int, typer.Option(min=1, help="How many chat lines to replay (repeats included).")] = 600,
     live: Annotated[bool, typer.Option(help="Show the live view (plain lines when not a terminal).")] = True,
     rate: Annotated[float, typer.Option(min=0.1, help="Messages per second.")] = 60.0,
+    with_console: Annotated[bool, typer.Option("--console/--no-console",
+                                               help="Serve the moderator console beside it (a demo login is printed).")] = True,
 ) -> None:
     """Replay a sample chat through a worker on the embedded stack and summarise what happened.
 
@@ -329,7 +331,7 @@ def demo(
 
     settings = _settings()
     store = settings.models.store if "store" in settings.models.model_fields_set else None
-    raise typer.Exit(run_demo(n_messages=messages, live=live, store=store, rate=rate))
+    raise typer.Exit(run_demo(n_messages=messages, live=live, store=store, rate=rate, with_console=with_console))
 
 
 def _progress_bars():  # -> (rich.progress.Progress, progress(label, done, total))

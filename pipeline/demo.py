@@ -65,11 +65,13 @@ def load_sample() -> list[ChatLine]:
 
 
 def run_demo(n_messages: int = 600, live: bool = True, store: Path | None = None, rate: float = DEFAULT_RATE,
-             console: Console | None = None) -> int:
+             console: Console | None = None, with_console: bool = True) -> int:
     """Run the demo; returns the process exit code (0 ok, 1 failed, 130 interrupted).
 
     ``store`` is a model store to serve from as is (tests pass a tiny one); by default a private copy
     of the bundled defaults is used. ``live`` is ignored when the console is not a terminal.
+    ``with_console``: serve the moderator console on the demo's stack (and keep it up after the replay,
+    until Ctrl-C, when a person watches the live view).
     """
     if n_messages < 1:
         raise ValueError(f"n_messages must be >= 1, got {n_messages}")
@@ -80,7 +82,7 @@ def run_demo(n_messages: int = 600, live: bool = True, store: Path | None = None
     with tempfile.TemporaryDirectory(prefix="chatmod-demo-") as tmp, contextlib.ExitStack() as cleanup:
         cleanup.enter_context(_sigterm_as_interrupt())
         try:
-            return _run(n_messages, rate, store, console, live, Path(tmp), cleanup)
+            return _run(n_messages, rate, store, console, live, Path(tmp), cleanup, with_console)
         except KeyboardInterrupt:
             console.print("[yellow]interrupted: stopping the worker and the embedded stack[/]")
             return 130
@@ -107,7 +109,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def _run(n: int, rate: float, store: Path | None, console: Console, live: bool, tmp: Path,
-         cleanup: contextlib.ExitStack) -> int:
+         cleanup: contextlib.ExitStack, with_console: bool = True) -> int:
     from kafka import KafkaProducer
 
     from pipeline.embedded import EmbeddedStack, ServiceStartError, create_topics
@@ -127,7 +129,7 @@ def _run(n: int, rate: float, store: Path | None, console: Console, live: bool, 
             stack.redis.start()
             note.append(stack.redis_url)
         with _step(console, live, "topics") as note:
-            names = (topics.messages, topics.moderated, topics.flagged, topics.dlq)
+            names = (topics.messages, topics.moderated, topics.flagged, topics.dlq, topics.feedback)
             create_topics(stack.bootstrap, dict.fromkeys(names, TOPIC_PARTITIONS))
             note.append(", ".join(names))
         with _step(console, live, "policy profile") as note:
@@ -150,6 +152,12 @@ def _run(n: int, rate: float, store: Path | None, console: Console, live: bool, 
     except WorkerStartError as exc:
         raise DemoError(f"{exc}\n(the worker has {WORKER_READY_TIMEOUT_S:.0f}s to start)") from exc
 
+    if with_console:
+        with _step(console, live, "moderator console") as note:
+            url, user, password = _start_console(stack, store, tmp, cleanup)
+            note.append(url)
+        console.print(Text.assemble("moderator console: ", (url, "bold"), f"  log in as {user} / {password}"),
+                      soft_wrap=True)
     tally = Tally(total=n, malformed_total=len(MALFORMED))
     reader = ResultReader(stack.bootstrap, topics.moderated, topics.dlq, tally)
     reader.start()
@@ -162,7 +170,45 @@ def _run(n: int, rate: float, store: Path | None, console: Console, live: bool, 
     with view:
         _replay(producer, topics.messages, load_sample(), n, rate, tally, view, worker)
         _await_results(tally, worker, reader, view)
-    return _verdict(console, tally, worker)
+    code = _verdict(console, tally, worker)
+    if with_console and live and code == 0:  # a person is watching: the console stays for them
+        console.print(Text.assemble("the console stays up at ", (url, "bold"), ": Ctrl-C stops everything"))
+        while worker.alive:
+            time.sleep(0.5)
+    return code
+
+
+def _start_console(stack, store: Path, tmp: Path, cleanup: contextlib.ExitStack) -> tuple[str, str, str]:
+    """The console on the demo's stack, with a demo admin account; (url, user, password)."""
+    import secrets
+
+    import redis as redis_lib
+
+    from pipeline.childproc import free_port
+    from pipeline.console.accounts import Accounts
+    from pipeline.console.server import ConsoleThread
+    from pipeline.settings import Settings
+
+    port = 8088 if _port_free(8088) else free_port()
+    settings = Settings(kafka={"bootstrap": stack.bootstrap}, redis={"url": stack.redis_url}, models={"store": store},
+                        feedback={"store": tmp / "feedback-store"}, console={"host": "127.0.0.1", "port": port})
+    password = secrets.token_urlsafe(9)
+    Accounts(redis_lib.Redis.from_url(stack.redis_url), settings.redis.key_prefix).add_user("demo", password, "admin")
+    server = ConsoleThread(settings)
+    url = server.start()
+    cleanup.callback(server.stop)
+    return url, "demo", password
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 DEMO_PROFILE_CHANNEL = "fps_ranked"

@@ -92,7 +92,8 @@ def render(chart: Chart) -> str:
             out.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="2.5" fill="{colour}"/>')
             if y > y_max:
                 out.append(f'<text x="{px(x) + 5:.1f}" y="{top + 12}" fill="{colour}">{escape(chart.y_format(y))}</text>')
-        lx, ly = left + 110 * (k % 6), 44 + 14 * (k // 6)  # the legend, under the title
+        per_row = max(1, (chart.width - left - right) // 100)
+        lx, ly = left + 100 * (k % per_row), 44 + 14 * (k // per_row)  # the legend, under the title
         out.append(f'<line x1="{lx}" x2="{lx + 20}" y1="{ly - 4}" y2="{ly - 4}" stroke="{colour}" stroke-width="2"/>'
                    f'<text x="{lx + 26}" y="{ly}">{escape(line.name)}</text>')
     out.append("</svg>")

@@ -289,7 +289,12 @@ async def audit_page(request: Request) -> Response:
 
 
 async def health(request: Request) -> Response:
-    return JSONResponse({"ok": True}, headers=HEADERS)
+    """Liveness, and whether the feed reads its topics yet (readiness)."""
+    feed = request.app.state.console.feed
+    reading = dict(feed.reading)
+    ready = bool(reading) and all(reading.values())
+    return JSONResponse({"ok": True, "ready": ready, "reading": reading, "flagged_read": feed.flagged_read,
+                         "malformed": feed.malformed}, status_code=200 if ready else 503, headers=HEADERS)
 
 
 async def denied(request: Request, exc: Denied) -> Response:

@@ -48,6 +48,7 @@ class Feed:
         self.producer = None
         self.flagged_read = 0
         self.malformed = 0
+        self.reading: dict[str, bool] = {}  # topic -> partitions assigned and positions resolved
 
     async def start(self) -> None:
         from aiokafka import AIOKafkaProducer
@@ -81,9 +82,14 @@ class Feed:
         consumer = AIOKafkaConsumer(topic, group_id=group, enable_auto_commit=False, auto_offset_reset=reset,
                                     fetch_max_wait_ms=wait_ms, **aiokafka_config(self.settings.kafka))
         await consumer.start()
+        self.reading[topic] = False
         try:
             while True:
                 batches = await consumer.getmany(timeout_ms=1000, max_records=1000)
+                if not self.reading[topic] and consumer.assignment():
+                    for tp in consumer.assignment():
+                        await consumer.position(tp)  # "latest" is resolved now: what follows is read
+                    self.reading[topic] = True
                 records = [r for rs in batches.values() for r in rs]
                 if not records:
                     continue

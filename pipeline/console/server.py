@@ -29,11 +29,13 @@ class ConsoleThread:
         return f"http://{self.settings.console.host}:{self.settings.console.port}"
 
     def start(self) -> str:
+        """Serve, and return once the console reads its topics (the feed's partitions assigned)."""
         self.thread.start()
         deadline = time.monotonic() + self.start_timeout_s
-        while not self.server.started:
+        feed = self.server.config.app.state.console.feed
+        while not (self.server.started and feed.reading and all(feed.reading.values())):
             if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the console did not start on {self.url}")
+                raise RuntimeError(f"the console did not start reading on {self.url} in {self.start_timeout_s:.0f} s")
             time.sleep(0.05)
         return self.url
 

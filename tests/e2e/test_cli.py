@@ -46,6 +46,8 @@ def test_demo_replays_the_sample_loses_nothing_and_dead_letters_every_malformed_
     assert summary_value(out, "dead letters") == f"{len(MALFORMED)} of {len(MALFORMED)} malformed"
     assert int(summary_value(out, "cache hits").split()[0]) > 0, "the sample repeats lines: some must hit"
     assert "✓ worker: joining the consumer group" in out  # start-up progress was shown
+    login = re.search(r"moderator console: (http://127\.0\.0\.1:\d+)\S*\s+log in as demo / (\S+)", out)
+    assert login, out  # the console's address and a demo login
 
 
 def test_classify_prints_one_json_line_per_text(tiny_store):

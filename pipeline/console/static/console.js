@@ -62,7 +62,7 @@ function card(item, index) {
       el("span", {}, `#${r.channel || "-"}`), el("span", {}, `@${r.user || "-"}`),
       item.strikes !== null && item.strikes !== undefined ? el("span", {class: "strikes"}, `strikes ${item.strikes}`) : null,
       r.profile ? el("span", {class: "profile"}, r.profile) : null,
-      el("span", {class: "models"}, Object.values(r.models || {}).join(" · ")),
+      el("span", {class: "models"}, [...new Set(Object.values(r.models || {}))].join(" · ")),
       item.holder ? el("span", {class: mine ? "holder mine" : "holder"}, mine ? "claimed by you" : `${item.holder} has it`) : null),
     highlighted(r.text || "", r.spans || []),
     el("div", {class: "why"}, scores(r),
