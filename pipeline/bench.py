@@ -285,6 +285,7 @@ class E2EPlan:
     capacity_points: int = 9
     raid_distinct: int = 50
     peer_messages: int = 1_000  # 0: the peer design is not run
+    console_tabs: int = 0  # > 0: the unique workload again with a console and this many queue pages open
 
 
 def end_to_end(store: Path | None, plan: E2EPlan, say: Say, progress: Progress | None) -> dict:
@@ -328,6 +329,8 @@ def end_to_end(store: Path | None, plan: E2EPlan, say: Say, progress: Progress |
             say(f"end-to-end, {name}: a worker with {setting}, the same {n} unique texts")
             worker.restart_with({key: value})
             results.append(run(unique, name))
+        if plan.console_tabs:
+            results.append(_with_console(plan, worker, unique, run, processes, say, out))
         say("the stack's own limit: Faust consuming and producing with no model, the raid's messages")
         worker.restart_with({}, argv=("-m", "pipeline.bench_reference"))
         results.append(run(raid, "reference: Faust, no model"))
@@ -359,6 +362,24 @@ def _capacity(plan: E2EPlan, unique_rate: float, used: set[str], run: Callable, 
     capacity, _ = capacity_search(run_at, start, plan.bound_ms, plan.capacity_points, say=say)
     return {"bound_ms": plan.bound_ms, "capacity_msgs_per_s": round(capacity, 1), "seconds_per_point": plan.capacity_seconds,
             "points": sorted(points, key=lambda p: p["offered_msgs_per_s"])}
+
+
+def _with_console(plan: E2EPlan, worker, unique: list[str], run: Callable, processes: dict, say: Say,
+                  out: dict) -> E2EResult:
+    """The unique workload on a fresh worker while a console serves ``plan.console_tabs`` open queue pages."""
+    from pipeline.bench_console import ConsoleTabs
+
+    name = f"unique, console + {plan.console_tabs} tabs"
+    say(f"end-to-end, {name}: the same {len(unique)} unique texts while moderators watch the live queue")
+    worker.restart_with({})
+    with ConsoleTabs(worker.env, worker.tmp, plan.console_tabs) as tabs:
+        processes["console"] = tabs.pid
+        try:
+            result = run(unique, name)
+        finally:
+            del processes["console"]
+        out["console_tabs"] = tabs.summary()
+    return result
 
 
 def _compare_name(key: str, value: str) -> str:
@@ -500,6 +521,11 @@ def check_targets(report: dict) -> list[dict]:
                                   + (">= 95% of the unique throughput without" if wanted else
                                      "share of the unique throughput without (reported)"),
                         "measured": round(ratio, 3), "met": ratio >= wanted if wanted else True})
+    watched = next((r for name, r in runs.items() if name.startswith("unique, console + ")), None)
+    if unique and watched:
+        ratio = watched["sustained_msgs_per_s"] / unique["sustained_msgs_per_s"]
+        out.append({"target": f"{watched['workload'].removeprefix('unique, ')}: >= 95% of the unique throughput",
+                    "measured": round(ratio, 3), "met": ratio >= 0.95})
     spans_off = runs.get("unique, models_explain=off")
     if unique and spans_off:
         ratio = unique["sustained_msgs_per_s"] / spans_off["sustained_msgs_per_s"]

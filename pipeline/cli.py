@@ -367,6 +367,8 @@ def bench(
                                                               "(default: a third of the unique throughput).")] = None,
     capacity_seconds: Annotated[float, typer.Option(help="Seconds per load of the capacity search.")] = 8.0,
     peer_messages: Annotated[int, typer.Option(help="Messages through the peer design (0: not run).")] = 1000,
+    console_tabs: Annotated[int, typer.Option(help="Also run the unique workload while a console serves this "
+                                                   "many open queue pages (0: not run).")] = 0,
     seed: Annotated[int, typer.Option()] = 13,
     worker_setting: Annotated[list[str] | None, typer.Option(
         "--worker-setting", help="A worker setting for the end-to-end runs, as its environment variable: "
@@ -404,7 +406,7 @@ def bench(
     plan = E2EPlan(messages=messages, threads=threads, max_batch=max_batch, seed=seed,
                    worker_env=dict(item.split("=", 1) for item in worker_setting or []), compare=compare,
                    bound_ms=bound_ms, capacity_start=capacity_start, capacity_seconds=capacity_seconds,
-                   peer_messages=peer_messages)
+                   peer_messages=peer_messages, console_tabs=console_tabs)
     bars, progress = _progress_bars()
     with bars:
         report = run_bench(parts, store, plan, texts, batch_size, say=bars.console.print, progress=progress)

@@ -98,6 +98,7 @@ function renderCounts(v) {
 }
 
 async function load() {
+  lastLoad = Date.now();
   const params = new URLSearchParams(new FormData(filters));
   for (const [k, v] of [...params]) if (!v) params.delete(k);
   const response = await fetch(`/api/queue?${params}`, {credentials: "same-origin"});
@@ -111,9 +112,13 @@ async function load() {
   render();
 }
 
-function reload() {
-  clearTimeout(pending);
-  pending = setTimeout(load, 100);
+// Events can come hundreds a second: the queue is re-read at most once a second for them (a busy queue
+// then costs the console ten reads a second for ten open pages), and at once after this page's own actions.
+let lastLoad = 0;
+function reload(now) {
+  if (now === true) { clearTimeout(pending); pending = null; load(); return; }
+  if (pending) return;
+  pending = setTimeout(() => { pending = null; load(); }, Math.max(100, 1000 - (Date.now() - lastLoad)));
 }
 
 async function post(url, body) {
@@ -137,14 +142,14 @@ async function act(action, id) {
     render();
     return;
   }
-  reload();
+  reload(true);
 }
 
 async function sendOverturn() {
   const o = overturning;
   overturning = null;
   if (await post(`/api/items/${encodeURIComponent(o.id)}/verdict`, {action: "overturn", labels: o.labels})) flash("overturned");
-  reload();
+  reload(true);
 }
 
 document.addEventListener("keydown", (e) => {
@@ -169,7 +174,7 @@ document.addEventListener("keydown", (e) => {
   e.preventDefault();
 });
 
-filters.addEventListener("input", reload);
+filters.addEventListener("input", () => reload(true));
 const live = document.getElementById("live");
 const events = new EventSource("/events");
 events.onopen = () => { live.textContent = "live"; live.className = "on"; };
