@@ -156,6 +156,18 @@ def test_compose_worker_scales_and_its_settings_are_valid(monkeypatch):
     assert stop_grace > settings.worker.shutdown_grace_s
 
 
+def test_compose_console_is_local_only_and_its_settings_are_valid(monkeypatch):
+    console = load_compose()["services"]["console"]
+    env = {k: interpolate(v) for k, v in console["environment"].items()}
+    for name in env:
+        settings_field(name)
+    settings = settings_from(env, monkeypatch)
+    assert console["command"] == ["console"] and console["image"] == load_compose()["services"]["worker"]["image"]
+    assert console["ports"] == [f"127.0.0.1:{settings.console.port}:{settings.console.port}"]  # loopback only
+    assert f":{settings.console.port}/health" in " ".join(console["healthcheck"]["test"])
+    assert settings.console.secure_cookies is False  # until a TLS proxy is in front (README "Console")
+
+
 def test_compose_topic_init_creates_every_topic_with_partitions_from_the_environment():
     compose = load_compose()
     job = compose["services"]["topic-init"]
