@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 
 from models.deobfuscate import Deobfuscated
+from models.normalise import INVISIBLE
 
 EXPLAIN_VERSION = 1  # part of the content cache key: cached spans of another version are not reused
 METHODS = ("lexicon", "occlusion", "hybrid")
@@ -150,10 +151,8 @@ def _merge(spans: Sequence[Span]) -> list[Span]:
 
 
 def normalised_offsets(original: str, normalised: str) -> list[tuple[int, int]] | None:
-    """For each character of ``normalised`` (``pipeline.textnorm.normalise_text(original)``), the range of
+    """For each character of ``normalised`` (``models.normalise.normalise_text(original)``), the range of
     ``original`` it came from; None where the normaliser's output cannot be reproduced piecewise."""
-    from pipeline.textnorm import _INVISIBLE
-
     pieces: list[tuple[str, int, int]] = []
     i = 0
     while i < len(original):  # a base character and the combining marks after it normalise together
@@ -165,7 +164,7 @@ def normalised_offsets(original: str, normalised: str) -> list[tuple[int, int]] 
     chars: list[tuple[str, int, int]] = []
     for out, s, e in pieces:
         for ch in out:
-            if not _INVISIBLE.fullmatch(ch):
+            if not INVISIBLE.fullmatch(ch):
                 chars.append((ch, s, e))
     collapsed: list[tuple[int, int]] = []
     text: list[str] = []

@@ -400,17 +400,16 @@ def parse_every(value: str) -> float:
     return seconds
 
 
-def _retrain_once(task: str, out: Path | None, base_data: Path | None, data_root: Path | None, epochs: float,
-                  lr: float, feedback_weight: int, holdout: float, tolerance: float, promote_if_better: bool,
-                  threads: int | None, seed: int, functional_tolerance: float | None = 0.05):
-    from pipeline.cli import _announce, _settings
+def _retrain_once(cfg, out: Path | None, base_data: Path | None, data_root: Path | None, promote_if_better: bool,
+                  threads: int | None):  # cfg: training.retrain.RetrainConfig
+    from pipeline.control import announce_current_models
     from pipeline.serving import open_registry
-    from training.retrain import RetrainConfig, retrain
+    from pipeline.settings import Settings
+    from training.retrain import retrain
 
-    settings = _settings()
+    settings = Settings()
     registry = open_registry(settings)  # the workers' store, seeded from the bundled defaults if new
-    cfg = RetrainConfig(task=Task(task), feedback_weight=feedback_weight, holdout_fraction=holdout,
-                        tolerance=tolerance, epochs=epochs, lr=lr, seed=seed, functional_tolerance=functional_tolerance)
+    task = cfg.task.value
     out = out or Path("runs") / f"retrain-{task}-{time.strftime('%Y%m%d-%H%M%S')}"
     bars = _Bars()
     with bars.progress:
@@ -428,7 +427,9 @@ def _retrain_once(task: str, out: Path | None, base_data: Path | None, data_root
     Console().print(table)
     if result.promoted:
         Console().print(f"[green]gate passed[/]: {result.candidate} is now current for {task}")
-        _announce(settings, registry, f"retrain promoted {result.candidate}")
+        heard = announce_current_models(settings.redis, registry, f"retrain promoted {result.candidate}")
+        Console().print("Redis unreachable: running workers switch at their next registry poll" if heard is None
+                        else f"{heard} running worker(s) notified")
     else:
         why = "; ".join(result.reasons) or "promotion not asked for (--no-promote)"
         Console().print(f"[yellow]{result.candidate} stays a candidate[/]: {why}")
@@ -457,11 +458,13 @@ def retrain_cmd(
     """Retrain from moderator feedback: candidate, judged against the current model, promoted via the gate.
 
     Uses CHATMOD_MODELS_STORE and CHATMOD_FEEDBACK_STORE; running workers are told to reload on promotion."""
-    from training.retrain import RetrainError
+    from training.retrain import RetrainConfig, RetrainError
 
     try:
-        _retrain_once(task, out, base_data, data_root, epochs, lr, feedback_weight, holdout, tolerance,
-                      promote_if_better, threads, seed, 0.05 if functional_gate else None)
+        cfg = RetrainConfig(task=Task(task), feedback_weight=feedback_weight, holdout_fraction=holdout,
+                            tolerance=tolerance, epochs=epochs, lr=lr, seed=seed,
+                            functional_tolerance=0.05 if functional_gate else None)
+        _retrain_once(cfg, out, base_data, data_root, promote_if_better, threads)
     except RetrainError as exc:
         console.print(f"[red]cannot retrain[/]: {exc}")
         raise typer.Exit(1) from exc
@@ -480,14 +483,15 @@ def schedule(
 
     A run that cannot start (too little feedback yet) or fails is reported and the next one still happens;
     the Kubernetes CronJob in deploy/ is the alternative to a long-running schedule."""
-    from training.retrain import RetrainError
+    from training.retrain import RetrainConfig, RetrainError
 
     interval = parse_every(every)
+    cfg = RetrainConfig(task=Task(task), feedback_weight=feedback_weight, holdout_fraction=holdout,
+                        tolerance=tolerance, epochs=epochs, lr=lr, seed=seed)
     while True:
         started = time.monotonic()
         try:
-            _retrain_once(task, None, base_data, data_root, epochs, lr, feedback_weight, holdout, tolerance, True,
-                          threads, seed)
+            _retrain_once(cfg, None, base_data, data_root, True, threads)
         except RetrainError as exc:
             console.print(f"[yellow]skipped this run[/]: {exc}")
         except Exception as exc:  # noqa: BLE001 - one failed run must not end the schedule
