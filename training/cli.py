@@ -336,15 +336,27 @@ def strong(out: Annotated[Path, typer.Option(help="Run folder (resumable).")] = 
            precision: Annotated[str, typer.Option(help="fp32, bf16, or auto (bf16 where native).")] = "auto",
            soft_task: Annotated[list[str] | None, typer.Option(help="Tasks the soft labels teach (default all): "
                                                                     "those where the teacher beats the students.")] = None,
-           family: Annotated[list[str] | None, typer.Option(help="Students to make (default distilbert and albert).")] = None) -> None:
+           family: Annotated[list[str] | None, typer.Option(help="Students to make (default distilbert and albert).")] = None,
+           cap: Annotated[list[str] | None, typer.Option(help="SOURCE=N: a set's cap for the students, after --scale "
+                                                              "(repeatable), e.g. semeval=30000.")] = None) -> None:
     """The strong-teacher recipe: teacher, soft labels, both students distilled from them, evaluated,
     exported and registered; resumable, and the same on a lent GPU."""
+    from dataclasses import replace
+
+    from training.data import SOURCES
     from training.recipe import scaled
     from training.strong import run_strong
 
     teacher_cfg = _cfg(task, data_root, teacher_epochs, 32, teacher_lr, max_length, seed, threads, precision=precision)
     student_cfg = scaled(_cfg(task, data_root, student_epochs, 32, student_lr, max_length, seed, threads,
                               precision=precision, alpha_cos=0.0), scale)
+    caps = dict(student_cfg.caps)
+    for item in cap or []:
+        source, sep, n = item.partition("=")
+        if not sep or source not in SOURCES or not n.isdigit() or int(n) < 1:
+            raise typer.BadParameter(f"--cap takes SOURCE=N with a source of {sorted(SOURCES)}, got {item!r}")
+        caps[source] = int(n)
+    student_cfg = replace(student_cfg, caps=caps)
     bars = _Bars()
     with bars.progress:
         summary = run_strong(out, store, teacher_cfg, student_cfg, base=base, labels=labels, version=version,

@@ -208,6 +208,9 @@ def write_model_card(folder: Path, card: dict) -> None:
     if "thresholds" in card:
         lines += ["", "## Thresholds (review / block)", ""]
         lines += [f"- {k}: {v} / {card.get('block_thresholds', {}).get(k)}" for k, v in card["thresholds"].items()]
+    if card.get("logit_bias"):
+        lines += ["", "## Sentiment decision rule (logit offsets, fitted for balanced recall)", ""]
+        lines += [f"- {k}: {v:+.2f}" for k, v in card["logit_bias"].items()]
     if "functional" in card:
         func = card["functional"]
         lines += ["", f"## Functional suite: {func['overall']:.1%} (mean over behaviours; worst "

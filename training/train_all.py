@@ -40,6 +40,7 @@ def student_card(name: str, record: dict, artifact: Path, cfg: StageConfig, torc
         "latency_ms_per_msg": round(measure_latency(artifact, latency_texts, cfg.threads), 3),
         "headline": served["headline"], "headline_fp32": torch_report["headline"],
         "thresholds": torch_report["thresholds"], "block_thresholds": torch_report["block_thresholds"],
+        "logit_bias": torch_report.get("logit_bias", {}),
         "sets": served["sets"], "init": record.get("init", {}), "data": record["data"],
         "train_seconds": record["result"]["seconds"], "versions": record["versions"], **extra,
     }
