@@ -235,4 +235,9 @@ async def test_channel_mood_is_counted_per_minute_and_read_over_a_window(redis_u
     assert list(mood) == ["angry", "calm"]  # the most recently active first; "old" is not
     assert mood["calm"] == {"messages": 8, "negative": 0.25, "neutral": 0.0, "positive": 0.75}
     assert mood["angry"]["negative"] == 1.0
+    # within a second of that flush, counts wait in memory; a flush sends them
+    await enforcement.apply([said(300 + i, "calm", "positive", now - 100) for i in range(4)])
+    assert channel_mood(redis_lib.Redis.from_url(redis_url), "mood", now, window_s=300)["calm"]["messages"] == 8
+    await enforcement.flush_mood()
+    assert channel_mood(redis_lib.Redis.from_url(redis_url), "mood", now, window_s=300)["calm"]["messages"] == 12
     await client.aclose()
