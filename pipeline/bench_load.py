@@ -194,27 +194,38 @@ class LoadPoint:
 
 def capacity_search(run_at: Callable[[float], LoadPoint], start: float, bound_ms: float, max_points: int = 10,
                     step: float = 1.5, say: Callable[[str], None] = lambda _: None) -> tuple[float, list[LoadPoint]]:
-    """The highest offered load (msgs/s) whose p99 stays within ``bound_ms``: up by ``step`` from ``start``
-    until a load fails, then bisection between the last pass and the first failure, ``max_points`` runs
-    in all. Returns (capacity, the points measured, by offered load); capacity 0 if ``start`` fails."""
+    """The highest offered load (msgs/s) whose p99 stays within ``bound_ms``: from ``start``, up by ``step``
+    until a load fails (or down until one passes), then bisection between the last pass and the first
+    failure, ``max_points`` runs in all. Returns (capacity, the points measured, by offered load);
+    capacity 0 if none passed."""
     points: list[LoadPoint] = []
-    passed, failed, rate = 0.0, None, start
-    while failed is None and len(points) < max_points:
+
+    def within(rate: float) -> bool:
         point = run_at(rate)
         points.append(point)
-        say(f"  {rate:,.0f} msgs/s offered: p99 {point.latency_p99_ms:,.0f} ms, "
-            f"{'within' if point.within(bound_ms) else 'over'} {bound_ms:.0f} ms")
-        if point.within(bound_ms):
+        ok = point.within(bound_ms)
+        say(f"  {rate:,.0f} msgs/s offered: p99 {point.latency_p99_ms:,.0f} ms, {'within' if ok else 'over'} "
+            f"{bound_ms:.0f} ms")
+        return ok
+
+    passed, failed = 0.0, None
+    if within(start):  # up until a load fails
+        passed, rate = start, start * step
+        while len(points) < max_points:
+            if not within(rate):
+                failed = rate
+                break
             passed, rate = rate, rate * step
-        else:
-            failed = rate
+    else:  # down until one passes
+        failed, rate = start, start / step
+        while len(points) < max_points and rate >= 1.0:
+            if within(rate):
+                passed = rate
+                break
+            failed, rate = rate, rate / step
     while failed is not None and passed and len(points) < max_points and failed - passed > 0.04 * passed:
         rate = (passed + failed) / 2
-        point = run_at(rate)
-        points.append(point)
-        say(f"  {rate:,.0f} msgs/s offered: p99 {point.latency_p99_ms:,.0f} ms, "
-            f"{'within' if point.within(bound_ms) else 'over'} {bound_ms:.0f} ms")
-        passed, failed = (rate, failed) if point.within(bound_ms) else (passed, rate)
+        passed, failed = (rate, failed) if within(rate) else (passed, rate)
     return passed, sorted(points, key=lambda p: p.offered_msgs_per_s)
 
 

@@ -78,6 +78,7 @@ class Item:
     content_key: str
     text: str
     sentiment: str | None = None  # the message's sentiment class, for the channel's mood
+    toxicity: dict[str, float] | None = None  # its toxicity scores, for the channel's health
 
 
 @dataclass
@@ -199,7 +200,7 @@ class Enforcement:
 
         active = [i for i, it in enumerate(items) if self._needs_state(it)]
         outcomes = [Outcome()] * len(items)
-        mood = [it for it in items if it.channel is not None and it.sentiment is not None]
+        mood = [it for it in items if it.channel is not None]
         if not active and not mood:
             return Result(outcomes)
         try:
@@ -357,10 +358,16 @@ class Enforcement:
         return events
 
     def _count_mood(self, items: list[Item]) -> None:
+        """Per channel and minute: messages, flagged ones, each sentiment class, each toxicity score's sum."""
         for it in items:
             bucket = self._mood.setdefault((it.channel, int(it.ts // MOOD_BUCKET_S)), {})
             bucket["n"] = bucket.get("n", 0) + 1
-            bucket[it.sentiment] = bucket.get(it.sentiment, 0) + 1
+            if it.decision != "allow":
+                bucket["flagged"] = bucket.get("flagged", 0) + 1
+            if it.sentiment is not None:
+                bucket[it.sentiment] = bucket.get(it.sentiment, 0) + 1
+            for label, score in (it.toxicity or {}).items():
+                bucket[f"tox:{label}"] = bucket.get(f"tox:{label}", 0.0) + score
             self._mood_latest[it.channel] = max(self._mood_latest.get(it.channel, 0.0), it.ts)
 
     async def flush_mood(self) -> None:
@@ -372,7 +379,10 @@ class Enforcement:
         for (channel, minute), fields in counts.items():
             key = mood_key(self.prefix, channel, minute)
             for name, n in fields.items():
-                pipe.hincrby(key, name, n)
+                if isinstance(n, int):
+                    pipe.hincrby(key, name, n)
+                else:
+                    pipe.hincrbyfloat(key, name, n)
             pipe.expire(key, MOOD_RETAIN_S)
         index = f"{self.prefix}:v1:mood:channels"
         pipe.zadd(index, latest)
@@ -431,9 +441,10 @@ def channel_mood(client, prefix: str, now: float, window_s: int = 300, limit: in
         totals: dict[str, int] = {}
         for bucket in answers[k * len(minutes) : (k + 1) * len(minutes)]:
             for name, value in bucket.items():
-                totals[name.decode()] = totals.get(name.decode(), 0) + int(value)
-        n = totals.get("n", 0)
-        out[channel] = {"messages": n, **{s: round(totals.get(s, 0) / n, 4) if n else 0.0
+                totals[name.decode()] = totals.get(name.decode(), 0) + float(value)
+        n = int(totals.get("n", 0))
+        rated = sum(totals.get(s, 0) for s in ("negative", "neutral", "positive"))
+        out[channel] = {"messages": n, **{s: round(totals.get(s, 0) / rated, 4) if rated else 0.0
                                           for s in ("negative", "neutral", "positive")}}
     return out
 

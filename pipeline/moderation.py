@@ -339,7 +339,8 @@ class Moderator:
             sentiment = scores[p.content_key].get(Task.SENTIMENT.value)
             items.append(Item(p.message.id, p.message.channel, p.message.user, p.record.timestamp, profile,
                               verdict.decision, p.content_key, p.text,
-                              max(sentiment, key=sentiment.get) if sentiment else None))
+                              max(sentiment, key=sentiment.get) if sentiment else None,
+                              scores[p.content_key].get(Task.TOXICITY.value)))
         if self.enforcement is not None and items:
             started = time.perf_counter()
             result = await self.enforcement.apply(items)

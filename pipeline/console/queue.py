@@ -6,9 +6,9 @@ Keys under ``<prefix>:v1:console:``:
   Written only if absent (``SET NX``), so a record read again after a console restart is not queued again;
 - ``queue``: a sorted set of pending ids by severity (blocks above reviews, then the highest score);
 - ``claim:<id>``: the moderator who holds an item, expiring after ``claim_ttl_s``;
-- ``events``: a pub/sub channel of ``{"type": "item"|"claim"|"release"|"decided", "id", ...}``;
-- ``health:<channel hash>:<minute>``: per-minute counts of a channel's results (messages, flagged, the
-  sum of each toxicity score, each sentiment), and ``health:channels`` (channel -> last seen).
+- ``events``: a pub/sub channel of ``{"type": "item"|"claim"|"release"|"decided", "id", ...}``.
+
+Channel health is read from the per-minute buckets the workers keep (``channel_health``).
 
 Claims and verdicts are Lua scripts: two moderators never decide one item, and a verdict on an item
 another moderator holds is refused with that moderator's name.
@@ -18,15 +18,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections import defaultdict
 from collections.abc import Iterable
 
 from models.labels import DECIDING_LABELS
 from pipeline.enforcement import _h
 
 ITEM_TTL_S = 7 * 86400
-HEALTH_TTL_S = 86400
-HEALTH_BUCKET_S = 60
 
 ADD_ITEM = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
@@ -172,52 +169,22 @@ class Queue:
 # channel health -------------------------------------------------------------------------------------------
 
 
-def health_key(prefix: str, channel: str, minute: int) -> str:
-    return f"{prefix}:v1:console:health:{_h(channel)}:{minute}"
-
-
-async def record_health(client, prefix: str, results: Iterable[dict]) -> None:
-    """Add a batch of moderated results to their channels' per-minute health buckets."""
-    buckets: dict[tuple[str, int], dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    seen: dict[str, float] = {}
-    now = time.time()
-    for result in results:
-        channel = result.get("channel")
-        if not channel:
-            continue
-        fields = buckets[(channel, int(now // HEALTH_BUCKET_S))]
-        fields["n"] += 1
-        fields["flagged"] += result.get("decision") != "allow"
-        for label, score in result.get("toxicity", {}).items():
-            fields[f"tox:{label}"] += score
-        sentiment = result.get("sentiment") or {}
-        if sentiment:
-            fields[f"sent:{max(sentiment, key=sentiment.get)}"] += 1
-        seen[channel] = now
-    if not buckets:
-        return
-    pipe = client.pipeline(transaction=False)
-    for (channel, minute), fields in buckets.items():
-        key = health_key(prefix, channel, minute)
-        for name, value in fields.items():
-            pipe.hincrbyfloat(key, name, value)
-        pipe.expire(key, HEALTH_TTL_S)
-    pipe.zadd(f"{prefix}:v1:console:health:channels", seen)
-    await pipe.execute()
-
-
 async def channel_health(client, prefix: str, minutes: int = 60, limit: int = 12) -> dict[str, list[dict]]:
     """The most recently active channels, each with ``minutes`` buckets (oldest first):
-    ``{"minute", "n", "flagged_share", "toxicity": {label: mean}, "sentiment": {class: share}}``."""
+    ``{"minute", "n", "flagged_share", "toxicity": {label: mean}, "sentiment": {class: share}}``, read from
+    the per-minute buckets every worker keeps (``pipeline.enforcement``: messages, flagged, sentiment
+    classes, toxicity sums per channel and minute)."""
+    from pipeline.enforcement import MOOD_BUCKET_S, mood_key
+
     now = time.time()
     channels = [c.decode() for c in await client.zrevrangebyscore(
-        f"{prefix}:v1:console:health:channels", "+inf", now - minutes * HEALTH_BUCKET_S, start=0, num=limit)]
-    last = int(now // HEALTH_BUCKET_S)
+        f"{prefix}:v1:mood:channels", "+inf", now - minutes * MOOD_BUCKET_S, start=0, num=limit)]
+    last = int(now // MOOD_BUCKET_S)
     span = range(last - minutes + 1, last + 1)
     pipe = client.pipeline(transaction=False)
     for channel in channels:
         for minute in span:
-            pipe.hgetall(health_key(prefix, channel, minute))
+            pipe.hgetall(mood_key(prefix, channel, minute))
     answers = await pipe.execute() if channels else []
     out: dict[str, list[dict]] = {}
     for k, channel in enumerate(channels):
@@ -225,12 +192,11 @@ async def channel_health(client, prefix: str, minutes: int = 60, limit: int = 12
         for j, minute in enumerate(span):
             raw = {a.decode(): float(b) for a, b in answers[k * len(span) + j].items()}
             n = raw.get("n", 0.0)
-            sent_total = sum(v for name, v in raw.items() if name.startswith("sent:"))
+            rated = sum(raw.get(c, 0.0) for c in ("negative", "neutral", "positive"))
             series.append({
-                "minute": minute * HEALTH_BUCKET_S, "n": n, "flagged_share": raw.get("flagged", 0.0) / n if n else 0.0,
+                "minute": minute * MOOD_BUCKET_S, "n": n, "flagged_share": raw.get("flagged", 0.0) / n if n else 0.0,
                 "toxicity": {name[4:]: v / n for name, v in raw.items() if name.startswith("tox:") and n},
-                "sentiment": {name[5:]: v / sent_total for name, v in raw.items()
-                              if name.startswith("sent:") and sent_total},
+                "sentiment": {c: raw[c] / rated for c in ("negative", "neutral", "positive") if c in raw and rated},
             })
         out[channel] = series
     return out

@@ -32,9 +32,13 @@ def test_capacity_search_steps_up_then_bisects_to_within_four_percent() -> None:
     assert [p.offered_msgs_per_s for p in points] == sorted(offered)
 
 
-def test_capacity_is_zero_when_the_first_load_fails_and_a_budget_of_points_holds() -> None:
-    run_at, offered = _stack(50.0)
-    assert capacity_search(run_at, 200.0, 150.0)[0] == 0.0 and offered == [200.0]
+def test_a_first_load_over_the_bound_steps_down_and_a_budget_of_points_holds() -> None:
+    run_at, offered = _stack(100.0)
+    capacity, _ = capacity_search(run_at, 300.0, 150.0, max_points=12)
+    assert offered[:3] == [300.0, 200.0, 300.0 / 1.5 / 1.5]  # down by 1.5x until one passes, then bisection
+    assert 0.96 * 100 <= capacity <= 100
+    run_at, offered = _stack(0.5)
+    assert capacity_search(run_at, 2.0, 150.0)[0] == 0.0  # none passes: capacity 0
     run_at, offered = _stack(10_000.0)
     capacity, _ = capacity_search(run_at, 100.0, 150.0, max_points=3)
     assert offered == [100.0, 150.0, 225.0] and capacity == 225.0
