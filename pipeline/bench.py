@@ -283,6 +283,7 @@ class E2EPlan:
     capacity_start: float | None = None  # msgs/s; None: a third of the unique throughput
     capacity_seconds: float = 8.0  # per load point
     capacity_points: int = 9
+    curve_shares: tuple[float, ...] = (0.25, 0.5)  # light loads measured first, as shares of the start
     raid_distinct: int = 50
     peer_messages: int = 1_000  # 0: the peer design is not run
     console_tabs: int = 0  # > 0: the unique workload again with a console and this many queue pages open
@@ -359,6 +360,9 @@ def _capacity(plan: E2EPlan, unique_rate: float, used: set[str], run: Callable, 
     start = plan.capacity_start or max(10.0, unique_rate / 3)
     say(f"capacity at p99 <= {plan.bound_ms:.0f} ms: fixed loads of unique texts from {start:,.0f} msgs/s, "
         f"{plan.capacity_seconds:.0f} s each")
+    for share in plan.curve_shares:  # light loads too, for the shape of the curve
+        point = run_at(start * share)
+        say(f"  {start * share:,.0f} msgs/s offered: p99 {point.latency_p99_ms:,.0f} ms (the curve)")
     capacity, _ = capacity_search(run_at, start, plan.bound_ms, plan.capacity_points, say=say)
     return {"bound_ms": plan.bound_ms, "capacity_msgs_per_s": round(capacity, 1), "seconds_per_point": plan.capacity_seconds,
             "points": sorted(points, key=lambda p: p["offered_msgs_per_s"])}

@@ -20,7 +20,7 @@ def test_end_to_end_bench_measures_every_message(tiny_store: Path, tmp_path: Pat
     plan = E2EPlan(messages=400, threads=1, max_batch=32, seed=5,
                    worker_env={"CHATMOD_KAFKA_FETCH_MAX_WAIT_MS": "50"},
                    compare=["CHATMOD_MODELS_EXPLAIN=off", f"CHATMOD_POLICY_DEFAULT_PROFILE={profile}"],
-                   capacity_start=100.0, capacity_seconds=2.0, capacity_points=3, raid_distinct=20, peer_messages=60, console_tabs=2)
+                   capacity_start=100.0, capacity_seconds=2.0, capacity_points=3, curve_shares=(0.5,), raid_distinct=20, peer_messages=60, console_tabs=2)
     report = run_bench({"e2e"}, tiny_store, plan, n_model=0, batch_size=32, say=lambda _: None, progress=None)
     e2e = report["end_to_end"]
     assert e2e["worker_settings"] == {"CHATMOD_KAFKA_FETCH_MAX_WAIT_MS": "50"}
@@ -41,7 +41,7 @@ def test_end_to_end_bench_measures_every_message(tiny_store: Path, tmp_path: Pat
     assert runs["peer: kafka-python + pipeline"]["messages"] == 60
     capacity = e2e["capacity"]  # three loads from 100 msgs/s, up by 1.5x while p99 stays within 150 ms
     offered = [round(p["offered_msgs_per_s"]) for p in capacity["points"]]
-    assert len(offered) == 3 and offered[0] == 100
+    assert len(offered) == 4 and offered[:2] == [50, 100]  # a light load for the curve, then the search
     within = [p["offered_msgs_per_s"] for p in capacity["points"]
               if LoadPoint(p["offered_msgs_per_s"], p["sustained_msgs_per_s"], p["latency_p50_ms"],
                            p["latency_p99_ms"], p["lost"]).within(150.0)]
@@ -70,4 +70,4 @@ def test_end_to_end_bench_measures_every_message(tiny_store: Path, tmp_path: Pat
     printed = (tmp_path / "out.txt").read_text()
     assert "load 150/s" in printed and "machine time per message" in printed and "capacity at p99" in printed
     svg = latency_plot(report)
-    assert svg.startswith("<svg") and svg.count("<circle") == 6 and "p99 bound 150 ms" in svg
+    assert svg.startswith("<svg") and svg.count("<circle") == 8 and "p99 bound 150 ms" in svg
