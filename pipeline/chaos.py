@@ -93,20 +93,25 @@ def compare_copies(copies_by_id: dict[str, list[bytes]], expected_ids: list[str]
 
 
 class _Load(threading.Thread):
-    """The benchmark's load generator (``pipeline.bench._produce``: a steady rate, keyed by message id) in a
+    """The benchmark's load generator (``pipeline.bench_load``: a steady rate, keyed by message id) in a
     thread, so faults can be injected while it sends; its error, if any, is kept for the main thread."""
 
     def __init__(self, bootstrap: str, topic: str, payloads: list[tuple[str, bytes]], rate: float,
                  progress: Callable[[str, int, int], None] | None):
         super().__init__(name="chatmod-chaos-load", daemon=True)
-        self.args = (bootstrap, topic, payloads, rate, {}, progress, "load")
+        self.bootstrap, self.topic, self.payloads, self.rate, self.progress = bootstrap, topic, payloads, rate, progress
         self.error: BaseException | None = None
 
     def run(self) -> None:
-        from pipeline.bench import _produce
+        from pipeline.bench_load import Producer, produce
 
         try:
-            _produce(*self.args)
+            producer = Producer(self.bootstrap)
+            try:
+                produce(producer, self.topic, self.payloads, self.rate, {},
+                        (lambda i: self.progress("load", i, len(self.payloads))) if self.progress else None)
+            finally:
+                producer.close()
         except BaseException as exc:  # reported by the main thread
             self.error = exc
 
