@@ -42,7 +42,9 @@ class Chart:
 
 
 def render(chart: Chart) -> str:
-    left, right, top, bottom = 70, 30, 60, 50
+    left, right, bottom = 70, 30, 50
+    per_row = max(1, (chart.width - left - right) // 100)  # legend entries per row, under the title
+    top = 60 + 14 * ((len(chart.lines) - 1) // per_row)
     plot_w, plot_h = chart.width - left - right, chart.height - top - bottom
     xs = [x for line in chart.lines for x, _ in line.points] + [m.x for m in chart.markers if m.x is not None]
     ys = [y for line in chart.lines for _, y in line.points] + [m.y for m in chart.markers if m.y is not None]
@@ -92,8 +94,7 @@ def render(chart: Chart) -> str:
             out.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="2.5" fill="{colour}"/>')
             if y > y_max:
                 out.append(f'<text x="{px(x) + 5:.1f}" y="{top + 12}" fill="{colour}">{escape(chart.y_format(y))}</text>')
-        per_row = max(1, (chart.width - left - right) // 100)
-        lx, ly = left + 100 * (k % per_row), 44 + 14 * (k // per_row)  # the legend, under the title
+        lx, ly = left + 100 * (k % per_row), 44 + 14 * (k // per_row)
         out.append(f'<line x1="{lx}" x2="{lx + 20}" y1="{ly - 4}" y2="{ly - 4}" stroke="{colour}" stroke-width="2"/>'
                    f'<text x="{lx + 26}" y="{ly}">{escape(line.name)}</text>')
     out.append("</svg>")

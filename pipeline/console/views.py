@@ -4,6 +4,7 @@ verdicts as feedback labels, channel charts, models and policies."""
 from __future__ import annotations
 
 import json
+import math
 import time
 
 from models.labels import DECIDING_LABELS, TOXICITY_LABELS
@@ -105,7 +106,11 @@ async def channel_charts(console) -> list[dict]:
     out = []
     health = await channel_health(console.redis, console.settings.redis.key_prefix)
     for channel, series in health.items():
+        first = next((i for i, s in enumerate(series) if s["n"]), len(series))
+        series = series[max(0, min(first, len(series) - 10)):]  # from its first active minute, ten at least
         minutes = [s["minute"] for s in series]
+        top = max(s["n"] for s in series)
+        count_max = max(4.0, math.ceil(top * 1.1 / 4) * 4)  # whole-number ticks
 
         def clock(v: float) -> str:
             return time.strftime("%H:%M", time.localtime(v))
@@ -121,7 +126,7 @@ async def channel_charts(console) -> list[dict]:
         classes = [c for c in ("negative", "neutral", "positive") if any(c in s["sentiment"] for s in series)]
         out.append({"channel": channel, "messages": int(sum(s["n"] for s in series)), "charts": [
             chart("messages per minute", "messages", [Line("messages", list(zip(minutes, [s["n"] for s in series])))],
-                  y_format=lambda v: f"{v:,.0f}"),
+                  count_max, y_format=lambda v: f"{v:,.0f}"),
             chart("flagged share", "share flagged",
                   [Line("flagged", list(zip(minutes, [s["flagged_share"] for s in series])), "#c0392b")], 1.0),
             chart("mean toxicity by label", "mean score",
