@@ -78,6 +78,7 @@ def create_app(settings: Settings, *, with_agents: bool = True) -> faust.App:
         topic_partitions=settings.topics.partitions,
         topic_replication_factor=settings.topics.replication_factor,
         producer_acks=-1,
+        producer_linger=kafka.producer_linger_ms / 1000.0,
         web_enabled=worker.web_enabled,
         web_port=worker.web_port,
         web_bind=worker.web_host,

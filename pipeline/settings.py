@@ -94,6 +94,12 @@ class KafkaSettings(_Group):
     # tansu: p50 52 -> 32 ms going from 100 to 20). Kafka answers as soon as there is data, so on Kafka
     # this only sets how often an idle consumer asks: 50 small requests a second.
     fetch_max_wait_ms: int = Field(20, ge=1, le=10000)
+    # How long the worker's producer waits to fill a request (Faust's producer_linger; 5 ms is Kafka's own
+    # producer default since 4.0, KIP-1030). Under light load a batch's results otherwise go out in many small
+    # requests, and a broker pays per request: on tansu, 0 -> 5 ms took the broker's CPU per message at
+    # 150-225 msgs/s from 2.3-2.7 to 2.0-2.3 ms and the p99-bounded capacity from 225 to 281 msgs/s
+    # (bench, one run each). 0 sends at once.
+    producer_linger_ms: float = Field(5.0, ge=0.0, le=1000.0)
 
     @field_validator("bootstrap")
     @classmethod
