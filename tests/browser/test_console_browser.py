@@ -141,3 +141,51 @@ def test_roles_csrf_login_limits_and_the_admin_pages(browser, shots, broker, red
         limited = log_in(browser, url, "mod2")  # the right password, too late
         assert "Too many failed logins" in limited.inner_text(".error")
         limited.screenshot(path=str(shots / "login-limited.png"))
+
+
+def test_the_bundled_models_fill_the_queue_as_a_moderator_sees_it(browser, shots, broker, redis_url, topic_prefix,
+                                                                 tmp_path, monkeypatch):
+    """The shipped models behind the console (the README's screenshots come from here): abuse is queued with
+    its labels, friendly chat is not, and the channel charts draw what the workers counted."""
+    from models.registry import ModelRegistry
+    from pipeline.console.accounts import Accounts
+    from pipeline.embedded import create_topics
+    from pipeline.serving import bundled_store
+    from tests.harness import worker_env
+
+    import redis as redis_lib
+
+    store = ModelRegistry(tmp_path / "store", seed=bundled_store()).store
+    env = worker_env(broker.bootstrap, redis_url, store, topic_prefix)
+    create_topics(broker.bootstrap, {env[k]: 3 for k in ("CHATMOD_TOPICS_MESSAGES", "CHATMOD_TOPICS_MODERATED",
+                                                         "CHATMOD_TOPICS_FLAGGED")} | {env["CHATMOD_TOPICS_FEEDBACK"]: 1})
+    for key, value in env.items():
+        if key.startswith("CHATMOD_"):
+            monkeypatch.setenv(key, value)
+    Accounts(redis_lib.Redis.from_url(redis_url), env["CHATMOD_REDIS_KEY_PREFIX"]).add_user("alice", PASSWORD, "admin")
+    friendly = ["gg wp everyone", "nice shot!", "anyone up for another round?", "thanks for the carry lol",
+                "that was a close game", "brb getting water", "love this map", "who wants to duo later"]
+    abuse = [("x1", "fps_ranked", "uninstall the game you absolute idiot"),
+             ("x2", "lobby", "u r such a l o s e r, nobody likes you"),
+             ("x3", "fps_ranked", "go kill yourself, nobody wants you here")]
+    settings = Settings(console={"port": free_port()})
+    with WorkerProcess(env, tmp_path / "worker.log") as worker, ConsoleThread(settings) as url:
+        produce(broker.bootstrap, env["CHATMOD_TOPICS_MESSAGES"],
+                [chat(f"f{i}", text, "lobby" if i % 2 else "fps_ranked", f"player{i}") for i, text in enumerate(friendly)]
+                + [chat(i, text, channel, "troll") for i, channel, text in abuse])
+        read_topic(broker.bootstrap, env["CHATMOD_TOPICS_MODERATED"], lambda rs: len(results_by_id(rs)) >= 11, 60, worker)
+        page = log_in(browser, url, "alice")
+        for i, _, _ in abuse:
+            page.wait_for_selector(f'article[data-id="{i}"]', timeout=10_000)
+        assert page.locator('article[data-id^="f"]').count() == 0  # friendly chat is not queued
+        assert "label:toxic" in page.inner_text('article[data-id="x1"]')
+        assert "idiot" in page.inner_text('article[data-id="x1"] mark')  # the word that drove it, highlighted
+        page.screenshot(path=str(shots / "queue.png"))
+        time.sleep(1.5)  # the workers' per-minute counts are flushed once a second
+        page.goto(f"{url}/channels")
+        page.wait_for_selector("section.channel svg")
+        assert {"lobby", "fps_ranked"} <= {h.split()[0] for h in page.locator("section.channel h2").all_inner_texts()}
+        page.screenshot(path=str(shots / "channels.png"))
+        page.goto(f"{url}/models")
+        assert "chatmod-distilbert-mt" in page.inner_text("table.current")
+        page.screenshot(path=str(shots / "models.png"))
