@@ -125,7 +125,7 @@ def classify(
         if not file.is_file():
             typer.secho(f"no such file: {file}", fg="red", err=True)
             raise typer.Exit(2)
-        lines += [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        lines += _read_lines(file)
     if not lines:
         typer.secho("nothing to classify: give TEXT arguments or --file", fg="red", err=True)
         raise typer.Exit(2)
@@ -146,6 +146,26 @@ def classify(
                                    "sentiment": _round(result.sentiment), "flags": result.flags,
                                    "decision": result.decision, "spans": result.spans, "reasons": result.reasons,
                                    "models": serving.refs}, ensure_ascii=False))
+
+
+def _read_lines(path: Path) -> list[str]:
+    """The non-blank lines of a UTF-8 file; lines that are not valid UTF-8 are decoded with U+FFFD for the
+    bad bytes, and named on stderr (a stray byte in a chat export should not stop the other lines)."""
+    raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
+    lines, bad = [], []
+    for number, line in enumerate(raw.splitlines(), 1):
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            bad.append(number)
+            text = line.decode("utf-8", errors="replace")
+        if text.strip():
+            lines.append(text)
+    if bad:
+        shown = ", ".join(map(str, bad[:10])) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        typer.secho(f"{path}: line{'s' if len(bad) > 1 else ''} {shown} not valid UTF-8; the bad bytes read "
+                    "as U+FFFD", fg="yellow", err=True)
+    return lines
 
 
 @app.command()

@@ -63,6 +63,16 @@ def test_classify_prints_one_json_line_per_text(tiny_store):
         assert line["decision"] in ("allow", "review", "block")
 
 
+def test_classify_names_lines_that_are_not_utf8_and_classifies_every_line(tiny_store, tmp_path):
+    chat = tmp_path / "export.txt"
+    chat.write_bytes(b"gg wp\nbad \xff\xfe byte\n\nstill fine\n")
+    done = chatmod("classify", "--file", str(chat), CHATMOD_MODELS_STORE=str(tiny_store))
+    assert done.returncode == 0, done.stderr
+    assert "line 2 not valid UTF-8" in done.stderr and "Traceback" not in done.stderr
+    assert [json.loads(line)["text"] for line in done.stdout.splitlines()] == ["gg wp", "bad \ufffd\ufffd byte",
+                                                                                "still fine"]
+
+
 def test_classify_reads_a_file_and_a_missing_file_is_a_usage_error(tiny_store, tmp_path):
     chat = tmp_path / "chat.txt"
     chat.write_text("gg wp\n\nnice shot 🔥\ncafé au lait\n", encoding="utf-8")
