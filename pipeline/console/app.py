@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -32,6 +33,7 @@ log = logging.getLogger("chatmod.console")
 HERE = Path(__file__).parent
 SESSION_COOKIE, LOGIN_COOKIE = "chatmod_session", "chatmod_login"
 KEEPALIVE_S = 15.0
+VIEW_TTL_S = 0.5  # how long pages share one read of the queue
 HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
                                       "form-action 'self'; base-uri 'none'",
            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin", "X-Frame-Options": "DENY"}
@@ -56,8 +58,30 @@ class Console:
         self.queue = Queue(self.redis, redis.key_prefix, settings.console.claim_ttl_s)
         c = settings.console
         self.accounts = Accounts(self.redis, redis.key_prefix, c.session_ttl_s, c.login_max_failures, c.login_window_s)
-        self.feed = Feed(settings, self.queue, self.redis)
+        self._views: dict[tuple, tuple[float, asyncio.Future]] = {}
+        self.feed = Feed(settings, self.queue, self.redis, on_queued=self.changed)
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
+
+    async def queue_snapshot(self, wanted: dict[str, str | None]) -> dict:
+        """The queue view for these filters, shared by every page that asks within ``VIEW_TTL_S`` (ten open
+        pages re-reading a busy queue cost one read, not ten); this console's changes and new items drop it
+        (another console's changes show within ``VIEW_TTL_S``)."""
+        from pipeline.console.views import queue_view
+
+        key, now = tuple(sorted(wanted.items())), time.monotonic()
+        cached = self._views.get(key)
+        if cached is not None and now - cached[0] < VIEW_TTL_S:
+            return await asyncio.shield(cached[1])
+        future = asyncio.ensure_future(queue_view(self, wanted))
+        self._views[key] = (now, future)
+        try:
+            return await asyncio.shield(future)
+        except Exception:
+            self._views.pop(key, None)
+            raise
+
+    def changed(self) -> None:
+        self._views.clear()
 
     async def session(self, request: Request, admin: bool = False, state_change: bool = False) -> Session:
         """The request's session, or Denied: 401 without one, 403 for a missing CSRF token or role."""
@@ -140,12 +164,10 @@ async def queue_page(request: Request) -> Response:
 
 
 async def queue_api(request: Request) -> Response:
-    from pipeline.console.views import queue_view
-
     console: Console = request.app.state.console
     await console.session(request)
     wanted = {k: request.query_params.get(k) or None for k in ("channel", "label", "decision", "profile")}
-    return JSONResponse(await queue_view(console, wanted), headers=HEADERS)
+    return JSONResponse(await console.queue_snapshot(wanted), headers=HEADERS)
 
 
 async def events(request: Request) -> Response:
@@ -174,6 +196,7 @@ async def claim(request: Request) -> Response:
     session = await console.session(request, state_change=True)
     item_id = request.path_params["item_id"]
     holder = await console.queue.claim(item_id, session.user)
+    console.changed()
     if holder == session.user:
         return JSONResponse({"holder": holder}, headers=HEADERS)
     if holder:
@@ -185,6 +208,7 @@ async def release(request: Request) -> Response:
     console: Console = request.app.state.console
     session = await console.session(request, state_change=True)
     released = await console.queue.release(request.path_params["item_id"], session.user)
+    console.changed()
     return JSONResponse({"released": released}, headers=HEADERS)
 
 
@@ -204,6 +228,7 @@ async def verdict(request: Request) -> Response:
         return JSONResponse({"error": str(exc)}, status_code=400, headers=HEADERS)
     decided = await console.queue.decide(item_id, session.user, {"action": body["action"], "labels": labels,
                                                                   "by": session.user})
+    console.changed()
     if decided == "gone":
         return JSONResponse({"error": "this item was decided already"}, status_code=410, headers=HEADERS)
     if decided != "ok":
@@ -212,6 +237,7 @@ async def verdict(request: Request) -> Response:
         await console.feed.publish_verdict(item_id, item["result"].get("text", ""), labels, session.user)
     except Exception as exc:  # noqa: BLE001 - the broker is away: the item goes back to the queue
         await console.queue.reopen(item_id, item["result"])
+        console.changed()
         log.error("verdict not published; the item is back in the queue", extra={"id": item_id, "error": repr(exc)})
         return JSONResponse({"error": "the verdict could not be published; try again"}, status_code=503,
                             headers=HEADERS)

@@ -87,3 +87,27 @@ def test_a_verdict_becomes_feedback_labels():
     with pytest.raises(ValueError, match="confirm or overturn"):
         feedback_labels(result, "maybe", None)
     assert severity(flagged("b", "block", 0.5)) > severity(flagged("r", "review", 0.99))
+
+
+async def test_open_pages_share_one_read_of_the_queue_until_something_changes(redis_url, monkeypatch):
+    from pipeline.console import views
+    from pipeline.console.app import Console
+    from pipeline.settings import Settings
+
+    calls = []
+
+    async def counted(console, wanted):
+        calls.append(dict(wanted))
+        await asyncio.sleep(0.05)
+        return {"items": [], "verdicts": {}}
+
+    monkeypatch.setattr(views, "queue_view", counted)
+    console = Console(Settings(redis={"url": redis_url}))
+    wanted = {"channel": None, "label": None, "decision": None, "profile": None}
+    await asyncio.gather(*(console.queue_snapshot(wanted) for _ in range(10)))  # ten pages at once
+    assert len(calls) == 1
+    await console.queue_snapshot({**wanted, "channel": "lobby"})  # other filters: their own read
+    console.changed()  # a claim, a verdict or a new item here
+    await console.queue_snapshot(wanted)
+    assert len(calls) == 3
+    await console.redis.aclose()
