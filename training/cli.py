@@ -23,6 +23,9 @@ console = Console(stderr=True)
 
 TasksOpt = Annotated[list[str], typer.Option("--task", help="toxicity, sentiment, or all (one encoder, two heads).")]
 DataOpt = Annotated[Path | None, typer.Option(help="Labeled data folder (default ../shared/data).")]
+RefArg = Annotated[str, typer.Argument(help="NAME@VERSION in the store, or an artifact folder.")]
+StoreOpt = Annotated[Path, typer.Option(help="Model store.")]
+PromoteOpt = Annotated[bool, typer.Option("--promote/--no-promote", help="Make it current for the tasks its source serves.")]
 
 
 def _tasks(values: list[str]) -> list[str]:
@@ -234,26 +237,30 @@ def promote(artifact: Annotated[Path, typer.Argument(help="Artifact folder to re
     typer.echo(f"{manifest.ref} is current for {task or [str(t) for t in manifest.tasks]} in {store}")
 
 
-@app.command()
-def requantize(ref: Annotated[str, typer.Argument(help="NAME@VERSION in the store, or an artifact folder.")],
-               version: Annotated[str, typer.Option(help="Version of the re-exported artifact.")],
-               store: Annotated[Path, typer.Option(help="Model store.")] = Path("model-store"),
-               promote_: Annotated[bool, typer.Option("--promote/--no-promote",
-                                                      help="Make it current for the tasks its source serves.")] = False,
-               data_root: DataOpt = None, seed: int = 13) -> None:
-    """Re-export a model with the current int8 export (per-token scales: batch-independent scores), evaluate
-    it on validation when the data is there, and register it."""
-    import tempfile
-
+def _derived_from(ref: str, store: Path, data_root: Path | None, seed: int):
+    """For a command that makes a new version of a model: (registry, the source's folder, the recipe's
+    config for both tasks, the data folder)."""
     from models.registry import ModelRegistry
     from training.data import default_data_root
-    from training.export import DEFAULT_VERIFY_TEXTS
-    from training.requantize import requantize_artifact
 
     registry = ModelRegistry(store)
     source = Path(ref) if Path(ref).is_dir() else registry.get(ref)[1]
     cfg = StageConfig(tasks=_tasks(["all"]), data_root=str(data_root) if data_root else None, seed=seed)
-    root = Path(cfg.data_root) if cfg.data_root else default_data_root()
+    return registry, source, cfg, Path(cfg.data_root) if cfg.data_root else default_data_root()
+
+
+@app.command()
+def requantize(ref: RefArg, version: Annotated[str, typer.Option(help="Version of the re-exported artifact.")],
+               store: StoreOpt = Path("model-store"), promote_: PromoteOpt = False, data_root: DataOpt = None,
+               seed: int = 13) -> None:
+    """Re-export a model with the current int8 export (per-token scales: batch-independent scores), evaluate
+    it on validation when the data is there, and register it."""
+    import tempfile
+
+    from training.export import DEFAULT_VERIFY_TEXTS
+    from training.requantize import requantize_artifact
+
+    registry, source, cfg, root = _derived_from(ref, store, data_root, seed)
 
     def evaluate_served(folder: Path, manifest) -> dict:
         tox = next((h for h in manifest.heads if h.task == Task.TOXICITY), None)
@@ -281,27 +288,19 @@ def requantize(ref: Annotated[str, typer.Argument(help="NAME@VERSION in the stor
 
 
 @app.command()
-def recalibrate(ref: Annotated[str, typer.Argument(help="NAME@VERSION in the store, or an artifact folder.")],
-                version: Annotated[str, typer.Option(help="Version of the recalibrated artifact.")],
-                store: Annotated[Path, typer.Option(help="Model store.")] = Path("model-store"),
+def recalibrate(ref: RefArg, version: Annotated[str, typer.Option(help="Version of the recalibrated artifact.")],
+                store: StoreOpt = Path("model-store"),
                 thresholds: Annotated[bool, typer.Option("--thresholds/--keep-thresholds",
                                                          help="Fit the toxicity thresholds again too.")] = False,
-                promote_: Annotated[bool, typer.Option("--promote/--no-promote",
-                                                       help="Make it current for the tasks its source serves.")] = False,
-                data_root: DataOpt = None, seed: int = 13) -> None:
+                promote_: PromoteOpt = False, data_root: DataOpt = None, seed: int = 13) -> None:
     """Fit a model's decision rules again on validation, as served (int8): the sentiment head's logit
     offsets (balanced recall), and with --thresholds the toxicity thresholds. Same weights, new version."""
     import tempfile
 
-    from models.registry import ModelRegistry
-    from training.data import default_data_root
     from training.recipe import training_examples, validation_config
     from training.requantize import recalibrate_artifact
 
-    registry = ModelRegistry(store)
-    source = Path(ref) if Path(ref).is_dir() else registry.get(ref)[1]
-    cfg = StageConfig(tasks=_tasks(["all"]), data_root=str(data_root) if data_root else None, seed=seed)
-    root = Path(cfg.data_root) if cfg.data_root else default_data_root()
+    registry, source, cfg, root = _derived_from(ref, store, data_root, seed)
     if not root.is_dir():
         raise typer.BadParameter(f"{root} is missing: recalibration fits on the validation sets made from it")
     _, validation, _ = training_examples(validation_config(cfg))
