@@ -16,6 +16,7 @@ from typing import Annotated
 
 import typer
 
+from pipeline.console.cli import app as console_app
 from pipeline.settings import Settings
 
 app = typer.Typer(help="chatmod: streaming chat moderation on Kafka.", no_args_is_help=True,
@@ -26,17 +27,11 @@ policy_app = typer.Typer(help="Policy profiles: per-channel rules, terms, strike
                          no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
 
-
-def _console_app() -> typer.Typer:
-    from pipeline.console.cli import app as console_app
-
-    return console_app
+app.add_typer(console_app, name="console")
 
 
-app.add_typer(_console_app(), name="console")
-
-
-def _settings() -> Settings:
+def load_settings() -> Settings:
+    """Settings from the environment, or a clear message naming the bad variable and exit code 2."""
     try:
         return Settings()
     except Exception as exc:  # pydantic's message names the variable and what is wrong with it
@@ -73,7 +68,7 @@ def worker(
 
     from pipeline.app import create_app
 
-    settings = _settings()
+    settings = load_settings()
     if not web:
         settings.worker.web_enabled = False
     faust_app = create_app(settings)
@@ -129,7 +124,7 @@ def classify(
     if not lines:
         typer.secho("nothing to classify: give TEXT arguments or --file", fg="red", err=True)
         raise typer.Exit(2)
-    settings = _settings()
+    settings = load_settings()
     serving = load_serving(settings)
     max_chars = settings.batching.max_text_chars
     console = Console(highlight=False)
@@ -210,7 +205,7 @@ def produce(
 
     from pipeline.kafka_tools import kafka_client_config
 
-    settings = _settings()
+    settings = load_settings()
     target = topic or settings.topics.messages
     producer = KafkaProducer(**kafka_client_config(settings.kafka), acks="all", linger_ms=5)
     sent, started = 0, time.monotonic()
@@ -253,7 +248,7 @@ def tail(
     """Print a topic's records as JSON lines (DLQ records with their chatmod.* headers)."""
     from pipeline.kafka_tools import tail_records
 
-    settings = _settings()
+    settings = load_settings()
     for record in tail_records(settings.kafka, topic, from_beginning, max_messages, idle_timeout):
         typer.echo(json.dumps(record, ensure_ascii=False))
 
@@ -265,7 +260,7 @@ def _channel_status(as_json: bool) -> None:
 
     from pipeline.enforcement import channel_mood
 
-    settings = _settings()
+    settings = load_settings()
     client = redis_lib.Redis.from_url(settings.redis.url, socket_timeout=2, socket_connect_timeout=2,
                                       **settings.redis.credential_kwargs())
     try:
@@ -297,7 +292,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON inst
     if channels:
         _channel_status(as_json)
         return
-    st = collect_status(_settings())
+    st = collect_status(load_settings())
     if as_json:
         typer.echo(json.dumps({**asdict(st), "total_lag": st.total_lag}, indent=2))
         return
@@ -349,7 +344,7 @@ def demo(
     """
     from pipeline.demo import run_demo
 
-    settings = _settings()
+    settings = load_settings()
     store = settings.models.store if "store" in settings.models.model_fields_set else None
     raise typer.Exit(run_demo(n_messages=messages, live=live, store=store, rate=rate, with_console=with_console))
 
@@ -488,7 +483,7 @@ def replay(
     bars, progress = _progress_bars()
     try:
         with bars:
-            report = run_replay(_settings(), topic=topic, results_topic=results_topic, partitions=partition or None,
+            report = run_replay(load_settings(), topic=topic, results_topic=results_topic, partitions=partition or None,
                                 from_offset=from_offset, to_offset=to_offset, progress=progress)
     except ReplayError as exc:
         raise typer.BadParameter(str(exc)) from exc
@@ -522,7 +517,7 @@ def models_list() -> None:
     """Every model in the store, with the current one per task marked."""
     from pipeline.serving import open_registry
 
-    registry = open_registry(_settings())
+    registry = open_registry(load_settings())
     current = {t: registry.current(t) for t in ("toxicity", "sentiment")}
     candidates = set(registry.candidates())
     for manifest in registry.list():
@@ -539,7 +534,7 @@ def models_show(ref: Annotated[str, typer.Argument(help="name@version")]) -> Non
     """A model's manifest as JSON."""
     from pipeline.serving import open_registry
 
-    manifest, _ = open_registry(_settings()).get(ref)
+    manifest, _ = open_registry(load_settings()).get(ref)
     typer.echo(manifest.model_dump_json(indent=2, exclude={"files"}))
 
 
@@ -549,7 +544,7 @@ def models_promote(ref: Annotated[str, typer.Argument(help="name@version")],
     """Make a model current (its checksums and labels are verified first)."""
     from pipeline.serving import open_registry
 
-    settings = _settings()
+    settings = load_settings()
     registry = open_registry(settings)
     registry.promote(ref, tasks=task or None)
     typer.echo(f"promoted {ref}")
@@ -561,7 +556,7 @@ def models_rollback(task: Annotated[str, typer.Argument(help="toxicity or sentim
     """Go back to the previous current model of a task."""
     from pipeline.serving import open_registry
 
-    settings = _settings()
+    settings = load_settings()
     registry = open_registry(settings)
     ref = registry.rollback(task)
     typer.echo(f"{task}: rolled back to {ref}")
@@ -622,7 +617,7 @@ def _policy_call(action):  # Redis errors and refused profiles end the command w
 @policy_app.command("list")
 def policy_list() -> None:
     """Stored profiles (name@version, mode, terms, ladder) and which channels use each."""
-    store = _profile_store(_settings())
+    store = _profile_store(load_settings())
 
     def run() -> None:
         from pipeline.profiles import DEFAULT_PROFILE, Profile
@@ -644,7 +639,7 @@ def policy_list() -> None:
 @policy_app.command("show")
 def policy_show(name: Annotated[str, typer.Argument(help="Profile name.")]) -> None:
     """A stored profile as JSON (the form ``set`` takes)."""
-    store = _profile_store(_settings())
+    store = _profile_store(load_settings())
     profile = _policy_call(lambda: store.get(name))
     if profile is None:
         typer.secho(f"no profile named {name!r}", fg="red", err=True)
@@ -658,7 +653,7 @@ def policy_set(file: Annotated[Path, typer.Argument(help="A profile as YAML or J
     from pipeline.control import announce_profiles_changed
     from pipeline.profiles import load_profile_file
 
-    settings = _settings()
+    settings = load_settings()
     store = _profile_store(settings)
     stored = _policy_call(lambda: store.put(load_profile_file(file)))
     heard = announce_profiles_changed(settings.redis, f"policy set {stored.ref}")
@@ -671,7 +666,7 @@ def policy_assign(channel: Annotated[str, typer.Argument(help="Channel id, as me
     """Make a channel use a profile."""
     from pipeline.control import announce_profiles_changed
 
-    settings = _settings()
+    settings = load_settings()
     store = _profile_store(settings)
     _policy_call(lambda: store.assign(channel, name))
     announce_profiles_changed(settings.redis, f"policy assign {name}")
@@ -683,7 +678,7 @@ def policy_rm(name: Annotated[str, typer.Argument(help="Profile name.")]) -> Non
     """Remove a profile no channel uses."""
     from pipeline.control import announce_profiles_changed
 
-    settings = _settings()
+    settings = load_settings()
     store = _profile_store(settings)
     _policy_call(lambda: store.remove(name))
     announce_profiles_changed(settings.redis, f"policy rm {name}")

@@ -16,11 +16,9 @@ app.add_typer(users_app, name="user")
 
 
 def _settings() -> Settings:
-    try:
-        return Settings()
-    except Exception as exc:  # pydantic's message names the variable and what is wrong with it
-        typer.secho(f"invalid configuration: {exc}", fg="red", err=True)
-        raise typer.Exit(2) from exc
+    from pipeline.cli import load_settings  # here, not at the top: pipeline.cli mounts this app
+
+    return load_settings()
 
 
 @app.callback()
