@@ -34,6 +34,7 @@ HERE = Path(__file__).parent
 SESSION_COOKIE, LOGIN_COOKIE = "chatmod_session", "chatmod_login"
 KEEPALIVE_S = 15.0
 VIEW_TTL_S = 0.5  # how long pages share one read of the queue
+STORE_COUNT_TTL_S = 10.0  # how often the feedback store's files are counted again
 HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
                                       "form-action 'self'; base-uri 'none'",
            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin", "X-Frame-Options": "DENY"}
@@ -59,6 +60,7 @@ class Console:
         c = settings.console
         self.accounts = Accounts(self.redis, redis.key_prefix, c.session_ttl_s, c.login_max_failures, c.login_window_s)
         self._views: dict[tuple, tuple[float, asyncio.Future]] = {}
+        self._store_counts: tuple[float, dict[str, int] | None] | None = None
         self.feed = Feed(settings, self.queue, self.redis, on_queued=self.changed)
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
 
@@ -82,6 +84,16 @@ class Console:
 
     def changed(self) -> None:
         self._views.clear()
+
+    async def store_counts(self) -> dict[str, int] | None:
+        """Verdicts per task in the feedback store, read off the event loop and at most every
+        ``STORE_COUNT_TTL_S`` (the store is a folder of files that only grows)."""
+        from pipeline.console.views import feedback_store_counts
+
+        now = time.monotonic()
+        if self._store_counts is None or now - self._store_counts[0] >= STORE_COUNT_TTL_S:
+            self._store_counts = (now, await asyncio.to_thread(feedback_store_counts, self.settings))
+        return self._store_counts[1]
 
     async def session(self, request: Request, admin: bool = False, state_change: bool = False) -> Session:
         """The request's session, or Denied: 401 without one, 403 for a missing CSRF token or role."""

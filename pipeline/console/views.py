@@ -63,7 +63,7 @@ async def verdict_counts(console) -> dict:
     """Verdicts the console published, and those in the feedback store (what the next retrain uses), per
     task; the store only where this console can read its folder."""
     published = await console.queue.verdicts_published()
-    return {"published": published, "store": feedback_store_counts(console.settings)}
+    return {"published": published, "store": await console.store_counts()}
 
 
 def feedback_store_counts(settings: Settings) -> dict[str, int] | None:
