@@ -10,16 +10,13 @@ import hashlib
 import json
 from collections.abc import Mapping
 
-from models.normalise import INVISIBLE, normalise_text  # noqa: F401 - re-exported
+from models.normalise import normalise_text  # noqa: F401 - re-exported for the worker and tools
 
 # Bump when normalisation or key layout changes: old entries then simply miss. Content keys moved to v2
 # when the normaliser (de-obfuscation) joined the digest; message keys stay v1, so a message redelivered
 # across that upgrade still republishes its first result.
 CONTENT_KEY_VERSION = "v2"
 MESSAGE_KEY_VERSION = "v1"
-
-_INVISIBLE = INVISIBLE  # the name the tests and older callers use
-
 
 def _sha256(data: str) -> str:
     return hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest()

@@ -132,8 +132,9 @@ class Accounts:
         return out
 
 
-def csrf_matches(session: Session, given: str | None) -> bool:
-    return bool(given) and hmac.compare_digest(session.csrf, given)
+def csrf_matches(expected: str, given: str | None) -> bool:
+    """Whether a request's CSRF token is the expected one (a session's, or the login form's cookie)."""
+    return bool(given) and hmac.compare_digest(expected, given)
 
 
 def _digest(value: str) -> str:

@@ -105,7 +105,7 @@ class Console:
             if given is None and request.headers.get("content-type", "").startswith(
                     ("application/x-www-form-urlencoded", "multipart/form-data")):
                 given = (await request.form()).get("csrf")
-            if not csrf_matches(session, given):
+            if not csrf_matches(session.csrf, given):
                 raise Denied(403, "missing or wrong CSRF token")
         if admin and not session.admin:
             raise Denied(403, "admins only")
@@ -138,7 +138,7 @@ async def login(request: Request) -> Response:
     form = await request.form()
     cookie = request.cookies.get(LOGIN_COOKIE)
     token = cookie or secrets.token_urlsafe(24)
-    if not cookie or not csrf_matches(Session("", "moderator", cookie), form.get("csrf")):
+    if not cookie or not csrf_matches(cookie, form.get("csrf")):
         return console.page(request, "login.html", None, 403, csrf=token, error="The form expired: try again.")
     name, address = str(form.get("user", "")), request.client.host if request.client else "?"
     if await console.accounts.limited(name, address):

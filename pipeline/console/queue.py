@@ -104,15 +104,16 @@ class Queue:
 
     async def add(self, records: Iterable[dict]) -> int:
         """Queue flagged records not seen before; returns how many were new."""
+        records = list(records)
+        if not records:
+            return 0
         pipe = self.client.pipeline(transaction=False)
-        n = 0
         for result in records:
             item = {"result": result, "received": time.time(), "state": "pending"}
             event = json.dumps({"type": "item", "id": result["id"]})
             await self._add(keys=[self._item(result["id"]), f"{self.base}:queue", self.events],
                             args=[json.dumps(item), ITEM_TTL_S, severity(result), result["id"], event], client=pipe)
-            n += 1
-        return sum(await pipe.execute()) if n else 0
+        return sum(await pipe.execute())
 
     async def pending(self, limit: int) -> list[dict]:
         """Pending items, the most severe first, each with its holder (or None)."""

@@ -7,7 +7,8 @@ import unicodedata
 
 import pytest
 
-from pipeline.textnorm import _INVISIBLE, content_key, message_key, normalise_text
+from models.normalise import INVISIBLE
+from pipeline.textnorm import content_key, message_key, normalise_text
 
 pytestmark = pytest.mark.unit
 
@@ -43,13 +44,13 @@ def test_max_chars_must_be_positive():
 
 
 def test_invisible_class_matches_this_pythons_unicode_database():
-    """If Python's Unicode version adds format characters, update _INVISIBLE in textnorm.py."""
+    """If Python's Unicode version adds format characters, update INVISIBLE in models/normalise.py."""
     missed = []
     for cp in range(sys.maxunicode + 1):
         ch = chr(cp)
         category = unicodedata.category(ch)
         should_drop = category in ("Cf", "Cs") or (category == "Cc" and not ch.isspace())
-        if should_drop != bool(_INVISIBLE.fullmatch(ch)):
+        if should_drop != bool(INVISIBLE.fullmatch(ch)):
             missed.append(hex(cp))
     assert missed == []
 
