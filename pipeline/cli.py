@@ -246,7 +246,7 @@ def tail(
     idle_timeout: Annotated[float, typer.Option(help="Stop after this many idle seconds (0 = never).")] = 0.0,
 ) -> None:
     """Print a topic's records as JSON lines (DLQ records with their chatmod.* headers)."""
-    from pipeline.kafka_tools import tail_records
+    from pipeline.devstack.kafka_io import tail_records
 
     settings = load_settings()
     for record in tail_records(settings.kafka, topic, from_beginning, max_messages, idle_timeout):
@@ -287,7 +287,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON inst
     from rich.console import Console
     from rich.table import Table
 
-    from pipeline.status import collect_status
+    from pipeline.devstack.status import collect_status
 
     if channels:
         _channel_status(as_json)
@@ -317,7 +317,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON inst
 @app.command()
 def dev() -> None:
     """Run the embedded dev stack (tansu broker + Redis) until interrupted."""
-    from pipeline.embedded import EmbeddedStack
+    from pipeline.devstack.embedded import EmbeddedStack
 
     with EmbeddedStack() as stack:
         typer.echo(f"CHATMOD_KAFKA_BOOTSTRAP={stack.bootstrap}")
@@ -342,7 +342,7 @@ def demo(
 
     Serves the bundled default models; CHATMOD_MODELS_STORE, when set, names a store to serve instead.
     """
-    from pipeline.demo import run_demo
+    from pipeline.devstack.demo import run_demo
 
     settings = load_settings()
     store = settings.models.store if "store" in settings.models.model_fields_set else None
@@ -400,7 +400,8 @@ def bench(
     the peer design. Prints tables and writes a JSON report and an SVG."""
     from rich.console import Console
 
-    from pipeline.bench import E2EPlan, latency_plot, render, run_bench
+    from pipeline.devstack.bench import E2EPlan, run_bench
+    from pipeline.devstack.bench_report import latency_plot, render
 
     parts = set(part or ("model", "e2e"))
     if parts - {"model", "e2e"}:
@@ -413,7 +414,7 @@ def bench(
     if profile_terms:
         import tempfile
 
-        from pipeline.bench import policy_profile_file
+        from pipeline.devstack.bench_workload import policy_profile_file
 
         folder = Path(tempfile.mkdtemp(prefix="chatmod-bench-profile-"))
         compare += [f"CHATMOD_POLICY_DEFAULT_PROFILE={policy_profile_file(folder, profile_terms, state=False)}",
@@ -447,7 +448,7 @@ def chaos(
     out and that copies of a result differ only in latency_ms and cached. Exits 1 when the contract broke."""
     from rich.console import Console
 
-    from pipeline.chaos import ChaosConfig, run_chaos
+    from pipeline.devstack.chaos import ChaosConfig, run_chaos
 
     cfg = ChaosConfig(duration_s=duration, rate=rate, kill_every_s=kill_every, redis_restarts=redis_restarts,
                       store=store)
@@ -478,7 +479,7 @@ def replay(
     would differ today (outside latency_ms and cached). Exits 1 if any does."""
     from rich.console import Console
 
-    from pipeline.replay import ReplayError, replay as run_replay, write_report
+    from pipeline.devstack.replay import ReplayError, replay as run_replay, write_report
 
     bars, progress = _progress_bars()
     try:

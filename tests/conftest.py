@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.embedded import (
+from pipeline.devstack.embedded import (
     EmbeddedBroker,
     EmbeddedRedis,
     ServiceStartError,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.childproc import free_port
+from pipeline.devstack.childproc import free_port
 from pipeline.console.server import ConsoleThread
 from pipeline.settings import Settings
 from tests.harness import WorkerProcess, produce, read_topic, results_by_id
@@ -149,7 +149,7 @@ def test_the_bundled_models_fill_the_queue_as_a_moderator_sees_it(browser, shots
     its labels, friendly chat is not, and the channel charts draw what the workers counted."""
     from models.registry import ModelRegistry
     from pipeline.console.accounts import Accounts
-    from pipeline.embedded import create_topics
+    from pipeline.devstack.embedded import create_topics
     from pipeline.serving import bundled_store
     from tests.harness import worker_env
 

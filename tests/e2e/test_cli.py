@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from models.labels import SENTIMENT_LABELS, TOXICITY_LABELS
-from pipeline.demo import MALFORMED
-from pipeline.embedded import create_topics
+from pipeline.devstack.demo import MALFORMED
+from pipeline.devstack.embedded import create_topics
 
 pytestmark = pytest.mark.e2e
 

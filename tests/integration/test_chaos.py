@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from pipeline.chaos import ChaosConfig, ChaosReport, compare_copies, run_chaos
+from pipeline.devstack.chaos import ChaosConfig, ChaosReport, compare_copies, run_chaos
 from pipeline.schemas import differing_fields
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(420)]

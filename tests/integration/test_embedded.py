@@ -9,7 +9,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 
-from pipeline.embedded import (
+from pipeline.devstack.embedded import (
     EmbeddedBroker,
     EmbeddedS3,
     moto_server_binary,

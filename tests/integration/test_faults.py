@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from pipeline.bench import rss_mb
-from pipeline.childproc import free_port
-from pipeline.embedded import EmbeddedBroker, EmbeddedS3, create_topics, moto_server_binary
+from pipeline.devstack.bench_workload import rss_mb
+from pipeline.devstack.childproc import free_port
+from pipeline.devstack.embedded import EmbeddedBroker, EmbeddedS3, create_topics, moto_server_binary
 from tests.harness import (WorkerProcess, message, metric_samples, produce, read_topic, results_by_id,
                            wait_for_records, wait_http_status, worker_env)
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from models.registry import ModelRegistry
-from pipeline.childproc import free_port
+from pipeline.devstack.childproc import free_port
 from pipeline.control import announce_models_changed
-from pipeline.embedded import create_topics
+from pipeline.devstack.embedded import create_topics
 from pipeline.settings import RedisSettings
 from tests.harness import (ROOT, WorkerProcess, wait_for_log, message, metric_samples, produce, read_topic, results_by_id,
                            wait_http_status, worker_env)

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from models.registry import ModelRegistry
-from pipeline.childproc import free_port
-from pipeline.embedded import create_topics
+from pipeline.devstack.childproc import free_port
+from pipeline.devstack.embedded import create_topics
 from tests.harness import (WorkerProcess, http_get, message, metric_samples, produce, read_topic, results_by_id,
                            wait_http_status, worker_env)
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from pipeline.embedded import create_topics
+from pipeline.devstack.embedded import create_topics
 from pipeline.schemas import ModerationResult
 from tests.harness import WorkerProcess, message, produce, read_topic, results_by_id, worker_env
 
@@ -119,7 +119,7 @@ def test_worker_killed_mid_stream_and_restarted_loses_nothing(broker, redis_url,
 
 
 def test_redis_down_keeps_moderating_uncached_then_reuses_the_cache(broker, tiny_store, topic_prefix, tmp_path):
-    from pipeline.embedded import EmbeddedRedis
+    from pipeline.devstack.embedded import EmbeddedRedis
 
     with EmbeddedRedis() as redis_server:
         env, worker = _start(broker, redis_server.url, tiny_store, topic_prefix, tmp_path,

@@ -10,7 +10,7 @@ import pytest
 import redis as redis_lib
 
 from pipeline.control import announce_profiles_changed
-from pipeline.embedded import create_topics
+from pipeline.devstack.embedded import create_topics
 from pipeline.profiles import Profile, ProfileStore
 from pipeline.settings import RedisSettings
 from tests.harness import WorkerProcess, produce, read_topic, results_by_id, worker_env

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from pipeline.embedded import create_topics
+from pipeline.devstack.embedded import create_topics
 from tests.harness import ROOT, WorkerProcess, message, produce, read_topic, results_by_id, worker_env
 
 pytestmark = pytest.mark.integration

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.childproc import free_port
-from pipeline.embedded import create_topics
+from pipeline.devstack.childproc import free_port
+from pipeline.devstack.embedded import create_topics
 from tests.harness import (WorkerProcess, message, metric_samples, produce, read_topic, results_by_id,
                            wait_http_status, worker_env)
 from tests.integration.test_hot_reload import _store

@@ -10,7 +10,8 @@ import pytest
 from models.bench import bench_artifact
 from models.runtime import TextClassifier
 from models.torch_from_onnx import torch_model_from_artifact
-from pipeline.bench import chat_lines, check_targets, unique_texts, workload
+from pipeline.devstack.bench_report import check_targets
+from pipeline.devstack.bench_workload import chat_lines, unique_texts, workload
 from tests.tiny_models import build_tiny_artifact
 
 pytestmark = pytest.mark.unit
@@ -99,7 +100,7 @@ def test_cpu_seconds_counts_this_process_and_is_none_for_a_gone_one() -> None:
     import os
     import time
 
-    from pipeline.bench import cpu_seconds
+    from pipeline.devstack.bench_workload import cpu_seconds
 
     before = cpu_seconds(os.getpid())
     deadline = time.process_time() + 0.2

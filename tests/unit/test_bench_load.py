@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from pipeline.bench_load import LoadPoint, capacity_search, latency_plot_svg, raid_texts
+from pipeline.devstack.bench_load import LoadPoint, capacity_search, latency_plot_svg, raid_texts
 from pipeline.textnorm import normalise_text
 
 pytestmark = pytest.mark.unit

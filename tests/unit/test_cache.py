@@ -196,7 +196,7 @@ async def test_values_must_be_bytes():
 async def test_a_redis_restart_costs_no_writes():
     """After a restart every pooled connection is dead: each is replaced on first use, not reported as an
     outage (which would skip the writes of every batch until the breaker's next try)."""
-    from pipeline.embedded import EmbeddedRedis
+    from pipeline.devstack.embedded import EmbeddedRedis
 
     with EmbeddedRedis() as server:
         cache = ResultCache(_settings(server.url, retry_interval_s=30.0, socket_timeout_s=2.0))

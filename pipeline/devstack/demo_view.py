@@ -7,7 +7,6 @@ logged.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections import Counter, deque
@@ -18,6 +17,8 @@ from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
+
+from models.bench import percentile
 
 RECENT_ROWS = 15
 PLAIN_EVERY_S = 2.0
@@ -115,13 +116,9 @@ class Tally:
         return len(self.results) / (self.last_result - self.first_send)
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100); 0.0 for no values."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
-    return ordered[rank - 1]
+def _p50_p99(values: list[float]) -> str:
+    """Both percentiles as the bench computes them (:func:`models.bench.percentile`); "-" for no values."""
+    return f"{percentile(values, 50):.0f} / {percentile(values, 99):.0f}" if values else "-"
 
 
 def _top(scores: dict[str, float]) -> tuple[str, float]:
@@ -220,7 +217,7 @@ def render_summary(tally: Tally) -> Table:
         decisions = " · ".join(f"{k} {tally.decisions[k]}" for k in ("allow", "review", "block"))
         others = sorted(set(tally.decisions) - {"allow", "review", "block"})
         decisions += "".join(f" · {k} {tally.decisions[k]}" for k in others)
-        e2e = f"{percentile(tally.e2e_ms, 50):.0f} / {percentile(tally.e2e_ms, 99):.0f}"
+        e2e = _p50_p99(tally.e2e_ms)
         rows = [
             ("messages in", str(len(tally.sent)), ""),
             ("results out", str(len(tally.results)), ""),
@@ -231,8 +228,7 @@ def render_summary(tally: Tally) -> Table:
             ("flagged (review + block)", str(tally.flagged), ""),
             ("decisions", decisions, ""),
             ("throughput", f"{tally.throughput():.1f} msgs/s", ""),
-            ("latency_ms p50 / p99", f"{percentile(tally.latencies_ms, 50):.0f} / "
-                                     f"{percentile(tally.latencies_ms, 99):.0f}", ""),
+            ("latency_ms p50 / p99", _p50_p99(tally.latencies_ms), ""),
             ("end-to-end ms p50 / p99", e2e, ""),
         ]
         custom = sorted(ref for ref in tally.profiles if not ref.startswith("default@"))

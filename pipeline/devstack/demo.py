@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import tempfile
 import threading
@@ -22,18 +21,20 @@ from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 
+from kafka import KafkaProducer
 from rich.console import Console
 from rich.text import Text
 
-from pipeline.demo_view import ChatLine, LiveView, PlainView, Tally, render_summary
-from pipeline.worker_process import WorkerProcess, WorkerStartError
+from pipeline.devstack.demo_view import ChatLine, LiveView, PlainView, Tally, render_summary
+from pipeline.devstack.embedded import EmbeddedStack, ServiceStartError, create_topics
+from pipeline.devstack.kafka_io import Records, TopicReader
+from pipeline.devstack.worker_process import (MODELS_LOADED_MARK, PARTITIONS_ASSIGNED_MARK, TOPIC_PARTITIONS, StoreError,
+                                              WorkerProcess, WorkerStartError, prepare_store, worker_env)
+from pipeline.settings import TopicsSettings
 
 DEFAULT_RATE = 60.0  # messages per second: fast enough to show batching, slow enough to watch
-TOPIC_PARTITIONS = 3
 WORKER_READY_TIMEOUT_S = 90.0
 STALL_TIMEOUT_S = 30.0  # after the last record is sent, give up once no result has arrived for this long
-MODELS_LOADED_MARK = '"msg": "worker ready"'  # our agent's log line once models and cache are loaded
-PARTITIONS_ASSIGNED_MARK = 'Worker ready"'  # Faust's "[^---Recovery]: Worker ready": it now owns partitions
 
 # Deliberately broken records, each distinct: the DLQ carries the raw bytes verbatim, so what comes
 # back can be matched with what was sent.
@@ -86,7 +87,7 @@ def run_demo(n_messages: int = 600, live: bool = True, store: Path | None = None
         except KeyboardInterrupt:
             console.print("[yellow]interrupted: stopping the worker and the embedded stack[/]")
             return 130
-        except DemoError as exc:
+        except (DemoError, StoreError) as exc:
             console.print(Text.assemble(("demo failed: ", "bold red"), str(exc)), soft_wrap=True)
             return 1
 
@@ -110,15 +111,29 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 def _run(n: int, rate: float, store: Path | None, console: Console, live: bool, tmp: Path,
          cleanup: contextlib.ExitStack, with_console: bool = True) -> int:
-    from kafka import KafkaProducer
-
-    from pipeline.embedded import EmbeddedStack, ServiceStartError, create_topics
-    from pipeline.settings import TopicsSettings
-
     topics = TopicsSettings()  # the standard names: the demo's broker is its own
     with _step(console, live, "model store") as note:
-        store, tasks = _prepare_store(store, tmp / "store")
+        store, tasks = prepare_store(store, tmp / "store")
         note.append(f"{store}  ({', '.join(f'{t}={ref}' for t, ref in tasks.items())})")
+    stack = _start_stack(topics, console, live, cleanup)
+    worker = _start_worker(worker_env(stack, store, tasks, tmp), tmp, console, live, cleanup)
+    url = None
+    if with_console:
+        with _step(console, live, "moderator console") as note:
+            url, user, password = _start_console(stack, store, tmp, cleanup)
+            note.append(url)
+        console.print(Text.assemble("moderator console: ", (url, "bold"), f"  log in as {user} / {password}"),
+                      soft_wrap=True)
+    code = _replay_and_check(stack.bootstrap, topics, n, rate, console, live, worker, cleanup)
+    if url and live and code == 0:  # a person is watching: the console stays for them
+        console.print(Text.assemble("the console stays up at ", (url, "bold"), ": Ctrl-C stops everything"))
+        while worker.alive:
+            time.sleep(0.5)
+    return code
+
+
+def _start_stack(topics: TopicsSettings, console: Console, live: bool, cleanup: contextlib.ExitStack) -> EmbeddedStack:
+    """tansu, Redis, the topics and the demo's policy profile, each a step on screen."""
     stack = EmbeddedStack()
     cleanup.callback(stack.stop)
     try:
@@ -138,8 +153,12 @@ def _run(n: int, rate: float, store: Path | None, console: Console, live: bool, 
                         f"a {len(profile.strikes.ladder)}-rung strike ladder")
     except (ServiceStartError, TimeoutError) as exc:
         raise DemoError(str(exc)) from exc
+    return stack
 
-    worker = WorkerProcess(_worker_env(stack, store, tasks, topics, tmp), tmp / "worker.log")
+
+def _start_worker(env: dict[str, str], tmp: Path, console: Console, live: bool,
+                  cleanup: contextlib.ExitStack) -> WorkerProcess:
+    worker = WorkerProcess(env, tmp / "worker.log")
     cleanup.callback(worker.stop)
     deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
     try:
@@ -151,18 +170,27 @@ def _run(n: int, rate: float, store: Path | None, console: Console, live: bool, 
             worker.wait_for(PARTITIONS_ASSIGNED_MARK, deadline)
     except WorkerStartError as exc:
         raise DemoError(f"{exc}\n(the worker has {WORKER_READY_TIMEOUT_S:.0f}s to start)") from exc
+    return worker
 
-    if with_console:
-        with _step(console, live, "moderator console") as note:
-            url, user, password = _start_console(stack, store, tmp, cleanup)
-            note.append(url)
-        console.print(Text.assemble("moderator console: ", (url, "bold"), f"  log in as {user} / {password}"),
-                      soft_wrap=True)
+
+def _replay_and_check(bootstrap: str, topics: TopicsSettings, n: int, rate: float, console: Console, live: bool,
+                      worker: WorkerProcess, cleanup: contextlib.ExitStack) -> int:
+    """Replay the sample chat with the malformed records, read everything back, and judge it."""
     tally = Tally(total=n, malformed_total=len(MALFORMED))
-    reader = ResultReader(stack.bootstrap, topics.moderated, topics.dlq, tally)
+
+    def on_records(now: float, records: Records) -> None:
+        for topic, value in records:
+            if topic == topics.dlq:
+                tally.on_dead_letter(value)
+            else:
+                tally.on_result(json.loads(value), now)
+
+    # A short fetch wait: tansu holds a fetch up to the wait, which would show in the end-to-end latency.
+    reader = TopicReader(bootstrap, [topics.moderated, topics.dlq], on_records, from_beginning=True,
+                         fetch_max_wait_ms=20, name="chatmod-demo-reader")
     reader.start()
     cleanup.callback(reader.close)
-    producer = KafkaProducer(bootstrap_servers=stack.bootstrap, acks="all", linger_ms=5)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     cleanup.callback(producer.close, timeout=5)
     console.print(f"replaying {n} chat messages at {rate:g}/s, with {len(MALFORMED)} malformed records mixed in",
                   soft_wrap=True)
@@ -170,12 +198,7 @@ def _run(n: int, rate: float, store: Path | None, console: Console, live: bool, 
     with view:
         _replay(producer, topics.messages, load_sample(), n, rate, tally, view, worker)
         _await_results(tally, worker, reader, view)
-    code = _verdict(console, tally, worker)
-    if with_console and live and code == 0:  # a person is watching: the console stays for them
-        console.print(Text.assemble("the console stays up at ", (url, "bold"), ": Ctrl-C stops everything"))
-        while worker.alive:
-            time.sleep(0.5)
-    return code
+    return _verdict(console, tally, worker)
 
 
 def _start_console(stack, store: Path, tmp: Path, cleanup: contextlib.ExitStack) -> tuple[str, str, str]:
@@ -184,7 +207,7 @@ def _start_console(stack, store: Path, tmp: Path, cleanup: contextlib.ExitStack)
 
     import redis as redis_lib
 
-    from pipeline.childproc import free_port
+    from pipeline.devstack.childproc import free_port
     from pipeline.console.accounts import Accounts
     from pipeline.console.server import ConsoleThread
     from pipeline.settings import Settings
@@ -245,89 +268,6 @@ def _step(console: Console, live: bool, label: str) -> Iterator[list[str]]:
                                 " ".join(note)), soft_wrap=True)
 
 
-def _prepare_store(store: Path | None, private: Path) -> tuple[Path, dict[str, str]]:
-    """The store to serve from and its current model per task; DemoError if no toxicity model."""
-    from models.registry import REGISTRY_NAME, ModelRegistry, RegistryError
-    from pipeline.serving import bundled_store
-
-    if store is not None and not (Path(store) / REGISTRY_NAME).is_file():
-        raise DemoError(f"{store} is not a model store (no {REGISTRY_NAME}); check CHATMOD_MODELS_STORE")
-    try:
-        registry = ModelRegistry(store) if store is not None else ModelRegistry(private, seed=bundled_store())
-        tasks = {t: ref for t in ("toxicity", "sentiment") if (ref := registry.current(t))}
-    except (RegistryError, OSError, ValueError) as exc:
-        raise DemoError(f"cannot open the model store: {exc}") from exc
-    if "toxicity" not in tasks:
-        where = f"the model store {store}" if store is not None else "the bundled defaults (models/defaults)"
-        raise DemoError(f"no toxicity model is current in {where}. Train the default models first: "
-                        "`chatmod train all`, or set CHATMOD_MODELS_STORE to a store with a promoted model.")
-    return registry.store, tasks
-
-
-def _worker_env(stack, store: Path, tasks: dict[str, str], topics, tmp: Path) -> dict[str, str]:
-    """A clean worker environment: the caller's CHATMOD_* settings are not inherited, since this
-    worker talks to the demo's own broker, Redis and store."""
-    import pipeline
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATMOD_")}
-    source_root = str(Path(pipeline.__file__).resolve().parents[1])  # works installed or from a checkout
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (source_root, env.get("PYTHONPATH")) if p)
-    env.update({
-        "CHATMOD_KAFKA_BOOTSTRAP": stack.bootstrap,
-        "CHATMOD_REDIS_URL": stack.redis_url,
-        "CHATMOD_MODELS_STORE": str(store),
-        "CHATMOD_MODELS_TASKS": ",".join(tasks),
-        "CHATMOD_KAFKA_SESSION_TIMEOUT_S": "6",  # dev-speed group joins
-        "CHATMOD_KAFKA_HEARTBEAT_INTERVAL_S": "1",
-        "CHATMOD_TOPICS_PARTITIONS": str(TOPIC_PARTITIONS),
-        "CHATMOD_WORKER_WEB_ENABLED": "false",
-        "CHATMOD_WORKER_LOG_JSON": "true",
-        "CHATMOD_WORKER_DATADIR": str(tmp / "faust-data"),
-        "PYTHONUNBUFFERED": "1",
-    })
-    return env
-
-
-class ResultReader(threading.Thread):
-    """Reads the moderated and DLQ topics from the beginning into the tally until closed."""
-
-    def __init__(self, bootstrap: str, moderated: str, dlq: str, tally: Tally):
-        super().__init__(name="chatmod-demo-reader", daemon=True)
-        self.bootstrap, self.moderated, self.dlq, self.tally = bootstrap, moderated, dlq, tally
-        self.error: BaseException | None = None
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        from kafka import KafkaConsumer, TopicPartition
-
-        try:
-            # A short fetch wait: tansu holds a fetch up to the wait, and kafka-python's 500 ms default then
-            # shows up in the end-to-end latency this reader reports.
-            consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
-                                     fetch_max_wait_ms=20)
-            try:
-                tps = [TopicPartition(t, p) for t in (self.moderated, self.dlq)
-                       for p in sorted(consumer.partitions_for_topic(t) or ())]
-                consumer.assign(tps)
-                consumer.seek_to_beginning(*tps)
-                while not self._stop_event.is_set():
-                    for tp, records in consumer.poll(timeout_ms=200).items():
-                        now = time.monotonic()
-                        for record in records:
-                            if tp.topic == self.dlq:
-                                self.tally.on_dead_letter(record.value)
-                            else:
-                                self.tally.on_result(json.loads(record.value), now)
-            finally:
-                consumer.close()
-        except BaseException as exc:  # reported by the main thread, which decides what to do
-            self.error = exc
-
-    def close(self) -> None:
-        self._stop_event.set()
-        self.join(timeout=5)
-
-
 def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -359,7 +299,7 @@ def _replay(producer, topic: str, lines: list[ChatLine], n: int, rate: float, ta
     producer.flush(timeout=30)
 
 
-def _await_results(tally: Tally, worker: WorkerProcess, reader: ResultReader, view) -> None:
+def _await_results(tally: Tally, worker: WorkerProcess, reader: TopicReader, view) -> None:
     """Wait until everything is back, or no result has arrived for STALL_TIMEOUT_S."""
     last_progress, seen = time.monotonic(), -1
     while not tally.complete():

@@ -25,7 +25,7 @@ import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from pipeline.childproc import ChildProcess, ServiceStartError, free_port, port_open, wait_until
+from pipeline.devstack.childproc import ChildProcess, ServiceStartError, free_port, port_open, wait_until
 
 __all__ = [
     "DEFAULT_STORAGE",

@@ -61,7 +61,7 @@ class ConsoleTabs:
     """``with ConsoleTabs(env, folder, n) as tabs:`` a console process and ``n`` tabs on it."""
 
     def __init__(self, env: dict[str, str], folder: Path, n: int):
-        from pipeline.childproc import free_port
+        from pipeline.devstack.childproc import free_port
 
         self.port = free_port()
         self.env = {**env, "CHATMOD_CONSOLE_PORT": str(self.port),
@@ -79,7 +79,7 @@ class ConsoleTabs:
         import redis
 
         from pipeline.console.accounts import Accounts
-        from pipeline.worker_process import WorkerProcess
+        from pipeline.devstack.worker_process import WorkerProcess
 
         password = secrets.token_urlsafe(12)
         Accounts(redis.Redis.from_url(self.env["CHATMOD_REDIS_URL"]),

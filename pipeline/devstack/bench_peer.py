@@ -1,4 +1,4 @@
-"""The peer design, for ``chatmod bench``: ``python -m pipeline.bench_peer BOOTSTRAP IN OUT MODEL THREADS``.
+"""The peer design, for ``chatmod bench``: ``python -m pipeline.devstack.bench_peer BOOTSTRAP IN OUT MODEL THREADS``.
 
 What most open-source Kafka moderation demos run: a kafka-python consumer, each message through the
 transformers ``pipeline("text-classification")`` default one at a time, a kafka-python producer. It runs

@@ -1,8 +1,9 @@
 """``chatmod worker`` as a child process: its own session, its log in a file, stopped in order.
 
-For tools that drive a real worker (``chatmod demo``, benchmarks): start it, wait for lines in its log
-that say it is ready, read the log's tail when it is not, and SIGTERM it (then SIGKILL) when done. On
-Linux the worker also gets SIGTERM if its parent dies without cleaning up.
+For tools that drive a real worker (``chatmod demo``, benchmarks, chaos): the store it serves and its
+environment, start it, wait for lines in its log that say it is ready, read the log's tail when it is not,
+and SIGTERM it (then SIGKILL) when done. On Linux the worker also gets SIGTERM if its parent dies without
+cleaning up.
 """
 
 from __future__ import annotations
@@ -16,7 +17,18 @@ import threading
 import time
 from pathlib import Path
 
+import pipeline
+from models.registry import REGISTRY_NAME, ModelRegistry, RegistryError
+from pipeline.serving import bundled_store
+
 STOP_TIMEOUT_S = 20.0
+TOPIC_PARTITIONS = 3
+MODELS_LOADED_MARK = '"msg": "worker ready"'  # our agent's log line once models and cache are loaded
+PARTITIONS_ASSIGNED_MARK = 'Worker ready"'  # Faust's "[^---Recovery]: Worker ready": it now owns partitions
+
+
+class StoreError(RuntimeError):
+    """The model store cannot serve a worker; the message says why and what to do."""
 
 
 class WorkerStartError(RuntimeError):
@@ -62,6 +74,12 @@ class WorkerProcess:
             time.sleep(0.2)
         raise WorkerStartError(f"the worker was not ready in time (its log has no {mark!r})\n{self.log_tail()}")
 
+    def wait_ready(self, deadline: float, partitions: bool = True) -> None:
+        """Block until the models are loaded and (``partitions``) the worker owns its partitions."""
+        self.wait_for(MODELS_LOADED_MARK, deadline)
+        if partitions:
+            self.wait_for(PARTITIONS_ASSIGNED_MARK, deadline)
+
     def stop(self) -> None:
         """SIGTERM (the worker finishes its batch and commits), then SIGKILL if it hangs."""
         proc, self._proc = self._proc, None
@@ -97,6 +115,45 @@ class WorkerProcess:
         except OSError:
             return "(no worker log)"
         return f"--- last {len(tail)} lines of the worker log ---\n" + "\n".join(tail)
+
+
+def prepare_store(store: Path | None, private: Path) -> tuple[Path, dict[str, str]]:
+    """The store to serve from (``store`` as is, else a private copy of the bundled defaults in ``private``)
+    and its current model per task; StoreError if it has no toxicity model."""
+    if store is not None and not (Path(store) / REGISTRY_NAME).is_file():
+        raise StoreError(f"{store} is not a model store (no {REGISTRY_NAME}); check CHATMOD_MODELS_STORE")
+    try:
+        registry = ModelRegistry(store) if store is not None else ModelRegistry(private, seed=bundled_store())
+        tasks = {t: ref for t in ("toxicity", "sentiment") if (ref := registry.current(t))}
+    except (RegistryError, OSError, ValueError) as exc:
+        raise StoreError(f"cannot open the model store: {exc}") from exc
+    if "toxicity" not in tasks:
+        where = f"the model store {store}" if store is not None else "the bundled defaults (models/defaults)"
+        raise StoreError(f"no toxicity model is current in {where}. Train the default models first: "
+                         "`chatmod train all`, or set CHATMOD_MODELS_STORE to a store with a promoted model.")
+    return registry.store, tasks
+
+
+def worker_env(stack, store: Path, tasks: dict[str, str], tmp: Path) -> dict[str, str]:
+    """A clean worker environment for a tool's own ``stack`` (an ``EmbeddedStack``): the caller's CHATMOD_*
+    settings are not inherited, since this worker talks to the tool's broker, Redis and store."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATMOD_")}
+    source_root = str(Path(pipeline.__file__).resolve().parents[1])  # works installed or from a checkout
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (source_root, env.get("PYTHONPATH")) if p)
+    env.update({
+        "CHATMOD_KAFKA_BOOTSTRAP": stack.bootstrap,
+        "CHATMOD_REDIS_URL": stack.redis_url,
+        "CHATMOD_MODELS_STORE": str(store),
+        "CHATMOD_MODELS_TASKS": ",".join(tasks),
+        "CHATMOD_KAFKA_SESSION_TIMEOUT_S": "6",  # dev-speed group joins
+        "CHATMOD_KAFKA_HEARTBEAT_INTERVAL_S": "1",
+        "CHATMOD_TOPICS_PARTITIONS": str(TOPIC_PARTITIONS),
+        "CHATMOD_WORKER_WEB_ENABLED": "false",
+        "CHATMOD_WORKER_LOG_JSON": "true",
+        "CHATMOD_WORKER_DATADIR": str(tmp / "faust-data"),
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child

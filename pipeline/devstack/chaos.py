@@ -19,7 +19,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from pipeline.devstack.bench_load import produce
+from pipeline.devstack.bench_workload import unique_texts
+from pipeline.devstack.embedded import EmbeddedStack, create_topics
+from pipeline.devstack.kafka_io import Poller, Producer
+from pipeline.devstack.worker_process import WorkerProcess, prepare_store, worker_env
 from pipeline.schemas import differing_fields
+from pipeline.settings import TopicsSettings
 
 Say = Callable[[str], None]
 
@@ -93,7 +99,7 @@ def compare_copies(copies_by_id: dict[str, list[bytes]], expected_ids: list[str]
 
 
 class _Load(threading.Thread):
-    """The benchmark's load generator (``pipeline.bench_load``: a steady rate, keyed by message id) in a
+    """The benchmark's load generator (``pipeline.devstack.bench_load``: a steady rate, keyed by message id) in a
     thread, so faults can be injected while it sends; its error, if any, is kept for the main thread."""
 
     def __init__(self, bootstrap: str, topic: str, payloads: list[tuple[str, bytes]], rate: float,
@@ -103,8 +109,6 @@ class _Load(threading.Thread):
         self.error: BaseException | None = None
 
     def run(self) -> None:
-        from pipeline.bench_load import Producer, produce
-
         try:
             producer = Producer(self.bootstrap)
             try:
@@ -120,22 +124,15 @@ def read_copies(bootstrap: str, topic: str, expected: set[str], timeout_s: float
                 on_progress: Callable[[int], None] | None = None) -> dict[str, list[bytes]]:
     """Every record of ``topic`` from the beginning, grouped by result id, until all ``expected`` ids
     are there and the topic is drained, or ``timeout_s`` passes."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                             max_poll_records=5000, fetch_max_wait_ms=100)
+    poller = Poller(bootstrap, [topic], from_beginning=True, fetch_max_wait_ms=100)
     copies: dict[str, list[bytes]] = {}
     try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
         deadline = time.monotonic() + timeout_s
         quiet_since = None
         while time.monotonic() < deadline:
-            polled = consumer.poll(timeout_ms=200)
-            for records in polled.values():
-                for record in records:
-                    copies.setdefault(json.loads(record.value)["id"], []).append(record.value)
+            polled = poller.poll()
+            for _, value in polled:
+                copies.setdefault(json.loads(value)["id"], []).append(value)
             if on_progress:
                 on_progress(len(copies))
             if expected <= copies.keys():
@@ -147,18 +144,12 @@ def read_copies(bootstrap: str, topic: str, expected: set[str], timeout_s: float
                     break
         return copies
     finally:
-        consumer.close()
+        poller.close()
 
 
 def run_chaos(cfg: ChaosConfig, say: Say = print, progress: Callable[[str, int, int], None] | None = None,
               workdir: Path | None = None) -> ChaosReport:
     """Run the load with faults; the report says what came out and whether the contract held."""
-    from pipeline.bench import unique_texts
-    from pipeline.demo import MODELS_LOADED_MARK, PARTITIONS_ASSIGNED_MARK, _prepare_store, _worker_env
-    from pipeline.embedded import EmbeddedStack, create_topics
-    from pipeline.settings import TopicsSettings
-    from pipeline.worker_process import WorkerProcess
-
     report = ChaosReport(config={k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()})
     total = int(cfg.duration_s * cfg.rate)
     texts = unique_texts(min(total, 20_000), cfg.seed)
@@ -171,46 +162,16 @@ def run_chaos(cfg: ChaosConfig, say: Say = print, progress: Callable[[str, int, 
         tmp = Path(workdir) if workdir else Path(stack_guard.enter_context(
             tempfile.TemporaryDirectory(prefix="chatmod-chaos-")))
         stack = stack_guard.enter_context(EmbeddedStack())
-        store, tasks = _prepare_store(cfg.store, tmp / "store")
+        store, tasks = prepare_store(cfg.store, tmp / "store")
         create_topics(stack.bootstrap, dict.fromkeys((topics.messages, topics.moderated, topics.flagged,
                                                       topics.dlq), cfg.partitions))
-        workers = []
-        for k in range(2):
-            env = _worker_env(stack, store, tasks, topics, tmp)
-            env.update({"CHATMOD_MODELS_THREADS": str(cfg.threads), "CHATMOD_TOPICS_PARTITIONS": str(cfg.partitions),
-                        "CHATMOD_WORKER_DATADIR": str(tmp / f"faust-{k}")})
-            workers.append(WorkerProcess(env, tmp / f"worker{k}.log"))
-        stack_guard.callback(lambda: [w.stop() for w in workers])
-        deadline = time.monotonic() + 120
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.wait_for(MODELS_LOADED_MARK, deadline)
-            w.wait_for(PARTITIONS_ASSIGNED_MARK, deadline)
+        workers = _start_workers(cfg, worker_env(stack, store, tasks, tmp), tmp, stack_guard)
         say(f"2 workers ready ({', '.join(f'{t}={r}' for t, r in tasks.items())}); "
             f"{total:,} messages at {cfg.rate:g}/s, a SIGKILL every {cfg.kill_every_s:g} s, "
             f"{cfg.redis_restarts} Redis restart(s)")
-        events = _schedule(cfg)
         load = _Load(stack.bootstrap, topics.messages, payloads, cfg.rate, progress)
-        load_started = time.monotonic()
         load.start()
-        while events:
-            at, kind = events[0]
-            now = time.monotonic() - load_started
-            if now < at:
-                time.sleep(min(0.2, at - now))
-                continue
-            events.pop(0)
-            if kind == "kill":
-                victim = workers[report.kills % 2]
-                victim.kill()
-                victim.start()  # straight back: it rejoins the group and resumes from the committed offsets
-                report.kills += 1
-                say(f"t={now:5.1f}s SIGKILL worker {report.kills % 2 or 2} and restart it")
-            else:
-                stack.redis.restart()  # no persistence: every cached result and per-message record is gone
-                report.redis_restarts += 1
-                say(f"t={now:5.1f}s Redis restarted (empty)")
+        _inject_faults(cfg, workers, stack, report, say)
         load.join()
         if load.error is not None:
             raise RuntimeError(f"the load generator failed: {load.error!r}")
@@ -224,6 +185,47 @@ def run_chaos(cfg: ChaosConfig, say: Say = print, progress: Callable[[str, int, 
     compare_copies(copies, ids, report)
     report.seconds = round(time.monotonic() - started, 1)
     return report
+
+
+def _start_workers(cfg: ChaosConfig, env: dict[str, str], tmp: Path,
+                   stack_guard: contextlib.ExitStack) -> list[WorkerProcess]:
+    """Two ready workers in one consumer group, each with its own Faust data folder."""
+    workers = []
+    for k in range(2):
+        workers.append(WorkerProcess({**env, "CHATMOD_MODELS_THREADS": str(cfg.threads),
+                                      "CHATMOD_TOPICS_PARTITIONS": str(cfg.partitions),
+                                      "CHATMOD_WORKER_DATADIR": str(tmp / f"faust-{k}")}, tmp / f"worker{k}.log"))
+    stack_guard.callback(lambda: [w.stop() for w in workers])
+    deadline = time.monotonic() + 120
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.wait_ready(deadline)
+    return workers
+
+
+def _inject_faults(cfg: ChaosConfig, workers: list[WorkerProcess], stack: EmbeddedStack, report: ChaosReport,
+                   say: Say) -> None:
+    """The schedule's kills and Redis restarts, each at its time from now (the load has just started)."""
+    events = _schedule(cfg)
+    load_started = time.monotonic()
+    while events:
+        at, kind = events[0]
+        now = time.monotonic() - load_started
+        if now < at:
+            time.sleep(min(0.2, at - now))
+            continue
+        events.pop(0)
+        if kind == "kill":
+            victim = workers[report.kills % 2]
+            victim.kill()
+            victim.start()  # straight back: it rejoins the group and resumes from the committed offsets
+            report.kills += 1
+            say(f"t={now:5.1f}s SIGKILL worker {report.kills % 2 or 2} and restart it")
+        else:
+            stack.redis.restart()  # no persistence: every cached result and per-message record is gone
+            report.redis_restarts += 1
+            say(f"t={now:5.1f}s Redis restarted (empty)")
 
 
 def _schedule(cfg: ChaosConfig) -> list[tuple[float, str]]:

@@ -1,4 +1,4 @@
-"""The stack's own limit, for ``chatmod bench``: ``python -m pipeline.bench_reference``.
+"""The stack's own limit, for ``chatmod bench``: ``python -m pipeline.devstack.bench_reference``.
 
 A worker with no model, cache or Redis: the worker's Faust app, settings, micro-batching and ack
 discipline (``pipeline.agents.consume_in_batches``), publishing one small result per message. The raid
