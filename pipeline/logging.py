@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import sys
+import logging.config
 from datetime import UTC, datetime
 from typing import Any
 
@@ -95,20 +95,33 @@ class TextFormatter(logging.Formatter):
 
 
 class _ChatmodHandler(logging.StreamHandler):
-    """Marks the handler we install, so reconfiguring replaces it instead of stacking another."""
+    """The handler we install (tests remove it by its class)."""
 
 
-def configure_logging(level: str = "info", json: bool = True) -> None:
-    """Install one stderr handler on the root logger (idempotent), JSON lines or text."""
-    try:
-        levelno = _LEVELS[level.lower()]
-    except KeyError:
-        raise ValueError(f"unknown log level {level!r}; expected one of {list(_LEVELS)}") from None
-    root = logging.getLogger()
-    for handler in [h for h in root.handlers if isinstance(h, _ChatmodHandler)]:
-        root.removeHandler(handler)
-    handler = _ChatmodHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if json else TextFormatter())
-    handler.addFilter(ContentGuard())
-    root.addHandler(handler)
-    root.setLevel(levelno)
+LIBRARY_LOGGERS = ("aiokafka", "kafka", "faust", "mode")
+
+
+def logging_dict_config(level: str, json_lines: bool, library_level: str = "info") -> dict:
+    """dictConfig for the worker (Faust), the console (uvicorn) and :func:`configure_logging`: our formatter and
+    the content guard on the root logger; the Kafka client's and Faust's own loggers at ``library_level`` (or
+    ``level``, where that is less verbose)."""
+    for name in (level, library_level):
+        if name.lower() not in _LEVELS:
+            raise ValueError(f"unknown log level {name!r}; expected one of {list(_LEVELS)}")
+    quieter = max(_LEVELS[level.lower()], _LEVELS[library_level.lower()])
+    formatter = "pipeline.logging.JsonFormatter" if json_lines else "pipeline.logging.TextFormatter"
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"guard": {"()": "pipeline.logging.ContentGuard"}},
+        "formatters": {"chatmod": {"()": formatter}},
+        "handlers": {"stderr": {"class": "pipeline.logging._ChatmodHandler", "formatter": "chatmod",
+                                "filters": ["guard"], "stream": "ext://sys.stderr"}},
+        "root": {"level": level.upper(), "handlers": ["stderr"]},
+        "loggers": {name: {"level": logging.getLevelName(quieter)} for name in LIBRARY_LOGGERS},
+    }
+
+
+def configure_logging(level: str = "info", json: bool = True, library_level: str = "info") -> None:
+    """Apply :func:`logging_dict_config` in this process: the worker's own logging, for tools and tests."""
+    logging.config.dictConfig(logging_dict_config(level, json, library_level))

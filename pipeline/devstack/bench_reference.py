@@ -16,7 +16,7 @@ import faust
 
 from pipeline.agents import FaustPublisher, WorkerState, consume_in_batches
 from pipeline.app import create_app
-from pipeline.cli import logging_dict_config
+from pipeline.logging import logging_dict_config
 from pipeline.moderation import BatchStats, InRecord
 from pipeline.settings import Settings
 

@@ -18,7 +18,7 @@ PACKAGES = ("models", "pipeline", "training")
 # Developer tooling in pipeline/: the CLI, the dev stack (embedded broker and Redis, demo, bench, chaos, child
 # processes, status, replay) and the console's own CLI and test server.
 TOOLING_PACKAGES = ("pipeline.cli", "pipeline.devstack")
-TOOLING_MODULES = {"pipeline.console.cli", "pipeline.console.server"}
+TOOLING_MODULES = {"pipeline.console.server"}
 
 
 def is_tooling(name: str) -> bool:

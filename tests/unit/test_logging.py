@@ -67,7 +67,7 @@ def test_text_format_and_bad_level(capsys, restore_root_logger):
 def test_worker_debug_keeps_the_kafka_client_and_faust_at_their_own_level():
     """``CHATMOD_WORKER_LOG_LEVEL=debug`` is for chatmod's own loggers: aiokafka at debug writes a line per
     fetch and send (tens of thousands a minute), so library loggers follow ``library_log_level``."""
-    from pipeline.cli import LIBRARY_LOGGERS, logging_dict_config
+    from pipeline.logging import LIBRARY_LOGGERS, logging_dict_config
 
     config = logging_dict_config("debug", True)
     assert config["root"]["level"] == "DEBUG"

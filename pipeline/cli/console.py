@@ -7,18 +7,13 @@ from typing import Annotated
 
 import typer
 
-from pipeline.settings import Settings
+from pipeline.cli.common import load_settings
+from pipeline.logging import logging_dict_config
 
 app = typer.Typer(help="The moderator console: serve it (no subcommand), manage its users.",
                   invoke_without_command=True)
 users_app = typer.Typer(help="Console accounts (stored in Redis).", no_args_is_help=True)
 app.add_typer(users_app, name="user")
-
-
-def _settings() -> Settings:
-    from pipeline.cli import load_settings  # here, not at the top: pipeline.cli mounts this app
-
-    return load_settings()
 
 
 @app.callback()
@@ -30,10 +25,9 @@ def serve(ctx: typer.Context,
         return
     import uvicorn
 
-    from pipeline.cli import logging_dict_config
     from pipeline.console.app import create_app
 
-    settings = _settings()
+    settings = load_settings()
     if host:
         settings.console.host = host
     if port:
@@ -56,7 +50,7 @@ def user_add(name: Annotated[str, typer.Argument(help="User name.")],
 
     from pipeline.console.accounts import AccountError, Accounts
 
-    settings = _settings()
+    settings = load_settings()
     password = sys.stdin.readline().rstrip("\n") if password_stdin else typer.prompt(
         "password", hide_input=True, confirmation_prompt=True)
     client = redis_lib.Redis.from_url(settings.redis.url, **settings.redis.credential_kwargs())
@@ -78,7 +72,7 @@ def user_list() -> None:
 
     from pipeline.console.accounts import Accounts
 
-    settings = _settings()
+    settings = load_settings()
     client = redis_lib.Redis.from_url(settings.redis.url, **settings.redis.credential_kwargs())
     for name, role in sorted(Accounts(client, settings.redis.key_prefix).users().items()):
         typer.echo(f"{name:24s} {role}")
