@@ -18,7 +18,7 @@ from models.explain import EXPLAIN_VERSION, find_spans
 from models.labels import Task
 from models.registry import ModelRegistry
 from models.runtime import ModelSet
-from pipeline.moderation import RAW_TOXICITY, SPANS
+from pipeline.decisions import RAW_TOXICITY, SPANS
 from pipeline.policy import Policy
 from pipeline.settings import Settings
 

@@ -54,7 +54,7 @@ def load_suite(path: Path = DEFAULT_SUITE) -> list[Behaviour]:
 
 def run_suite(serving, suite: list[Behaviour]) -> dict:  # serving: pipeline.serving.Serving
     """Pass rate per behaviour and overall (the mean over behaviours, so each counts the same)."""
-    from pipeline.moderation import decide
+    from pipeline.decisions import decide
     from pipeline.textnorm import normalise_text
 
     texts = [normalise_text(case, 2000) for beh in suite for case in beh.cases]

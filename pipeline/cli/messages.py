@@ -28,7 +28,7 @@ def classify(
     """Classify messages locally (no Kafka): one JSON object per line, with spans and reason codes."""
     from rich.console import Console
 
-    from pipeline.moderation import build_result
+    from pipeline.decisions import build_result
     from pipeline.serving import load_serving
 
     lines = list(texts or [])

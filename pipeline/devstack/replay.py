@@ -21,7 +21,7 @@ from typing import Any
 from models.labels import Task
 from models.registry import ModelRegistry
 from pipeline.kafka_tools import kafka_client_config
-from pipeline.moderation import build_result
+from pipeline.decisions import build_result
 from pipeline.schemas import InvalidMessage, ModerationResult, decode_message, differing_fields
 from pipeline.serving import open_registry, serving_for
 from pipeline.settings import Settings

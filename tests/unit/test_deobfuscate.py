@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from models.deobfuscate import deobfuscate
-from pipeline.moderation import EVASION_FLAG, RAW_TOXICITY, SPANS, decide
+from pipeline.decisions import EVASION_FLAG, RAW_TOXICITY, SPANS, decide
 from pipeline.policy import Policy
 from pipeline.serving import serving_for
 from pipeline.settings import Settings

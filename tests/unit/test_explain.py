@@ -6,7 +6,7 @@ import pytest
 
 from models.deobfuscate import Deobfuscated, deobfuscate
 from models.explain import find_spans, lexicon_word, normalised_offsets, occlude, to_original
-from pipeline.moderation import reasons
+from pipeline.decisions import reasons
 from pipeline.schemas import ModerationResult
 from pipeline.textnorm import normalise_text
 
