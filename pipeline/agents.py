@@ -264,7 +264,7 @@ def _register_reloads(app: faust.App, settings: Settings, state: WorkerState) ->
         async def refresh_mood() -> None:
             if state.profiles is None or state.profiles.store is None:
                 return
-            from pipeline.enforcement import channel_mood
+            from pipeline.mood import channel_mood
 
             store = state.profiles.store
             try:

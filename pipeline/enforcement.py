@@ -16,10 +16,8 @@ content key), and mentions in one message. Sorted sets keyed by message id: exac
 **Raids.** Per channel, the flagged share of the last window against the channel's share over the ten
 windows before it; a jump sets off one ``raid`` event per window on ``chat.actions.v1``, keyed by channel.
 
-**Mood.** Per channel, the sentiment of its messages counted in one-minute buckets (a hash per channel
-and minute, and an index of channels by last activity): ``channel_mood`` reads the negative and positive
-shares over a window, for the ``chatmod_channel_mood`` gauges and ``chatmod status --channels``. A
-redelivered message may be counted twice: the shares are a trend, not a ledger.
+**Mood.** Per channel and minute, counts of its messages (``pipeline/mood.py``), sent with each batch's
+items: a trend, not a ledger.
 
 **Redis down**: decisions fall back to the stateless profile (no strikes, floods or raids), logged once per
 outage and counted in ``chatmod_enforcement_degraded_total``; nothing is lost.
@@ -31,10 +29,10 @@ import hashlib
 import json
 import logging
 import re
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from pipeline.mood import MoodCounter
 from pipeline.profiles import CompiledProfile
 from pipeline.settings import RedisSettings
 
@@ -162,6 +160,16 @@ def rungs_reached(profile: CompiledProfile, before: float, after: float, peak: f
             if after >= r.strikes > before and (peak < r.strikes or before < r.strikes / 2)]
 
 
+@dataclass
+class _Queued:
+    """Where a batch's pipeline will hold its answers, and what it must read back."""
+
+    strikes_at: dict[int, int] = field(default_factory=dict)  # item -> the answer holding its strike entry
+    flood_at: dict[int, int] = field(default_factory=dict)  # item -> the answer holding its (rate, repeat)
+    ledgers: set[str] = field(default_factory=set)  # read whole: to hold a user over a hold rung
+    channels: dict[str, tuple[Item, float]] = field(default_factory=dict)  # channel -> (an item, latest ts)
+
+
 class Enforcement:
     """Applies ledgers and windows to a batch (async Redis, one pipeline per batch)."""
 
@@ -177,11 +185,7 @@ class Enforcement:
         self._strike = self.client.register_script(STRIKE_SCRIPT)
         self._flood_add = self.client.register_script(FLOOD_ADD)
         self._flood_count = self.client.register_script(FLOOD_COUNT)
-        # Mood counts wait in memory and go to Redis at most once per MOOD_FLUSH_S: per batch they cost a
-        # round trip each (10% of the worker's CPU in a raid, measured), for a statistic read per minute.
-        self._mood: dict[tuple[str, int], dict[str, int]] = {}
-        self._mood_latest: dict[str, float] = {}
-        self._mood_flushed_at = float("-inf")
+        self.mood = MoodCounter(self.client, self.prefix)
 
     def ledger_key(self, channel: str | None, user: str) -> str:
         return ledger_key(self.prefix, channel, user)
@@ -205,9 +209,9 @@ class Enforcement:
             return Result(outcomes)
         try:
             if mood:
-                self._count_mood(mood)
-            if self._mood and time.monotonic() - self._mood_flushed_at >= MOOD_FLUSH_S:
-                await self.flush_mood()
+                self.mood.count(mood)
+            if self.mood.due():
+                await self.mood.flush()
             if not active:
                 self._down = False
                 return Result(outcomes)
@@ -232,12 +236,41 @@ class Enforcement:
         return bool(item.user is not None and (p.strikes.ladder or p.flood)) or bool(p.raid and item.channel)
 
     async def _apply(self, items: list[Item]) -> Result:
+        """One pipeline for the batch: every write first, then the reads that answer for the whole batch."""
         pipe = self.client.pipeline(transaction=False)
-        reads: list[tuple[str, int | str]] = []  # what each read answers, in order
-        strikes_at: dict[int, int] = {}  # item -> the pipeline answer holding its strike entry
-        flood_at: dict[int, int] = {}  # item -> the answer holding its (rate, repeat) counts
-        ledgers: set[str] = set()  # ledgers read whole (to hold an unflagged message of a user over a hold rung)
-        channels: dict[str, tuple[Item, float]] = {}  # channel -> (an item, latest ts) for the raid check
+        queued = await self._queue_writes(pipe, items)
+        writes = len(pipe)  # the answers after these are the reads
+        reads: list[tuple[str, str]] = []  # what each read answers, in order
+        for ledger in queued.ledgers:
+            pipe.hgetall(ledger)
+            reads.append(("ledger", ledger))
+        for channel, (it, ts) in queued.channels.items():
+            base, w = f"{self.prefix}:v1:chan:{_h(channel)}", it.profile.profile.raid.window_s
+            for key in (f"{base}:all", f"{base}:flagged"):
+                pipe.zcount(key, f"({ts - w}", ts)
+                pipe.zcount(key, f"({ts - w * (BASELINE_WINDOWS + 1)}", ts - w)
+            reads.append(("raid", channel))
+        executed = await pipe.execute()
+        entries = {k: executed[i] for k, i in queued.strikes_at.items()}
+        rates = {}
+        for k, i in queued.flood_at.items():
+            rates[("rate", k)], rates[("repeat", k)] = (int(n) for n in executed[i])
+        answers = iter(executed[writes:])
+        strikes: dict[str, dict] = {}
+        raids: dict[str, tuple[int, ...]] = {}
+        for kind, what in reads:
+            if kind == "raid":  # all now, all before, flagged now, flagged before
+                raids[what] = tuple(int(next(answers)) for _ in range(4))
+            else:
+                strikes[what] = next(answers)
+        outcomes = [self._outcome(k, it, entries.get(k), strikes, rates) for k, it in enumerate(items)]
+        events = await self._raid_events(queued.channels, raids)
+        return Result(outcomes, events)
+
+    async def _queue_writes(self, pipe, items: list[Item]) -> _Queued:
+        """Strikes, flood windows and raid windows for every item, then each item's flood counts (after every
+        write: a message's counts include its whole batch)."""
+        queued = _Queued()
         for k, it in enumerate(items):
             p = it.profile.profile
             if it.user is not None and p.strikes.ladder:
@@ -248,63 +281,34 @@ class Enforcement:
                     await self._strike(keys=[ledger, self.strike_of_key(it.message_id)],
                                        args=[it.message_id, weight, repr(it.ts), p.strikes.half_life_s, ttl],
                                        client=pipe)
-                    strikes_at[k] = len(pipe) - 1
+                    queued.strikes_at[k] = len(pipe) - 1
                 elif any(r.action == "hold" for r in p.strikes.ladder):
-                    ledgers.add(ledger)
+                    queued.ledgers.add(ledger)
             if it.user is not None and p.flood:
                 await self._flood_add(keys=self._flood_keys(it),
                                       args=[it.message_id, repr(it.ts), p.flood.window_s], client=pipe)
             if p.raid and it.channel is not None:
-                base = f"{self.prefix}:v1:chan:{_h(it.channel)}"
-                horizon = p.raid.window_s * (BASELINE_WINDOWS + 1)
-                pipe.zadd(f"{base}:all", {it.message_id: it.ts})
-                if it.decision != "allow":
-                    pipe.zadd(f"{base}:flagged", {it.message_id: it.ts})
-                for key in (f"{base}:all", f"{base}:flagged"):
-                    pipe.zremrangebyscore(key, "-inf", it.ts - horizon)
-                    pipe.expire(key, horizon)
-                seen = channels.get(it.channel)
+                self._queue_raid_window(pipe, it)
+                seen = queued.channels.get(it.channel)
                 if seen is None or it.ts > seen[1]:
-                    channels[it.channel] = (it, it.ts)
-        for k, it in enumerate(items):  # after every write: a message's counts include its whole batch
+                    queued.channels[it.channel] = (it, it.ts)
+        for k, it in enumerate(items):
             p = it.profile.profile
             if it.user is not None and p.flood:
                 await self._flood_count(keys=self._flood_keys(it),
                                         args=[repr(it.ts), p.flood.window_s], client=pipe)
-                flood_at[k] = len(pipe) - 1
-        writes = len(pipe)  # the answers after these are the reads
-        for ledger in ledgers:
-            pipe.hgetall(ledger)
-            reads.append(("ledger", ledger))
-        for channel, (it, ts) in channels.items():
-            base, w = f"{self.prefix}:v1:chan:{_h(channel)}", it.profile.profile.raid.window_s
-            for key in (f"{base}:all", f"{base}:flagged"):
-                pipe.zcount(key, f"({ts - w}", ts)
-                pipe.zcount(key, f"({ts - w * (BASELINE_WINDOWS + 1)}", ts - w)
-            reads.append(("raid", channel))
-        executed = await pipe.execute()
-        entries = {k: executed[i] for k, i in strikes_at.items()}
-        rates = {}
-        for k, i in flood_at.items():
-            rates[("rate", k)], rates[("repeat", k)] = (int(n) for n in executed[i])
-        answers = executed[writes:]
-        strikes: dict[str, dict] = {}
-        raids: dict[str, tuple[int, int, int, int]] = {}
-        pos = 0
-        for kind, what in reads:
-            if kind == "raid":
-                raids[what] = tuple(int(a) for a in answers[pos : pos + 4])  # all now, all before, flagged now, flagged before
-                pos += 4
-                continue
-            answer = answers[pos]
-            pos += 1
-            if kind == "ledger":
-                strikes[what] = answer
-            else:
-                rates[(kind, what)] = int(answer)
-        outcomes = [self._outcome(k, it, entries.get(k), strikes, rates) for k, it in enumerate(items)]
-        events = await self._raid_events(channels, raids)
-        return Result(outcomes, events)
+                queued.flood_at[k] = len(pipe) - 1
+        return queued
+
+    def _queue_raid_window(self, pipe, it: Item) -> None:
+        base = f"{self.prefix}:v1:chan:{_h(it.channel)}"
+        horizon = it.profile.profile.raid.window_s * (BASELINE_WINDOWS + 1)
+        pipe.zadd(f"{base}:all", {it.message_id: it.ts})
+        if it.decision != "allow":
+            pipe.zadd(f"{base}:flagged", {it.message_id: it.ts})
+        for key in (f"{base}:all", f"{base}:flagged"):
+            pipe.zremrangebyscore(key, "-inf", it.ts - horizon)
+            pipe.expire(key, horizon)
 
     def _outcome(self, k: int, it: Item, entry: bytes | None, strikes: dict, rates: dict) -> Outcome:
         p = it.profile.profile
@@ -357,48 +361,8 @@ class Enforcement:
                                                     "messages": n_now})
         return events
 
-    def _count_mood(self, items: list[Item]) -> None:
-        """Per channel and minute: messages, flagged ones, each sentiment class, each toxicity score's sum."""
-        for it in items:
-            bucket = self._mood.setdefault((it.channel, int(it.ts // MOOD_BUCKET_S)), {})
-            bucket["n"] = bucket.get("n", 0) + 1
-            if it.decision != "allow":
-                bucket["flagged"] = bucket.get("flagged", 0) + 1
-            if it.sentiment is not None:
-                bucket[it.sentiment] = bucket.get(it.sentiment, 0) + 1
-            for label, score in (it.toxicity or {}).items():
-                bucket[f"tox:{label}"] = bucket.get(f"tox:{label}", 0.0) + score
-            self._mood_latest[it.channel] = max(self._mood_latest.get(it.channel, 0.0), it.ts)
-
     async def flush_mood(self) -> None:
-        """Send the mood counts gathered since the last flush (kept for the next one if Redis fails)."""
-        counts, latest = self._mood, self._mood_latest
-        if not counts:
-            return
-        pipe = self.client.pipeline(transaction=False)
-        for (channel, minute), fields in counts.items():
-            key = mood_key(self.prefix, channel, minute)
-            for name, n in fields.items():
-                if isinstance(n, int):
-                    pipe.hincrby(key, name, n)
-                else:
-                    pipe.hincrbyfloat(key, name, n)
-            pipe.expire(key, MOOD_RETAIN_S)
-        index = f"{self.prefix}:v1:mood:channels"
-        pipe.zadd(index, latest)
-        pipe.zremrangebyscore(index, "-inf", max(latest.values()) - MOOD_RETAIN_S)
-        self._mood, self._mood_latest = {}, {}
-        try:
-            await pipe.execute()
-        except BaseException:
-            for key, fields in counts.items():  # back, merged with anything counted meanwhile
-                bucket = self._mood.setdefault(key, {})
-                for name, n in fields.items():
-                    bucket[name] = bucket.get(name, 0) + n
-            for channel, ts in latest.items():
-                self._mood_latest[channel] = max(self._mood_latest.get(channel, 0.0), ts)
-            raise
-        self._mood_flushed_at = time.monotonic()
+        await self.mood.flush()
 
     async def overturn(self, message_ids: Sequence[str]) -> int:
         """Delete the strikes of ``message_ids`` (verdicts that overturned them); how many were removed."""
@@ -414,39 +378,6 @@ class Enforcement:
 
     async def close(self) -> None:
         await self.client.aclose()
-
-
-MOOD_BUCKET_S = 60
-MOOD_FLUSH_S = 1.0
-MOOD_RETAIN_S = 2 * 3600
-
-
-def mood_key(prefix: str, channel: str, minute: int) -> str:
-    return f"{prefix}:v1:mood:{_h(channel)}:{minute}"
-
-
-def channel_mood(client, prefix: str, now: float, window_s: int = 300, limit: int = 50) -> dict[str, dict]:
-    """Channels active in the last ``window_s`` (at most ``limit``, the most recent first), each with its
-    message count and its negative, neutral and positive shares over the window (sync client)."""
-    channels = client.zrevrangebyscore(f"{prefix}:v1:mood:channels", "+inf", now - window_s, start=0, num=limit)
-    minutes = range(int((now - window_s) // MOOD_BUCKET_S), int(now // MOOD_BUCKET_S) + 1)
-    pipe = client.pipeline(transaction=False)
-    names = [c.decode() for c in channels]
-    for channel in names:
-        for minute in minutes:
-            pipe.hgetall(mood_key(prefix, channel, minute))
-    answers = pipe.execute() if names else []
-    out = {}
-    for k, channel in enumerate(names):
-        totals: dict[str, int] = {}
-        for bucket in answers[k * len(minutes) : (k + 1) * len(minutes)]:
-            for name, value in bucket.items():
-                totals[name.decode()] = totals.get(name.decode(), 0) + float(value)
-        n = int(totals.get("n", 0))
-        rated = sum(totals.get(s, 0) for s in ("negative", "neutral", "positive"))
-        out[channel] = {"messages": n, **{s: round(totals.get(s, 0) / rated, 4) if rated else 0.0
-                                          for s in ("negative", "neutral", "positive")}}
-    return out
 
 
 def action_records(result_json: dict) -> list[tuple[str, bytes]]:

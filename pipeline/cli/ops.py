@@ -21,7 +21,7 @@ def _channel_status(as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from pipeline.enforcement import channel_mood
+    from pipeline.mood import channel_mood
 
     settings = load_settings()
     client = redis_lib.Redis.from_url(settings.redis.url, socket_timeout=2, socket_connect_timeout=2,

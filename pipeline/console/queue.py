@@ -8,7 +8,7 @@ Keys under ``<prefix>:v1:console:``:
 - ``claim:<id>``: the moderator who holds an item, expiring after ``claim_ttl_s``;
 - ``events``: a pub/sub channel of ``{"type": "item"|"claim"|"release"|"decided", "id", ...}``.
 
-Channel health is read from the per-minute buckets the workers keep (``channel_health``).
+Channel health is read from the per-minute buckets the workers keep (``pipeline.mood.channel_health``).
 
 Claims and verdicts are Lua scripts: two moderators never decide one item, and a verdict on an item
 another moderator holds is refused with that moderator's name.
@@ -165,39 +165,3 @@ class Queue:
 
     async def verdicts_published(self) -> dict[str, int]:
         return {k.decode(): int(v) for k, v in (await self.client.hgetall(f"{self.base}:verdicts")).items()}
-
-
-# channel health -------------------------------------------------------------------------------------------
-
-
-async def channel_health(client, prefix: str, minutes: int = 60, limit: int = 12) -> dict[str, list[dict]]:
-    """The most recently active channels, each with ``minutes`` buckets (oldest first):
-    ``{"minute", "n", "flagged_share", "toxicity": {label: mean}, "sentiment": {class: share}}``, read from
-    the per-minute buckets every worker keeps (``pipeline.enforcement``: messages, flagged, sentiment
-    classes, toxicity sums per channel and minute)."""
-    from pipeline.enforcement import MOOD_BUCKET_S, mood_key
-
-    now = time.time()
-    channels = [c.decode() for c in await client.zrevrangebyscore(
-        f"{prefix}:v1:mood:channels", "+inf", now - minutes * MOOD_BUCKET_S, start=0, num=limit)]
-    last = int(now // MOOD_BUCKET_S)
-    span = range(last - minutes + 1, last + 1)
-    pipe = client.pipeline(transaction=False)
-    for channel in channels:
-        for minute in span:
-            pipe.hgetall(mood_key(prefix, channel, minute))
-    answers = await pipe.execute() if channels else []
-    out: dict[str, list[dict]] = {}
-    for k, channel in enumerate(channels):
-        series = []
-        for j, minute in enumerate(span):
-            raw = {a.decode(): float(b) for a, b in answers[k * len(span) + j].items()}
-            n = raw.get("n", 0.0)
-            rated = sum(raw.get(c, 0.0) for c in ("negative", "neutral", "positive"))
-            series.append({
-                "minute": minute * MOOD_BUCKET_S, "n": n, "flagged_share": raw.get("flagged", 0.0) / n if n else 0.0,
-                "toxicity": {name[4:]: v / n for name, v in raw.items() if name.startswith("tox:") and n},
-                "sentiment": {c: raw[c] / rated for c in ("negative", "neutral", "positive") if c in raw and rated},
-            })
-        out[channel] = series
-    return out

@@ -100,7 +100,7 @@ def feedback_labels(result: dict, action: str | None, labels: dict | None) -> di
 
 async def channel_charts(console) -> list[dict]:
     """Per active channel: SVG charts of message rate, flagged share, toxicity by label and mood."""
-    from pipeline.console.queue import channel_health
+    from pipeline.mood import channel_health
     from pipeline.svgchart import Chart, Line, render
 
     out = []

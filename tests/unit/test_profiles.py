@@ -217,7 +217,7 @@ def test_a_profile_file_stands_in_for_default_until_one_is_stored(redis_url: str
 
 
 async def test_channel_mood_is_counted_per_minute_and_read_over_a_window(redis_url: str) -> None:
-    from pipeline.enforcement import channel_mood
+    from pipeline.mood import channel_mood
 
     client = aioredis.Redis.from_url(redis_url)
     enforcement = Enforcement(RedisSettings(url=redis_url, key_prefix="mood"), client)
