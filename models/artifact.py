@@ -10,13 +10,15 @@ runtime then answers both in one forward pass. Only safetensors and ONNX: pickle
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -237,6 +239,22 @@ def verify_artifact(folder: Path, check_contract: bool = True) -> Manifest:
     if check_contract:
         check_label_contract(manifest)
     return manifest
+
+
+@contextlib.contextmanager
+def staged_folder(target: Path) -> Iterator[Path]:
+    """A hidden folder beside ``target`` to fill, renamed to ``target`` when the block ends without error
+    and removed when it does not: readers never see half a folder, and a failure leaves nothing behind.
+    ``target`` must not exist, or be an empty folder."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        staging.chmod(0o755)  # mkdtemp makes it 0700; the store may be read by another user (the worker)
+        yield staging
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -20,7 +20,6 @@ import fcntl
 import json
 import logging
 import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from models.artifact import (
     Manifest,
     atomic_write_text,
     read_manifest,
+    staged_folder,
     verify_artifact,
     write_manifest,
 )
@@ -128,18 +128,12 @@ class ModelRegistry:
             target = self._path(ref)
             if target.exists():
                 raise RegistryError(f"{ref} is already in the store; add the new model under another version")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{version}."))
-            try:
+            with staged_folder(target) as staging:
                 shutil.copytree(folder, staging, dirs_exist_ok=True)
                 staging.chmod(0o755)
                 if manifest.version != version:
                     write_manifest(staging, manifest.model_copy(update={"version": version}))
                 stored = verify_artifact(staging)  # the copy, not the source, is what will be served
-                staging.rename(target)
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
             if candidate:
                 state = self._read()
                 state["candidates"] = [r for r in state["candidates"] if r != ref] + [ref]
@@ -286,12 +280,6 @@ class ModelRegistry:
             if read_manifest(target).files != read_manifest(source).files:
                 raise RegistryError(f"{target} exists and differs from the seed's copy; remove one of them")
             return
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-        try:
+        with staged_folder(target) as staging:
             shutil.copytree(source, staging, dirs_exist_ok=True)
             staging.chmod(0o755)
-            staging.rename(target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise

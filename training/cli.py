@@ -257,7 +257,7 @@ def requantize(ref: RefArg, version: Annotated[str, typer.Option(help="Version o
     it on validation when the data is there, and register it."""
     import tempfile
 
-    from training.export import DEFAULT_VERIFY_TEXTS
+    from training.export_check import DEFAULT_VERIFY_TEXTS
     from training.requantize import requantize_artifact
 
     registry, source, cfg, root = _derived_from(ref, store, data_root, seed)

@@ -7,7 +7,6 @@ thread count (see ``training.quantize``); otherwise ``ExportMismatch`` is raised
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import shutil
@@ -20,15 +19,23 @@ from typing import Any
 
 import numpy as np
 
-from models.artifact import WEIGHT_FORMATS, ArtifactError, Head, Manifest, write_manifest
-from models.labels import ProblemType
+from models.artifact import WEIGHT_FORMATS, ArtifactError, Head, Manifest, staged_folder, write_manifest
 from models.runtime import TextEncoder
-from training.quantize import (  # noqa: F401 - the int8 steps, re-exported for callers
+from training.export_check import (
+    DEFAULT_VERIFY_TEXTS,
+    FP32_TOLERANCE,
+    INT8_TOLERANCE,
+    ExportMismatch,
+    ExportTolerance,
+    input_names,
+    load_torch_model,
+    verify_export,
+)
+from training.quantize import (
     PER_TOKEN,
     check_batch_invariance,
     fp32_fallbacks,
     prepare_for_int8,
-    quantize_int8,
     quantize_prepared,
 )
 
@@ -46,71 +53,13 @@ TOKENIZER_FILES = (
     "spiece.model",
 )
 
-# Texts to check an export on when the caller has none: short, long (truncated), unicode, empty.
-DEFAULT_VERIFY_TEXTS = (
-    "",
-    "ok",
-    "thanks, that was really helpful!",
-    "you are an idiot and everyone hates you",
-    "I will find you and hurt you",
-    "meh. the update is fine I guess, nothing special",
-    "WHY IS THIS STILL BROKEN?!?! fix it now",
-    "gg wp 😀🔥",
-    "Ça marche très bien, merci beaucoup",
-    "lol " * 200,
-    "This product arrived on time, works as described, and support answered within an hour. " * 3,
-    "shut up",
-)
-
-
-class ExportMismatch(Exception):
-    """The exported model does not compute what the torch model computes; the export is refused."""
-
-
-@dataclass(frozen=True)
-class ExportCheck:
-    max_abs_diff: float  # largest |torch logit - onnx logit|
-    agreement: float  # fraction of per-head decisions that agree
-    n: int  # texts compared
-
-
-@dataclass(frozen=True)
-class ExportTolerance:
-    max_abs_logit_diff: float
-    min_agreement: float
-
-
-LOGIT_SCALE = 10.0  # the logit magnitude the absolute tolerances below are stated for
-FP32_TOLERANCE = ExportTolerance(max_abs_logit_diff=1e-3, min_agreement=0.99)
-# Per-channel int8 on a real encoder moves logits by a few hundredths; decisions near 0 may flip.
-INT8_TOLERANCE = ExportTolerance(max_abs_logit_diff=0.5, min_agreement=0.95)
-
-
-def _load_torch_model(hf_model_dir: Path) -> Any:
-    from transformers import AutoModelForSequenceClassification
-
-    # Eager attention: the TorchScript exporter then sees plain MatMul/Softmax that ORT knows how to fuse.
-    model = AutoModelForSequenceClassification.from_pretrained(
-        hf_model_dir, attn_implementation="eager", use_safetensors=True
-    )
-    return model.float().eval()
-
-
-def _input_names(model: Any) -> list[str]:
-    """input_ids + attention_mask, + token_type_ids for models whose forward takes them (BERT, ALBERT)."""
-    names = ["input_ids", "attention_mask"]
-    if "token_type_ids" in inspect.signature(model.forward).parameters:
-        names.append("token_type_ids")
-    return names
-
-
 def export_onnx(hf_model_dir: Path, onnx_path: Path, opset: int = 17) -> Path:
     """Export a Hugging Face sequence classifier to ONNX: dynamic batch and sequence, output ``logits``."""
     import torch
 
     hf_model_dir, onnx_path = Path(hf_model_dir), Path(onnx_path)
-    model = _load_torch_model(hf_model_dir)
-    names = _input_names(model)
+    model = load_torch_model(hf_model_dir)
+    names = input_names(model)
     # A padded second row, so the traced graph keeps the attention-mask path (no "all ones" shortcut).
     input_ids = torch.tensor([[101, 7592, 2088, 2003, 2307, 102], [101, 7592, 102, 0, 0, 0]])  # (batch, seq)
     attention_mask = (input_ids != 0).long()
@@ -139,101 +88,6 @@ def export_onnx(hf_model_dir: Path, onnx_path: Path, opset: int = 17) -> Path:
 
     onnx.checker.check_model(str(onnx_path))
     return onnx_path
-
-
-def _decisions(logits: np.ndarray, heads: Sequence[Head]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per head: (decisions, margin to the decision boundary) for every text (and label)."""
-    out = []
-    for head in heads:
-        cols = logits[:, head.offset : head.offset + head.width]
-        if head.problem_type == ProblemType.MULTI_LABEL:
-            out.append((cols > 0, np.abs(cols)))
-        else:
-            top2 = np.sort(cols, axis=1)[:, -2:] if cols.shape[1] > 1 else np.concatenate([cols, cols - np.inf], 1)
-            out.append((cols.argmax(axis=1), top2[:, 1] - top2[:, 0]))
-    return out
-
-
-# Decisions closer to the boundary than this are ties: int8 rounding may break them either way, and
-# counting them would fail exports of sound models whose scores sit near 0.5 (e.g. early in training).
-TIE_MARGIN = 0.05
-
-
-def _default_heads(model: Any) -> list[Head]:
-    n = int(model.config.num_labels)
-    multi = model.config.problem_type == "multi_label_classification"
-    # Only the problem type matters for decisions; the task and labels are placeholders.
-    return [
-        Head(
-            task="toxicity" if multi else "sentiment",
-            labels=[str(i) for i in range(n)],
-            problem_type=ProblemType.MULTI_LABEL if multi else ProblemType.SINGLE_LABEL,
-        )
-    ]
-
-
-def verify_export(
-    hf_model_dir: Path,
-    onnx_path: Path,
-    texts: Iterable[str],
-    max_abs_logit_diff: float,
-    min_agreement: float,
-    *,
-    heads: Sequence[Head] | None = None,
-    max_length: int = 128,
-    batch_size: int = 16,
-) -> ExportCheck:
-    """Compare torch and ONNX logits on ``texts``; raise ExportMismatch beyond the bounds.
-
-    Decisions are per head: argmax for single-label heads, logit > 0 per label for multi-label heads.
-    Without ``heads`` the whole output is one head, typed by the config's ``problem_type``.
-    """
-    import onnxruntime as ort
-    import torch
-
-    hf_model_dir = Path(hf_model_dir)
-    texts = list(texts)
-    if not texts:
-        raise ValueError("verify_export needs at least one text")
-    model = _load_torch_model(hf_model_dir)
-    heads = list(heads) if heads is not None else _default_heads(model)
-    torch_names = _input_names(model)
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    onnx_names = [i.name for i in session.get_inputs()]
-    encoded = TextEncoder(hf_model_dir / "tokenizer.json", max_length).encode(texts)
-    torch_logits = np.empty((len(texts), model.config.num_labels), dtype=np.float32)
-    onnx_logits = np.empty_like(torch_logits)
-    for positions, inputs in encoded.batches(batch_size):  # padded as the runtime pads
-        with torch.inference_mode():
-            ref = model(**{n: torch.from_numpy(inputs[n]) for n in torch_names}).logits
-        got = session.run(None, {n: inputs[n] for n in onnx_names})[0]
-        if got.shape != tuple(ref.shape):
-            raise ExportMismatch(f"{onnx_path}: logits shape {got.shape}, torch gives {tuple(ref.shape)}")
-        torch_logits[positions] = ref.numpy()
-        onnx_logits[positions] = got
-    max_abs = float(np.abs(torch_logits - onnx_logits).max())
-    # int8 rounding error grows with the size of the activations: a model whose logits reach past
-    # LOGIT_SCALE (where a sigmoid or softmax is saturated anyway) is allowed a proportionally larger move.
-    scale = max(1.0, float(np.abs(torch_logits).max()) / LOGIT_SCALE) if torch_logits.size else 1.0
-    max_abs_logit_diff = max_abs_logit_diff * scale
-    pairs = zip(_decisions(torch_logits, heads), _decisions(onnx_logits, heads), strict=True)
-    agree, decisive = [], []
-    for (ref_dec, margin), (got_dec, _) in pairs:
-        agree.append((ref_dec == got_dec).ravel())
-        decisive.append((margin >= TIE_MARGIN).ravel())
-    agree_all, decisive_all = np.concatenate(agree), np.concatenate(decisive)
-    agreement = float(agree_all[decisive_all].mean()) if decisive_all.any() else 1.0
-    check = ExportCheck(max_abs_diff=max_abs, agreement=agreement, n=len(texts))
-    if not np.isfinite(max_abs) or max_abs > max_abs_logit_diff or agreement < min_agreement:
-        raise ExportMismatch(
-            f"{Path(onnx_path).name} disagrees with the torch model on {len(texts)} texts: max |logit diff| "
-            f"{max_abs:.3g} (allowed {max_abs_logit_diff:.3g}, for logits up to {scale * LOGIT_SCALE:.3g}), "
-            "agreement on decisions that are not ties "
-            f"(margin >= {TIE_MARGIN}) {agreement:.3f} "
-            f"(required {min_agreement:g}); the export is refused"
-        )
-    log.info("export check %s: %s", Path(onnx_path).name, check)
-    return check
 
 
 def _tokenizer_lowercases(tokenizer_json: Path) -> bool:
@@ -273,9 +127,6 @@ def build_artifact(
     ``formats`` picks the weights to ship (``safetensors``, ``onnx``, ``onnx_int8``); every ONNX file is
     checked against the torch model and the checks are recorded in ``manifest.metrics["export"]``.
     """
-    import onnxruntime
-    import torch
-
     hf_model_dir, out_dir = Path(hf_model_dir), Path(out_dir)
     formats = tuple(dict.fromkeys(formats))
     unknown = set(formats) - set(WEIGHT_FORMATS)
@@ -283,13 +134,31 @@ def build_artifact(
         raise ValueError(f"formats must be a non-empty subset of {WEIGHT_FORMATS}, got {formats}")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists and is not empty; pick a new folder for the artifact")
+    manifest = _draft_manifest(hf_model_dir, name=name, version=version, heads=heads, family=family,
+                               max_length=max_length, lowercase=lowercase, base_model=base_model,
+                               training=training, metrics=metrics)
+    checks = _Checks(hf_model_dir, manifest, list(verify_texts), fp32_tolerance, int8_tolerance)
+    with staged_folder(out_dir) as staging:
+        weights, export = _write_weights(hf_model_dir, staging, formats, checks, opset)
+        for path in staging.iterdir():
+            path.chmod(0o644)
+        manifest = write_manifest(staging, manifest.model_copy(update={
+            "weights": weights, "num_parameters": _count_parameters(hf_model_dir / SAFETENSORS_NAME),
+            "metrics": manifest.metrics | {"export": export}}))
+    log.info("built artifact %s at %s (%s)", manifest.ref, out_dir, ", ".join(weights))
+    return manifest
+
+
+def _draft_manifest(hf_model_dir: Path, *, name: str, version: str, heads: Sequence[Head], family: str | None,
+                    max_length: int, lowercase: bool | None, base_model: str | None, training: dict | None,
+                    metrics: dict | None) -> Manifest:
+    """The manifest before its weights exist, once the model folder is checked against the heads."""
     for required in ("config.json", SAFETENSORS_NAME, "tokenizer.json"):
         if not (hf_model_dir / required).is_file():
             raise ArtifactError(
                 f"{hf_model_dir} lacks {required}; save the model with save_pretrained (safetensors) "
                 "and the fast tokenizer next to it"
             )
-    verify_texts = list(verify_texts)
     config = json.loads((hf_model_dir / "config.json").read_text())
     manifest = Manifest(
         name=name,
@@ -298,7 +167,7 @@ def build_artifact(
         heads=list(heads),
         max_length=max_length,
         lowercase=_tokenizer_lowercases(hf_model_dir / "tokenizer.json") if lowercase is None else lowercase,
-        weights={"safetensors": SAFETENSORS_NAME},  # placeholder until the files exist; replaced below
+        weights={"safetensors": SAFETENSORS_NAME},  # placeholder until the files exist; replaced by the build
         base_model=base_model,
         training=dict(training or {}),
         metrics=dict(metrics or {}),
@@ -308,89 +177,79 @@ def build_artifact(
         raise ArtifactError(
             f"{hf_model_dir}: the model has {num_labels} outputs but the heads need {manifest.num_logits}"
         )
-
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    staging.chmod(0o755)  # mkdtemp makes it 0700; the store may be read by another user (the worker)
-    try:
-        weights: dict[str, str] = {}
-        export: dict[str, Any] = {
-            "opset": opset,
-            "torch": torch.__version__,
-            "onnxruntime": onnxruntime.__version__,
-        }
-        shutil.copy2(hf_model_dir / "config.json", staging / "config.json")
-        if "safetensors" in formats:
-            shutil.copy2(hf_model_dir / SAFETENSORS_NAME, staging / SAFETENSORS_NAME)
-            weights["safetensors"] = SAFETENSORS_NAME
-        for fname in TOKENIZER_FILES:
-            if (hf_model_dir / fname).is_file():
-                shutil.copy2(hf_model_dir / fname, staging / fname)
-        if "onnx" in formats or "onnx_int8" in formats:
-            with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
-
-                def checked(onnx_path: Path, tol: ExportTolerance) -> dict[str, Any]:
-                    check = verify_export(
-                        hf_model_dir,
-                        onnx_path,
-                        verify_texts,
-                        tol.max_abs_logit_diff,
-                        tol.min_agreement,
-                        heads=manifest.heads,
-                        max_length=max_length,
-                    )
-                    return asdict(check) | {"batch_invariance_max_diff": invariance(onnx_path)}
-
-                def invariance(onnx_path: Path) -> float:
-                    return check_batch_invariance(onnx_path, verify_encoded)
-
-                verify_encoded = TextEncoder(hf_model_dir / "tokenizer.json", max_length).encode(verify_texts)
-
-                fp32 = export_onnx(hf_model_dir, Path(tmp) / ONNX_NAME, opset=opset)
-                export["onnx"] = checked(fp32, fp32_tolerance)  # int8 is only as good as the graph under it
-                if "onnx" in formats:
-                    shutil.copy2(fp32, staging / ONNX_NAME)
-                    weights["onnx"] = ONNX_NAME
-                if "onnx_int8" in formats:
-                    pre = prepare_for_int8(fp32, Path(tmp) / "pre.onnx")  # once, whatever the retries
-                    ladder = fp32_fallbacks(pre)
-                    for step, keep in enumerate(ladder):
-                        int8 = quantize_prepared(pre, staging / ONNX_INT8_NAME, keep)
-                        try:
-                            export["onnx_int8"] = checked(int8, int8_tolerance) | {
-                                "fp32_nodes": keep, "activations": PER_TOKEN}
-                            break
-                        except ExportMismatch as exc:
-                            if step == len(ladder) - 1:
-                                raise
-                            log.warning("int8 export beyond its bounds; retrying with fp32 feed-forward outputs",
-                                        extra={"reason": str(exc), "keep_fp32": ladder[step + 1]})
-                    moved = export["onnx_int8"]["batch_invariance_max_diff"]
-                    if moved != 0.0:
-                        raise ExportMismatch(
-                            f"{ONNX_INT8_NAME}: a text's logits move by up to {moved:.3g} with its batch "
-                            "neighbours, padding or thread count; per-token int8 must make them identical"
-                        )
-                    weights["onnx_int8"] = ONNX_INT8_NAME
-        for path in staging.iterdir():
-            path.chmod(0o644)
-        num_parameters = _count_parameters(hf_model_dir / SAFETENSORS_NAME)
-        manifest = manifest.model_copy(
-            update={
-                "weights": weights,
-                "num_parameters": num_parameters,
-                "metrics": manifest.metrics | {"export": export},
-            }
-        )
-        manifest = write_manifest(staging, manifest)
-        if out_dir.exists():
-            out_dir.rmdir()  # empty, checked above
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    log.info("built artifact %s at %s (%s)", manifest.ref, out_dir, ", ".join(weights))
     return manifest
+
+
+@dataclass
+class _Checks:
+    """An exported graph against the torch model it came from, on the check texts (encoded once)."""
+
+    hf_model_dir: Path
+    manifest: Manifest
+    texts: list[str]
+    fp32: ExportTolerance
+    int8: ExportTolerance
+
+    def __post_init__(self) -> None:
+        self.encoded = TextEncoder(self.hf_model_dir / "tokenizer.json", self.manifest.max_length).encode(self.texts)
+
+    def run(self, onnx_path: Path, tol: ExportTolerance) -> dict[str, Any]:
+        check = verify_export(self.hf_model_dir, onnx_path, self.texts, tol.max_abs_logit_diff, tol.min_agreement,
+                              heads=self.manifest.heads, max_length=self.manifest.max_length)
+        return asdict(check) | {"batch_invariance_max_diff": check_batch_invariance(onnx_path, self.encoded)}
+
+
+def _write_weights(hf_model_dir: Path, staging: Path, formats: tuple[str, ...], checks: _Checks,
+                   opset: int) -> tuple[dict[str, str], dict[str, Any]]:
+    """Config, tokenizer and the chosen weights into ``staging``; (weights, the export checks)."""
+    import onnxruntime
+    import torch
+
+    weights: dict[str, str] = {}
+    export: dict[str, Any] = {"opset": opset, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__}
+    shutil.copy2(hf_model_dir / "config.json", staging / "config.json")
+    if "safetensors" in formats:
+        shutil.copy2(hf_model_dir / SAFETENSORS_NAME, staging / SAFETENSORS_NAME)
+        weights["safetensors"] = SAFETENSORS_NAME
+    for fname in TOKENIZER_FILES:
+        if (hf_model_dir / fname).is_file():
+            shutil.copy2(hf_model_dir / fname, staging / fname)
+    if "onnx" not in formats and "onnx_int8" not in formats:
+        return weights, export
+    with tempfile.TemporaryDirectory(dir=staging.parent) as tmp:
+        fp32 = export_onnx(hf_model_dir, Path(tmp) / ONNX_NAME, opset=opset)
+        export["onnx"] = checks.run(fp32, checks.fp32)  # int8 is only as good as the graph under it
+        if "onnx" in formats:
+            shutil.copy2(fp32, staging / ONNX_NAME)
+            weights["onnx"] = ONNX_NAME
+        if "onnx_int8" in formats:
+            export["onnx_int8"] = _int8(fp32, Path(tmp), staging / ONNX_INT8_NAME, checks)
+            weights["onnx_int8"] = ONNX_INT8_NAME
+    return weights, export
+
+
+def _int8(fp32: Path, tmp: Path, out: Path, checks: _Checks) -> dict[str, Any]:
+    """Quantise with per-token activations; where the check refuses it, again with more feed-forward outputs
+    kept in fp32 (the fallback ladder). Its logits must not move with batch neighbours at all."""
+    pre = prepare_for_int8(fp32, tmp / "pre.onnx")  # once, whatever the retries
+    ladder = fp32_fallbacks(pre)
+    for step, keep in enumerate(ladder):
+        int8 = quantize_prepared(pre, out, keep)
+        try:
+            check = checks.run(int8, checks.int8) | {"fp32_nodes": keep, "activations": PER_TOKEN}
+            break
+        except ExportMismatch as exc:
+            if step == len(ladder) - 1:
+                raise
+            log.warning("int8 export beyond its bounds; retrying with fp32 feed-forward outputs",
+                        extra={"reason": str(exc), "keep_fp32": ladder[step + 1]})
+    moved = check["batch_invariance_max_diff"]
+    if moved != 0.0:
+        raise ExportMismatch(
+            f"{ONNX_INT8_NAME}: a text's logits move by up to {moved:.3g} with its batch "
+            "neighbours, padding or thread count; per-token int8 must make them identical"
+        )
+    return check
 
 
 def _count_parameters(safetensors_path: Path) -> int:

@@ -245,7 +245,8 @@ def export_folder(model_dir: Path, out: Path, name: str, version: str, report: d
     """Build a verified artifact (thresholds and sentiment offsets from the validation report) from a trained
     model folder."""
     from models.artifact import Head
-    from training.export import DEFAULT_VERIFY_TEXTS, build_artifact
+    from training.export import build_artifact
+    from training.export_check import DEFAULT_VERIFY_TEXTS
 
     record = json.loads((Path(model_dir) / "chatmod_run.json").read_text())
     heads = []

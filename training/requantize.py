@@ -21,7 +21,8 @@ from pathlib import Path
 
 from models.artifact import FORMAT_VERSION, Manifest, read_manifest, verify_artifact, write_manifest
 from models.labels import Task
-from training.export import DEFAULT_VERIFY_TEXTS, SAFETENSORS_NAME, TOKENIZER_FILES, build_artifact
+from training.export import SAFETENSORS_NAME, TOKENIZER_FILES, build_artifact
+from training.export_check import DEFAULT_VERIFY_TEXTS
 
 log = logging.getLogger(__name__)
 

@@ -208,7 +208,8 @@ def retrain(cfg: RetrainConfig, store: Path, feedback_root: Path, out: Path, *, 
     from training.distill import TrainConfig, train
     from training.evaluate import evaluate, torch_predictor
     from training.recipe import check_texts
-    from training.export import ExportTolerance, build_artifact
+    from training.export import build_artifact
+    from training.export_check import ExportTolerance
 
     cfg.validate()
     if threads:

@@ -23,7 +23,7 @@ from models.artifact import dump_json, read_manifest
 from models.labels import Task
 from models.registry import ModelRegistry
 from training.evaluate import write_model_card
-from training.export import ExportTolerance
+from training.export_check import ExportTolerance
 from training.recipe import (StageConfig, check_texts, evaluate_folder, export_folder,
                              run_distill_from_labels, run_teacher, training_examples,
                              validation_config)

@@ -13,7 +13,7 @@ from models.registry import ModelRegistry
 from tests.tiny_models import build_tiny_artifact, save_tiny_hf_model
 from training.data import default_data_root
 from training.distill import TrainConfig
-from training.export import ExportTolerance
+from training.export_check import ExportTolerance
 from training.recipe import StageConfig, scaled
 from training.soft_labels import SoftLabels
 from training.strong import run_strong

@@ -8,14 +8,9 @@ import numpy as np
 import pytest
 
 from tests.tiny_models import N_LOGITS, contract_heads, save_tiny_hf_model
-from training.export import (
-    DEFAULT_VERIFY_TEXTS,
-    ExportMismatch,
-    build_artifact,
-    export_onnx,
-    quantize_int8,
-    verify_export,
-)
+from training.export import build_artifact, export_onnx
+from training.export_check import DEFAULT_VERIFY_TEXTS, ExportMismatch, verify_export
+from training.quantize import quantize_int8
 
 pytestmark = pytest.mark.unit
 
@@ -73,7 +68,7 @@ def test_heads_must_match_model_outputs(hf_models: tuple[Path, Path], tmp_path: 
 def test_fp32_fallbacks_name_the_feed_forward_output_projections(family: str, tmp_path: Path) -> None:
     import onnx
 
-    from training.export import fp32_fallbacks
+    from training.quantize import fp32_fallbacks
 
     model = save_tiny_hf_model(tmp_path / family, family=family, seed=0)
     fp32 = export_onnx(model, tmp_path / "model.onnx")
@@ -88,7 +83,7 @@ def test_fp32_fallbacks_name_the_feed_forward_output_projections(family: str, tm
 
 def test_int8_retries_with_fp32_feed_forward_outputs_then_refuses(hf_models: tuple[Path, Path], tmp_path: Path,
                                                                   caplog: pytest.LogCaptureFixture) -> None:
-    from training.export import ExportTolerance
+    from training.export_check import ExportTolerance
 
     model, _ = hf_models
     exact = ExportTolerance(max_abs_logit_diff=0.0, min_agreement=1.0)  # no int8 graph can meet it
