@@ -1,0 +1,74 @@
+"""What the training commands share: option types, the stage config from options, progress bars, and the
+steps of commands that make a new version of a stored model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from models.labels import Task
+from models.registry import ModelRegistry
+from training.data import default_data_root
+from training.distill import TrainConfig
+from training.recipe import StageConfig
+
+console = Console(stderr=True)
+
+TasksOpt = Annotated[list[str], typer.Option("--task", help="toxicity, sentiment, or all (one encoder, two heads).")]
+DataOpt = Annotated[Path | None, typer.Option(help="Labeled data folder (default ../shared/data).")]
+RefArg = Annotated[str, typer.Argument(help="NAME@VERSION in the store, or an artifact folder.")]
+StoreOpt = Annotated[Path, typer.Option(help="Model store.")]
+PromoteOpt = Annotated[bool, typer.Option("--promote/--no-promote", help="Make it current for the tasks its source serves.")]
+
+
+def tasks_of(values: list[str]) -> list[str]:
+    if not values or values == ["all"]:
+        return [Task.TOXICITY.value, Task.SENTIMENT.value]
+    return [Task(v).value for v in values]
+
+
+def stage_config(tasks: list[str], data_root: Path | None, epochs: float, batch_size: int, lr: float, max_length: int,
+         seed: int, threads: int | None, max_steps: int | None = None, precision: str = "fp32",
+         **loss: float) -> StageConfig:
+    train = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, max_length=max_length, seed=seed,
+                        max_steps=max_steps, precision=precision, **loss)
+    return StageConfig(tasks=tasks_of(tasks), data_root=str(data_root) if data_root else None, seed=seed,
+                       threads=threads, train=train)
+
+
+class Bars:
+    """Rich progress bars fed by the training loop's step callback."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                 console=console)
+        self.ids: dict[str, int] = {}
+
+    def __call__(self, name: str):
+        def on_step(step: int, total: int, losses: dict) -> None:
+            if name not in self.ids:
+                self.ids[name] = self.progress.add_task(name, total=total, loss="")
+            text = " ".join(f"{k}={v:.3f}" for k, v in losses.items())
+            self.progress.update(self.ids[name], completed=step, loss=text)
+        return on_step
+
+
+def derived_from(ref: str, store: Path, data_root: Path | None, seed: int):
+    """For a command that makes a new version of a model: (registry, the source's folder, the recipe's
+    config for both tasks, the data folder)."""
+    registry = ModelRegistry(store)
+    source = Path(ref) if Path(ref).is_dir() else registry.get(ref)[1]
+    cfg = StageConfig(tasks=tasks_of(["all"]), data_root=str(data_root) if data_root else None, seed=seed)
+    return registry, source, cfg, Path(cfg.data_root) if cfg.data_root else default_data_root()
+
+
+def promote_like_source(registry, stored) -> None:
+    """Make ``stored`` current for the tasks its name serves now (all its tasks where it serves none)."""
+    serving = [task for task in stored.tasks if (registry.current(task) or "").split("@")[0] == stored.name]
+    registry.promote(stored.ref, tasks=serving or None)
+    console.print(f"{stored.ref} is current for {[str(t) for t in (serving or stored.tasks)]}")

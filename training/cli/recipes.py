@@ -1,0 +1,158 @@
+"""Whole recipes (``strong``, ``all``) and new versions of a stored model without retraining (``requantize``,
+``recalibrate``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from models.labels import Task
+from training.cli.common import (Bars, DataOpt, PromoteOpt, RefArg, StoreOpt, TasksOpt, console, derived_from,
+                                 promote_like_source, stage_config)
+from training.recipe import StageConfig, evaluate_folder
+
+app = typer.Typer()
+
+
+@app.command()
+def requantize(ref: RefArg, version: Annotated[str, typer.Option(help="Version of the re-exported artifact.")],
+               store: StoreOpt = Path("model-store"), promote_: PromoteOpt = False, data_root: DataOpt = None,
+               seed: int = 13) -> None:
+    """Re-export a model with the current int8 export (per-token scales: batch-independent scores), evaluate
+    it on validation when the data is there, and register it."""
+    import tempfile
+
+    from training.export_check import DEFAULT_VERIFY_TEXTS
+    from training.requantize import requantize_artifact
+
+    registry, source, cfg, root = derived_from(ref, store, data_root, seed)
+
+    def evaluate_served(folder: Path, manifest) -> dict:
+        tox = next((h for h in manifest.heads if h.task == Task.TOXICITY), None)
+        fixed = (tox.thresholds, tox.block_thresholds) if tox else ({}, {})  # the source's rules, as they stand
+        task_cfg = StageConfig(tasks=[str(t) for t in manifest.tasks], data_root=cfg.data_root, seed=seed)
+        return evaluate_folder(folder, task_cfg, fixed)["headline"]
+
+    with tempfile.TemporaryDirectory(prefix="chatmod-requantize-") as tmp:
+        out = Path(tmp) / "artifact"
+        console.print(f"re-exporting {ref} as version {version} (rebuild, ONNX, per-token int8, checks)")
+        verify = list(DEFAULT_VERIFY_TEXTS)
+        if root.is_dir():  # real chat, as train all checks its exports
+            from training.recipe import check_texts, training_examples, validation_config
+
+            _, validation, _ = training_examples(validation_config(cfg))
+            verify = check_texts(validation)
+        manifest = requantize_artifact(source, out, version, verify_texts=verify,
+                                       evaluate=evaluate_served if root.is_dir() else None)
+        stored = registry.add(out, version=str(version))
+    if not root.is_dir():
+        console.print(f"[yellow]{root} is missing: the re-export is verified against its source, not re-evaluated")
+    console.print(f"registered {stored.ref}; validation {manifest.metrics.get('validation', {})}")
+    if promote_:
+        promote_like_source(registry, stored)
+
+
+@app.command()
+def recalibrate(ref: RefArg, version: Annotated[str, typer.Option(help="Version of the recalibrated artifact.")],
+                store: StoreOpt = Path("model-store"),
+                thresholds: Annotated[bool, typer.Option("--thresholds/--keep-thresholds",
+                                                         help="Fit the toxicity thresholds again too.")] = False,
+                promote_: PromoteOpt = False, data_root: DataOpt = None, seed: int = 13) -> None:
+    """Fit a model's decision rules again on validation, as served (int8): the sentiment head's logit
+    offsets (balanced recall), and with --thresholds the toxicity thresholds. Same weights, new version."""
+    import tempfile
+
+    from training.recipe import training_examples, validation_config
+    from training.requantize import recalibrate_artifact
+
+    registry, source, cfg, root = derived_from(ref, store, data_root, seed)
+    if not root.is_dir():
+        raise typer.BadParameter(f"{root} is missing: recalibration fits on the validation sets made from it")
+    _, validation, _ = training_examples(validation_config(cfg))
+    with tempfile.TemporaryDirectory(prefix="chatmod-recalibrate-") as tmp:
+        manifest = recalibrate_artifact(source, Path(tmp) / "artifact", version, validation, thresholds=thresholds)
+        stored = registry.add(Path(tmp) / "artifact", version=str(version))
+    sentiment = next((h for h in manifest.heads if h.task == Task.SENTIMENT), None)
+    console.print(f"registered {stored.ref}; sentiment offsets {sentiment.logit_bias if sentiment else '-'}; "
+                  f"validation {manifest.metrics['validation']} (was {manifest.metrics['validation_source']})")
+    if promote_:
+        promote_like_source(registry, stored)
+
+
+@app.command()
+def strong(out: Annotated[Path, typer.Option(help="Run folder (resumable).")] = Path("runs/strong"),
+           store: Annotated[Path, typer.Option(help="Model store: students start from its models, results go there.")] = Path("model-store"),
+           base: Annotated[str, typer.Option(help="The teacher's encoder: mpnet, minilm, or any HF id or folder.")] = "mpnet",
+           labels: Annotated[Path | None, typer.Option(help="Stored soft labels to distil from (skips teacher and labeling).")] = None,
+           version: Annotated[str | None, typer.Option(help="Version of the new artifacts (default: today's date).")] = None,
+           promote_: Annotated[bool, typer.Option("--promote/--no-promote", help="Make the chosen defaults current.")] = False,
+           task: TasksOpt = ["all"], data_root: DataOpt = None,
+           teacher_epochs: float = 0.5, teacher_lr: float = 5e-5, student_epochs: float = 1.0, student_lr: float = 5e-5,
+           scale: Annotated[float, typer.Option(help="Share of every set's cap for the students (and the labels).")] = 0.6,
+           max_length: int = 64, seed: int = 13, threads: int | None = None,
+           precision: Annotated[str, typer.Option(help="fp32, bf16, or auto (bf16 where native).")] = "auto",
+           soft_task: Annotated[list[str] | None, typer.Option(help="Tasks the soft labels teach (default all): "
+                                                                    "those where the teacher beats the students.")] = None,
+           family: Annotated[list[str] | None, typer.Option(help="Students to make (default distilbert and albert).")] = None,
+           cap: Annotated[list[str] | None, typer.Option(help="SOURCE=N: a set's cap for the students, after --scale "
+                                                              "(repeatable), e.g. semeval=30000.")] = None) -> None:
+    """The strong-teacher recipe: teacher, soft labels, both students distilled from them, evaluated,
+    exported and registered; resumable, and the same on a lent GPU."""
+    from dataclasses import replace
+
+    from training.data import SOURCES
+    from training.recipe import scaled
+    from training.strong import run_strong
+
+    teacher_cfg = stage_config(task, data_root, teacher_epochs, 32, teacher_lr, max_length, seed, threads, precision=precision)
+    student_cfg = scaled(stage_config(task, data_root, student_epochs, 32, student_lr, max_length, seed, threads,
+                              precision=precision, alpha_cos=0.0), scale)
+    caps = dict(student_cfg.caps)
+    for item in cap or []:
+        source, sep, n = item.partition("=")
+        if not sep or source not in SOURCES or not n.isdigit() or int(n) < 1:
+            raise typer.BadParameter(f"--cap takes SOURCE=N with a source of {sorted(SOURCES)}, got {item!r}")
+        caps[source] = int(n)
+    student_cfg = replace(student_cfg, caps=caps)
+    bars = Bars()
+    with bars.progress:
+        summary = run_strong(out, store, teacher_cfg, student_cfg, base=base, labels=labels, version=version,
+                             promote=promote_, soft_tasks=[Task(t).value for t in soft_task] if soft_task else None,
+                             families=tuple(family or ("distilbert", "albert")),
+                             progress=bars, say=console.print)
+    table = Table("model", "params", "MB", "ms/msg", "functional", *next(iter(summary["models"].values()))["headline"],
+                  title="validation (served int8)")
+    for name, card in summary["models"].items():
+        table.add_row(name, f"{card['parameters']:,}", f"{card['size_bytes'] / 1e6:.1f}", f"{card['latency_ms_per_msg']:.2f}",
+                      f"{card.get('functional', {}).get('overall', float('nan')):.3f}",
+                      *(f"{v:.4f}" for v in card["headline"].values()))
+    Console().print(table)
+    Console().print(f"registered {summary['registered']}; defaults {summary['defaults']}"
+                    + (" (promoted)" if summary["promoted"] else " (not promoted: --promote)"))
+
+
+@app.command("all")
+def all_(out: Annotated[Path, typer.Option(help="Run folder (resumable).")] = Path("runs/latest"),
+         store: Annotated[Path | None, typer.Option(help="Model store to register into.")] = Path("model-store"),
+         task: TasksOpt = ["all"], data_root: DataOpt = None, base: str = "minilm",
+         teacher_epochs: float = 2.0, student_epochs: float = 1.0, teacher_lr: float = 1e-4, student_lr: float = 1e-4,
+         seed: int = 13, threads: int | None = None) -> None:
+    """The whole recipe: teacher, both students, evaluation, export, registration, default choice."""
+    from training.train_all import run_all
+
+    cfg = stage_config(task, data_root, student_epochs, 32, student_lr, 96, seed, threads)
+    teacher_cfg = stage_config(task, data_root, teacher_epochs, 32, teacher_lr, 96, seed, threads)
+    bars = Bars()
+    with bars.progress:
+        summary = run_all(cfg, out, store, base=base, teacher_cfg=teacher_cfg, progress=bars, say=console.print)
+    table = Table("model", "params", "MB", "ms/msg", *summary["teacher"].keys(), title="validation (served int8)")
+    table.add_row("teacher", "", "", "", *(f"{v:.4f}" for v in summary["teacher"].values()))
+    for name, card in summary["models"].items():
+        table.add_row(name, f"{card['parameters']:,}", f"{card['size_bytes'] / 1e6:.1f}", f"{card['latency_ms_per_msg']:.2f}",
+                      *(f"{card['headline'].get(k, float('nan')):.4f}" for k in summary["teacher"]))
+    Console().print(table)
+    Console().print(f"served defaults: {summary['defaults']}")
