@@ -9,25 +9,27 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 import random
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
-from models.artifact import Head, contract_heads
+from models.artifact import Head
 from models.labels import TASK_LABELS, ProblemType, Task
 from training.data import Example
 from training.losses import hidden_cosine_loss, multi_label_loss, single_label_loss, soft_target_loss
 
 
-make_heads = contract_heads  # the recipe's name for the shared layout
 
 
 @dataclass
@@ -154,6 +156,19 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss stopped being a number: the run stops instead of saving a broken model."""
+
+
+@dataclass
+class _Teaching:
+    """What teaches beside the hard labels: a live teacher, or stored soft targets (per example, or None)."""
+
+    teacher: PreTrainedModel | None
+    soft_targets: Sequence[np.ndarray | None] | None
+    soft_heads: Sequence[Head] | None
+
+
 def train(
     model: PreTrainedModel,
     heads: Sequence[Head],
@@ -165,24 +180,101 @@ def train(
     on_step: Callable[[int, int, dict[str, float]], None] | None = None,
     soft_targets: Sequence[np.ndarray | None] | None = None,
     soft_heads: Sequence[Head] | None = None,
+    checkpoint: Path | None = None,
 ) -> TrainResult:
     """Train ``model`` in place. With a teacher: distillation (soft + hard + cosine); with ``soft_targets``
     (a stored teacher's logits per example, None where it has none): soft + hard; else fine-tuning.
     ``soft_heads``: the heads the soft targets teach (default all), e.g. only the tasks where the teacher
-    is better than the student it teaches."""
+    is better than the student it teaches.
+
+    ``checkpoint``: a folder where the model, optimiser and schedule are saved after every epoch but the
+    last; a run started again with the same folder resumes after the last saved epoch, and the folder is
+    removed when the run ends. A loss that is not a number stops the run (``TrainingDiverged``)."""
+    total_steps = _total_steps(cfg, examples, teacher, soft_targets)
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    encoded = tokenizer([ex.text for ex in examples], truncation=True, max_length=cfg.max_length)["input_ids"]
+    lengths = [len(ids) for ids in encoded]
+    optim, sched = _optimiser(model, cfg, total_steps)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # a lent GPU is used as it is
+    model.to(device)
+    teaching = _Teaching(teacher.to(device).eval() if teacher is not None else None, soft_targets, soft_heads)
+    model.train()
+    step, epoch = _resume(checkpoint, model, optim, sched) if checkpoint is not None else (0, 0)
+    for _ in range(epoch):  # the batch order the finished epochs drew, so the next one matches a straight run
+        bucketed_batches(lengths, cfg.batch_size, rng)
+    meter = _Meter(log_path, total_steps, cfg.log_every)
+    loop = _Loop(model, heads, examples, encoded, tokenizer.pad_token_id or 0, cfg, teaching, device, optim, sched)
+    try:
+        while step < total_steps:
+            for idx in bucketed_batches(lengths, cfg.batch_size, rng):
+                if step >= total_steps:
+                    break
+                step += 1
+                meter.record(step, loop.step(idx, step, total_steps), len(idx), sched.get_last_lr()[0])
+                if on_step:
+                    on_step(step, total_steps, meter.last())
+            epoch += 1
+            if checkpoint is not None and step < total_steps:
+                _save_checkpoint(checkpoint, model, optim, sched, step, epoch)
+    finally:
+        meter.close()
+    model.to("cpu").eval()  # callers save and evaluate on the CPU
+    if teacher is not None:
+        teacher.to("cpu")
+    if checkpoint is not None:
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    return meter.result(step)
+
+
+def _total_steps(cfg: TrainConfig, examples: Sequence[Example], teacher: PreTrainedModel | None,
+                 soft_targets: Sequence[np.ndarray | None] | None) -> int:
+    """The run's length in optimiser steps, once the inputs are checked."""
     cfg.validate()
     if not examples:
         raise ValueError("no training examples")
     if soft_targets is not None and (teacher is not None or len(soft_targets) != len(examples)):
         raise ValueError("soft_targets replace the teacher and need one entry (or None) per example")
-    torch.manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
-    encoded = tokenizer([ex.text for ex in examples], truncation=True, max_length=cfg.max_length)["input_ids"]
-    lengths = [len(ids) for ids in encoded]
-    per_epoch = math.ceil(len(examples) / cfg.batch_size)
-    total_steps = max(1, int(per_epoch * cfg.epochs))
-    if cfg.max_steps is not None:
-        total_steps = min(total_steps, cfg.max_steps)
+    total = max(1, int(math.ceil(len(examples) / cfg.batch_size) * cfg.epochs))
+    return min(total, cfg.max_steps) if cfg.max_steps is not None else total
+
+
+@dataclass
+class _Loop:
+    """One optimiser step at a time over a batch of example indices."""
+
+    model: PreTrainedModel
+    heads: Sequence[Head]
+    examples: Sequence[Example]
+    encoded: list[list[int]]
+    pad_id: int
+    cfg: TrainConfig
+    teaching: _Teaching
+    device: torch.device
+    optim: torch.optim.Optimizer
+    sched: Any
+
+    def step(self, idx: list[int], step: int, total_steps: int) -> dict[str, Tensor]:
+        """Forward, loss, backward, update; the loss terms (and ``total``). A loss that is not a number stops."""
+        cfg = self.cfg
+        batch = collate([self.encoded[i] for i in idx], [self.examples[i] for i in idx], self.pad_id).to(self.device)
+        terms = _loss_terms(self.model, self.heads, batch, idx, cfg, self.teaching, self.device)
+        loss = sum({"hard": cfg.alpha_hard, "soft": cfg.alpha_soft, "cos": cfg.alpha_cos}[k] * v
+                   for k, v in terms.items())
+        if not torch.isfinite(loss):
+            parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
+            raise TrainingDiverged(f"the training loss is {float(loss.detach())} at step {step} of "
+                                   f"{total_steps} ({parts}); try a lower learning rate or fp32 precision")
+        self.optim.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optim.step()
+        self.sched.step()
+        return {**terms, "total": loss}
+
+
+def _optimiser(model: PreTrainedModel, cfg: TrainConfig, total_steps: int):
+    """AdamW (no decay on biases and norms) with a linear schedule after warm-up."""
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
     params = [
         {"params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)],
@@ -190,71 +282,94 @@ def train(
         {"params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)], "weight_decay": 0.0},
     ]
     optim = torch.optim.AdamW(params, lr=cfg.lr)
-    sched = get_linear_schedule_with_warmup(optim, int(cfg.warmup_fraction * total_steps), total_steps)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # a lent GPU is used as it is
-    model.to(device)
+    return optim, get_linear_schedule_with_warmup(optim, int(cfg.warmup_fraction * total_steps), total_steps)
+
+
+def _loss_terms(model: PreTrainedModel, heads: Sequence[Head], batch: Batch, idx: list[int], cfg: TrainConfig,
+                teaching: _Teaching, device: torch.device) -> dict[str, Tensor]:
+    """The batch's loss terms: hard labels, soft targets (stored or from the teacher), hidden-state cosine."""
+    teacher, soft_targets = teaching.teacher, teaching.soft_targets
+    with autocast(cfg, device.type):
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                    output_hidden_states=teacher is not None and cfg.alpha_cos > 0)
+    logits = out.logits.float()  # (batch, num_labels): losses in fp32 whatever the matmuls ran in
+    terms = {"hard": hard_label_loss(logits, heads, batch)}
+    if soft_targets is not None:
+        rows = [r for r, i in enumerate(idx) if soft_targets[i] is not None]
+        if rows:
+            stored = torch.from_numpy(np.stack([soft_targets[idx[r]] for r in rows])).to(device)  # (rows, logits)
+            terms["soft"] = soft_loss(logits[rows], stored, teaching.soft_heads or heads, cfg.temperature)
     if teacher is not None:
-        teacher.to(device).eval()
-    model.train()
-    pad_id = tokenizer.pad_token_id or 0
-    log = open(log_path, "a") if log_path else None
-    running: dict[str, list[float]] = {}
-    history: list[dict] = []
-    step, seen, started = 0, 0, time.perf_counter()
-    try:
-        while step < total_steps:
-            for idx in bucketed_batches(lengths, cfg.batch_size, rng):
-                if step >= total_steps:
-                    break
-                batch = collate([encoded[i] for i in idx], [examples[i] for i in idx], pad_id).to(device)
-                with autocast(cfg, device.type):
-                    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                output_hidden_states=teacher is not None and cfg.alpha_cos > 0)
-                logits = out.logits.float()  # (batch, num_labels): losses in fp32 whatever the matmuls ran in
-                terms = {"hard": hard_label_loss(logits, heads, batch)}
-                if soft_targets is not None:
-                    rows = [r for r, i in enumerate(idx) if soft_targets[i] is not None]
-                    if rows:
-                        stored = torch.from_numpy(np.stack([soft_targets[idx[r]] for r in rows])).to(device)  # (rows, logits)
-                        terms["soft"] = soft_loss(logits[rows], stored, soft_heads or heads, cfg.temperature)
-                if teacher is not None:
-                    with torch.inference_mode(), autocast(cfg, device.type):
-                        t_out = teacher(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                        output_hidden_states=cfg.alpha_cos > 0)
-                    terms["soft"] = soft_loss(logits, t_out.logits.float().clone(), heads, cfg.temperature)
-                    if cfg.alpha_cos > 0:
-                        terms["cos"] = hidden_cosine_loss(out.hidden_states[-1].float(),
-                                                          t_out.hidden_states[-1].float().clone(), batch.attention_mask)
-                weights = {"hard": cfg.alpha_hard, "soft": cfg.alpha_soft, "cos": cfg.alpha_cos}
-                loss = sum(weights[k] * v for k, v in terms.items())
-                optim.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optim.step()
-                sched.step()
-                step += 1
-                seen += len(idx)
-                for k, v in {**terms, "total": loss}.items():
-                    running.setdefault(k, []).append(float(v.detach()))
-                if step % cfg.log_every == 0 or step == total_steps:
-                    means = {k: float(np.mean(v)) for k, v in running.items()}
-                    rate = seen / (time.perf_counter() - started)
-                    record = {"step": step, "of": total_steps, "lr": sched.get_last_lr()[0],
-                              "examples_per_s": round(rate, 1), **{f"loss_{k}": round(v, 5) for k, v in means.items()}}
-                    history.append(record)
-                    if log:
-                        log.write(json.dumps(record) + "\n")
-                        log.flush()
-                    running.clear()
-                if on_step:
-                    on_step(step, total_steps, {k: v[-1] for k, v in running.items()} if running else {})
-    finally:
-        if log:
-            log.close()
-    model.to("cpu").eval()  # callers save and evaluate on the CPU
-    if teacher is not None:
-        teacher.to("cpu")
-    elapsed = time.perf_counter() - started
-    last = history[-1] if history else {}
-    return TrainResult(step, elapsed, seen / max(elapsed, 1e-9),
-                       {k: v for k, v in last.items() if k.startswith("loss_")}, history)
+        with torch.inference_mode(), autocast(cfg, device.type):
+            t_out = teacher(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                            output_hidden_states=cfg.alpha_cos > 0)
+        terms["soft"] = soft_loss(logits, t_out.logits.float().clone(), heads, cfg.temperature)
+        if cfg.alpha_cos > 0:
+            terms["cos"] = hidden_cosine_loss(out.hidden_states[-1].float(),
+                                              t_out.hidden_states[-1].float().clone(), batch.attention_mask)
+    return terms
+
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def _save_checkpoint(folder: Path, model: PreTrainedModel, optim, sched, step: int, epoch: int) -> None:
+    """Model, optimiser, schedule and random state after ``epoch`` (written to a temp file and renamed: never half one)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / f".{CHECKPOINT_NAME}.partial"
+    torch.save({"model": model.state_dict(), "optim": optim.state_dict(), "sched": sched.state_dict(),
+                "step": step, "epoch": epoch, "torch_rng": torch.get_rng_state()}, partial)
+    partial.replace(folder / CHECKPOINT_NAME)
+
+
+def _resume(folder: Path, model: PreTrainedModel, optim, sched) -> tuple[int, int]:
+    """(step, epoch) to go on from: the checkpoint's, loaded into the model and optimiser, or (0, 0)."""
+    path = folder / CHECKPOINT_NAME
+    if not path.is_file():
+        return 0, 0
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    optim.load_state_dict(state["optim"])
+    sched.load_state_dict(state["sched"])
+    torch.set_rng_state(state["torch_rng"])  # dropout draws as a straight run would
+    logging.getLogger(__name__).info("resuming training from %s", path, extra={"step": state["step"]})
+    return int(state["step"]), int(state["epoch"])
+
+
+class _Meter:
+    """Running means of the loss terms, logged every ``log_every`` steps (and at the last) as history."""
+
+    def __init__(self, log_path: Path | None, total_steps: int, log_every: int) -> None:
+        self.total_steps, self.log_every = total_steps, log_every
+        self.log = open(log_path, "a") if log_path else None  # noqa: SIM115 - closed in close()
+        self.running: dict[str, list[float]] = {}
+        self.history: list[dict] = []
+        self.seen, self.started = 0, time.perf_counter()
+
+    def record(self, step: int, terms: dict[str, Tensor], examples: int, lr: float) -> None:
+        self.seen += examples
+        for k, v in terms.items():
+            self.running.setdefault(k, []).append(float(v.detach()))
+        if step % self.log_every == 0 or step == self.total_steps:
+            rate = self.seen / (time.perf_counter() - self.started)
+            record = {"step": step, "of": self.total_steps, "lr": lr, "examples_per_s": round(rate, 1),
+                      **{f"loss_{k}": round(float(np.mean(v)), 5) for k, v in self.running.items()}}
+            self.history.append(record)
+            if self.log:
+                self.log.write(json.dumps(record) + "\n")
+                self.log.flush()
+            self.running.clear()
+
+    def last(self) -> dict[str, float]:
+        return {k: v[-1] for k, v in self.running.items()}
+
+    def close(self) -> None:
+        if self.log:
+            self.log.close()
+            self.log = None
+
+    def result(self, steps: int) -> TrainResult:
+        elapsed = time.perf_counter() - self.started
+        last = self.history[-1] if self.history else {}
+        return TrainResult(steps, elapsed, self.seen / max(elapsed, 1e-9),
+                           {k: v for k, v in last.items() if k.startswith("loss_")}, self.history)

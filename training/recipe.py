@@ -14,9 +14,10 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
+from models.artifact import contract_heads
 from models.labels import Task
 from training.data import DEFAULT_SOURCES, Example, load_splits, stratified_split
-from training.distill import TrainConfig, make_heads, train
+from training.distill import TrainConfig, train
 from training.students import (albert_from_teacher, count_parameters, distilbert_from_teacher, fit_heads,
                                load_pretrained_classifier, resolve_pretrained)
 
@@ -93,12 +94,13 @@ def run_teacher(cfg: StageConfig, base: str, out: Path,
                 on_step: Callable[[int, int, dict], None] | None = None) -> dict:
     """Fine-tune a pretrained encoder (``base``: HF id or folder, or ``minilm``) with one head per task."""
     _setup(cfg)
-    heads = make_heads([Task(t) for t in cfg.tasks])
+    heads = contract_heads([Task(t) for t in cfg.tasks])
     examples, _, fingerprints = training_examples(cfg)
     tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(base))
     model = load_pretrained_classifier(base, sum(h.width for h in heads))
     out.mkdir(parents=True, exist_ok=True)
-    result = train(model, heads, examples, tokenizer, cfg.train, log_path=out / "train_log.jsonl", on_step=on_step)
+    result = train(model, heads, examples, tokenizer, cfg.train, log_path=out / "train_log.jsonl", on_step=on_step,
+                   checkpoint=out / "checkpoint")
     record = {"stage": "teacher", "base": base, "heads": [h.model_dump(mode="json") for h in heads],
               "config": asdict(cfg), "versions": package_versions(), "data": fingerprints,
               "n_train": len(examples), "parameters": count_parameters(model), "result": asdict(result),
@@ -117,7 +119,7 @@ def run_distill(cfg: StageConfig, teacher_dir: Path, family: str, out: Path, lay
     """Build a student from the teacher (``family``: distilbert or albert) and distil it."""
     _setup(cfg)
     teacher_record = json.loads((Path(teacher_dir) / "chatmod_run.json").read_text())
-    heads = make_heads([Task(h["task"]) for h in teacher_record["heads"]])
+    heads = contract_heads([Task(h["task"]) for h in teacher_record["heads"]])
     teacher = load_model(teacher_dir)
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     init: dict = {}
@@ -132,7 +134,7 @@ def run_distill(cfg: StageConfig, teacher_dir: Path, family: str, out: Path, lay
     examples, _, fingerprints = training_examples(cfg)
     out.mkdir(parents=True, exist_ok=True)
     result = train(student, heads, examples, tokenizer, cfg.train, teacher=teacher,
-                   log_path=out / "train_log.jsonl", on_step=on_step)
+                   log_path=out / "train_log.jsonl", on_step=on_step, checkpoint=out / "checkpoint")
     record = {"stage": "distill", "family": family, "teacher": str(teacher_dir), "init": init,
               "heads": [h.model_dump(mode="json") for h in heads], "config": asdict(cfg),
               "versions": package_versions(), "data": fingerprints, "n_train": len(examples),
@@ -153,7 +155,7 @@ def run_distill_from_labels(cfg: StageConfig, labels_path: Path, init_dir: Path,
     from training.soft_labels import SoftLabels
 
     _setup(cfg)
-    heads = make_heads([Task(t) for t in cfg.tasks])
+    heads = contract_heads([Task(t) for t in cfg.tasks])
     labels = SoftLabels(labels_path)
     soft_heads = [h for h in heads if soft_tasks is None or h.task.value in soft_tasks]
     if not soft_heads:
@@ -171,7 +173,7 @@ def run_distill_from_labels(cfg: StageConfig, labels_path: Path, init_dir: Path,
     covered = sum(t is not None for t in targets) / len(targets)
     out.mkdir(parents=True, exist_ok=True)
     result = train(student, heads, examples, tokenizer, cfg.train, log_path=out / "train_log.jsonl",
-                   on_step=on_step, soft_targets=targets, soft_heads=soft_heads)
+                   on_step=on_step, soft_targets=targets, soft_heads=soft_heads, checkpoint=out / "checkpoint")
     record = {"stage": "distill", "family": family or student.config.model_type,
               "teacher": labels.meta.get("teacher", str(labels_path)), "soft_labels": str(labels_path),
               "soft_label_coverage": round(covered, 4), "soft_tasks": [h.task.value for h in soft_heads],

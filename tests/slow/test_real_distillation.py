@@ -16,7 +16,8 @@ from sklearn.metrics import f1_score
 
 from models.labels import Task
 from training.data import TOX, default_data_root, load_splits
-from training.distill import TrainConfig, make_heads, train
+from models.artifact import contract_heads
+from training.distill import TrainConfig, train
 from training.evaluate import evaluate, torch_predictor
 from training.students import (
     count_parameters,
@@ -56,7 +57,7 @@ def test_distilled_student_beats_the_majority_baseline_on_olid(one_thread, recor
     started = time.perf_counter()
     splits = load_splits(DATA_ROOT, ["olid"], seed=13, max_train_per_source=N_TRAIN)
     validation = {"olid": splits.validation["olid"]}
-    heads = make_heads([Task.TOXICITY])
+    heads = contract_heads([Task.TOXICITY])
     tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained("minilm"))
 
     torch.manual_seed(13)  # the new classification head's initial weights

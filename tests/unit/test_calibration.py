@@ -8,7 +8,7 @@ from sklearn.metrics import f1_score, precision_score
 
 from models.labels import BASE_TOXICITY_LABELS, TOXICITY_LABELS, Task
 from training.data import CLEAN, SENT, TOX, Example, tox
-from training.distill import make_heads
+from models.artifact import contract_heads
 from training.evaluate import (
     best_f1_threshold,
     calibrate,
@@ -100,7 +100,7 @@ def test_sentiment_metrics_restrict_argmax_to_the_sets_classes() -> None:
 
 
 def test_evaluate_reports_headlines_per_set() -> None:
-    heads = make_heads([Task.TOXICITY, Task.SENTIMENT])
+    heads = contract_heads([Task.TOXICITY, Task.SENTIMENT])
     validation = {
         "olid": [Example("you idiot", "olid", tox(toxic=1)), Example("nice day", "olid", CLEAN)] * 5,
         "sst2": [Example("great", "sst2", sentiment=SENT["positive"], sentiment_classes=(1, 0, 1)),

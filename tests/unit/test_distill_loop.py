@@ -13,12 +13,13 @@ from transformers import AutoTokenizer, BertConfig, BertForSequenceClassificatio
 from models.labels import Task
 from tests.tiny_models import N_LOGITS, minilm_dir
 from training.data import SENT, Example, tox
-from training.distill import TrainConfig, bucketed_batches, collate, hard_label_loss, make_heads, train
+from models.artifact import contract_heads
+from training.distill import TrainConfig, bucketed_batches, collate, hard_label_loss, train
 from training.students import distilbert_from_teacher
 
 pytestmark = pytest.mark.unit
 
-HEADS = make_heads([Task.TOXICITY, Task.SENTIMENT])
+HEADS = contract_heads([Task.TOXICITY, Task.SENTIMENT])
 WORDS = ["chat", "game", "team", "play", "win", "map", "mid", "push", "gank", "ward", "heal", "tower"]
 
 
@@ -113,6 +114,44 @@ def test_a_tiny_model_learns_a_trivial_task(tokenizer) -> None:
     assert result.history[-1]["loss_hard"] < 0.2 * result.history[0]["loss_hard"]
 
 
+def test_a_run_resumes_from_its_last_epoch_checkpoint(tokenizer, tmp_path: Path) -> None:
+    """A run killed in its third epoch, started again with the same checkpoint folder, goes on after the
+    second and ends where a straight run ends: the same steps and the same weights."""
+    examples = learnable_examples(32)
+    cfg = TrainConfig(batch_size=8, epochs=3, log_every=1, max_length=32, lr=1e-3)  # 4 steps an epoch
+    straight = tiny_teacher(seed=2)
+    done = train(straight, HEADS, examples, tokenizer, cfg)
+
+    class Killed(Exception):
+        pass
+
+    def kill_in_third_epoch(step: int, total: int, losses: dict) -> None:
+        if step == 10:
+            raise Killed
+
+    crashed = tiny_teacher(seed=2)
+    with pytest.raises(Killed):
+        train(crashed, HEADS, examples, tokenizer, cfg, on_step=kill_in_third_epoch, checkpoint=tmp_path / "ckpt")
+    assert (tmp_path / "ckpt" / "checkpoint.pt").is_file()
+    resumed_model = tiny_teacher(seed=99)  # weights come from the checkpoint, not from here
+    resumed = train(resumed_model, HEADS, examples, tokenizer, cfg, checkpoint=tmp_path / "ckpt")
+    assert resumed.steps == done.steps == 12
+    assert [r["step"] for r in resumed.history] == [9, 10, 11, 12]  # only the third epoch ran again
+    assert not (tmp_path / "ckpt").exists()  # removed once the run is complete
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed_model.state_dict().items(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5), name
+
+
+def test_a_loss_that_is_not_a_number_stops_the_run(tokenizer) -> None:
+    from training.distill import TrainingDiverged
+
+    model = tiny_teacher()
+    with torch.no_grad():
+        model.classifier.weight.fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match="loss is nan at step 1"):
+        train(model, HEADS, learnable_examples(16), tokenizer, TrainConfig(batch_size=8, max_length=32))
+
+
 def test_train_refuses_bad_configs(tokenizer) -> None:
     model = tiny_teacher()
     with pytest.raises(ValueError, match="no training examples"):
@@ -142,8 +181,8 @@ def test_bucketed_batches_cover_every_index_once() -> None:
     assert again == batches  # deterministic for a seed
 
 
-def test_make_heads_lays_columns_out_in_order() -> None:
+def test_contract_heads_lays_columns_out_in_order() -> None:
     tox_head, sent_head = HEADS
     assert (tox_head.offset, tox_head.width, sent_head.offset, sent_head.width) == (0, 7, 7, 3)
-    only_sentiment = make_heads([Task.SENTIMENT])
+    only_sentiment = contract_heads([Task.SENTIMENT])
     assert only_sentiment[0].offset == 0 and only_sentiment[0].labels == ["negative", "neutral", "positive"]
