@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.artifact import Head, write_manifest
+from models.artifact import Head, Manifest, write_manifest
 from models.labels import SENTIMENT_LABELS, TOXICITY_LABELS, ProblemType, Task
 from models.registry import ModelRegistry
 from models.runtime import TextClassifier, head_probabilities
@@ -200,16 +200,10 @@ class RetrainResult:
 def retrain(cfg: RetrainConfig, store: Path, feedback_root: Path, out: Path, *, base: Path | None = None,
             data_root: Path | None = None, promote: bool = True, threads: int | None = None,
             say: Callable[[str], None] = print, on_step=None) -> RetrainResult:  # noqa: ANN001
-    """Train a candidate, judge it, register it, and promote it if the gate passes (see the module doc)."""
+    """Train a candidate, judge it, register it, and promote it if the gate passes (see the module doc):
+    :func:`fit_candidate` (train and export), :func:`judge_candidate` (both models as served, the gate),
+    then the registry."""
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from models.torch_from_onnx import torch_model_from_artifact
-    from training.distill import TrainConfig, train
-    from training.evaluate import evaluate, torch_predictor
-    from training.recipe import check_texts
-    from training.export import build_artifact
-    from training.export_check import ExportTolerance
 
     cfg.validate()
     if threads:
@@ -218,7 +212,7 @@ def retrain(cfg: RetrainConfig, store: Path, feedback_root: Path, out: Path, *, 
     current_ref = registry.current(cfg.task)
     if current_ref is None:
         raise RetrainError(f"no current {cfg.task} model in {store}; promote one first")
-    manifest, current_folder = registry.get(current_ref)
+    _, current_folder = registry.get(current_ref)
     fb_train, fb_slice = feedback_split(feedback_root, cfg.task, cfg.holdout_fraction)
     base_train, validation = base_data(cfg, base, data_root)
     examples = base_train + fb_train * cfg.feedback_weight
@@ -227,56 +221,13 @@ def retrain(cfg: RetrainConfig, store: Path, feedback_root: Path, out: Path, *, 
             "feedback_slice": len(fb_slice), "validation": {k: len(v) for k, v in validation.items()}}
     say(f"retraining {current_ref} for {cfg.task}: {len(base_train)} base + {len(fb_train)} x{cfg.feedback_weight} "
         f"feedback examples; judged on {sum(map(len, validation.values()))} fixed and {len(fb_slice)} feedback")
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out) as tmp:
-        model_dir = Path(tmp) / "model"
-        if "safetensors" in manifest.weights:
-            model = AutoModelForSequenceClassification.from_pretrained(current_folder, use_safetensors=True)
-        else:
-            model = torch_model_from_artifact(current_folder)  # ONNX-only artifact: weights rebuilt
-        tokenizer = AutoTokenizer.from_pretrained(current_folder)
-        heads = list(manifest.heads)
-        train_cfg = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, max_length=cfg.max_length,
-                                seed=cfg.seed, log_every=10)
-        result = train(model, heads, examples, tokenizer, train_cfg, log_path=out / "train_log.jsonl",
-                       on_step=on_step)
-        torch_report = evaluate(torch_predictor(model, tokenizer, cfg.max_length), heads, validation)
-        calibrated = []
-        for head in heads:
-            if head.task == Task.TOXICITY and cfg.task == Task.TOXICITY:
-                head = head.model_copy(update={"thresholds": torch_report["thresholds"],
-                                               "block_thresholds": torch_report["block_thresholds"]})
-            if head.task == Task.SENTIMENT and cfg.task == Task.SENTIMENT and "logit_bias" in torch_report:
-                head = head.model_copy(update={"logit_bias": torch_report["logit_bias"]})
-            calibrated.append(head)
-        model.save_pretrained(model_dir, safe_serialization=True)
-        tokenizer.save_pretrained(model_dir)
         artifact = Path(tmp) / "artifact"
-        built = build_artifact(
-            model_dir, artifact, name=manifest.name, version="0", heads=calibrated, family=manifest.family,  # numbered on add
-            max_length=manifest.max_length, lowercase=manifest.lowercase, base_model=current_ref,
-            training={"stage": "retrain", "warm_start": current_ref, "config": asdict(train_cfg),
-                      "retrain": {k: v for k, v in asdict(cfg).items() if k != "base_caps"}, "data": data,
-                      "steps": result.steps},
-            formats=tuple(f for f in ("onnx", "onnx_int8") if f in manifest.weights) or ("onnx_int8",),  # as served
-            verify_texts=check_texts(validation),
-            # A warm-started candidate has been through int8 once already and its int8 logits drift a
-            # little further from its torch ones; what is served is judged directly right below (the gate
-            # scores the int8 artifact itself), so decisions must agree (95%) but logits may move up to 2.0
-            # (measured: 1.18 at most over 400 validation texts, 98.9% of decisions agreeing).
-            int8_tolerance=ExportTolerance(max_abs_logit_diff=2.0, min_agreement=0.95))
+        built = fit_candidate(cfg, registry, current_ref, examples, validation, data, artifact, out, on_step)
         say("judging the candidate and the current model as served")
-        comparison = {"candidate": judge(artifact, cfg.task, validation, fb_slice),
-                      "current": judge(current_folder, cfg.task, validation, fb_slice)}
-        if cfg.task == Task.TOXICITY and cfg.functional_tolerance is not None:
-            from training.functional import evaluate_artifact
-
-            say("running both through the functional suite")
-            for side, folder in (("candidate", artifact), ("current", current_folder)):
-                comparison[side]["functional"] = evaluate_artifact(folder, threads=threads)
-        passed, reasons = gate(comparison["candidate"], comparison["current"], cfg.tolerance, cfg.functional_tolerance)
+        comparison, passed, reasons = judge_candidate(cfg, artifact, current_folder, validation, fb_slice, threads, say)
         card = {"task": cfg.task.value, "warm_start": current_ref, "gate": {"passed": passed, "reasons": reasons,
                 "tolerance": cfg.tolerance}, "comparison": comparison, "data": data,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -285,14 +236,86 @@ def retrain(cfg: RetrainConfig, store: Path, feedback_root: Path, out: Path, *, 
         stored = registry.add(artifact, candidate=True)
     comparison["candidate"]["ref"] = stored.ref
     card["comparison"] = comparison
-    promoted = False
-    if passed and promote:
+    card["promoted"] = bool(passed and promote)
+    if card["promoted"]:
         registry.promote(stored.ref, tasks=[cfg.task])
-        promoted = True
-    card["promoted"] = promoted
     report_path = out / "retrain_report.json"
     report_path.write_text(json.dumps(card | {"candidate": stored.ref}, indent=2))
-    return RetrainResult(stored.ref, current_ref, promoted, reasons, comparison, report_path, data)
+    return RetrainResult(stored.ref, current_ref, card["promoted"], reasons, comparison, report_path, data)
+
+
+def fit_candidate(cfg: RetrainConfig, registry: ModelRegistry, current_ref: str, examples: list[Example],
+                  validation: dict[str, list[Example]], data: dict, artifact: Path, out: Path,
+                  on_step=None) -> Manifest:  # noqa: ANN001
+    """Warm-start from the current model, train on ``examples``, fit its decision rules on validation, and
+    export it as the current model is served (int8 checked against torch) into ``artifact``."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from models.torch_from_onnx import torch_model_from_artifact
+    from training.distill import TrainConfig, train
+    from training.evaluate import evaluate, torch_predictor
+    from training.export import build_artifact
+    from training.export_check import ExportTolerance
+    from training.recipe import check_texts
+
+    manifest, current_folder = registry.get(current_ref)
+    if "safetensors" in manifest.weights:
+        model = AutoModelForSequenceClassification.from_pretrained(current_folder, use_safetensors=True)
+    else:
+        model = torch_model_from_artifact(current_folder)  # ONNX-only artifact: weights rebuilt
+    tokenizer = AutoTokenizer.from_pretrained(current_folder)
+    train_cfg = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, max_length=cfg.max_length,
+                            seed=cfg.seed, log_every=10)
+    result = train(model, list(manifest.heads), examples, tokenizer, train_cfg, log_path=out / "train_log.jsonl",
+                   on_step=on_step, checkpoint=out / "checkpoint")
+    report = evaluate(torch_predictor(model, tokenizer, cfg.max_length), list(manifest.heads), validation)
+    model_dir = artifact.parent / "model"
+    model.save_pretrained(model_dir, safe_serialization=True)
+    tokenizer.save_pretrained(model_dir)
+    return build_artifact(
+        model_dir, artifact, name=manifest.name, version="0", heads=_calibrated(manifest.heads, cfg.task, report),
+        family=manifest.family, max_length=manifest.max_length, lowercase=manifest.lowercase,  # numbered on add
+        base_model=current_ref,
+        training={"stage": "retrain", "warm_start": current_ref, "config": asdict(train_cfg),
+                  "retrain": {k: v for k, v in asdict(cfg).items() if k != "base_caps"}, "data": data,
+                  "steps": result.steps},
+        formats=tuple(f for f in ("onnx", "onnx_int8") if f in manifest.weights) or ("onnx_int8",),  # as served
+        verify_texts=check_texts(validation),
+        # A warm-started candidate has been through int8 once already and its int8 logits drift a
+        # little further from its torch ones; what is served is judged directly afterwards (the gate
+        # scores the int8 artifact itself), so decisions must agree (95%) but logits may move up to 2.0
+        # (measured: 1.18 at most over 400 validation texts, 98.9% of decisions agreeing).
+        int8_tolerance=ExportTolerance(max_abs_logit_diff=2.0, min_agreement=0.95))
+
+
+def _calibrated(heads: Sequence[Head], task: Task, report: dict) -> list[Head]:
+    """The retrained task's head with the decision rules fitted on validation; the other heads as they were."""
+    out = []
+    for head in heads:
+        if head.task == Task.TOXICITY and task == Task.TOXICITY:
+            head = head.model_copy(update={"thresholds": report["thresholds"],
+                                           "block_thresholds": report["block_thresholds"]})
+        if head.task == Task.SENTIMENT and task == Task.SENTIMENT and "logit_bias" in report:
+            head = head.model_copy(update={"logit_bias": report["logit_bias"]})
+        out.append(head)
+    return out
+
+
+def judge_candidate(cfg: RetrainConfig, candidate: Path, current: Path, validation: dict[str, list[Example]],
+                    fb_slice: list[Example], threads: int | None,
+                    say: Callable[[str], None]) -> tuple[dict, bool, list[str]]:
+    """Both models as served on the fixed validation sets and the feedback slice (and, for toxicity, the
+    functional suite); (comparison, passed, the gate's reasons)."""
+    comparison = {"candidate": judge(candidate, cfg.task, validation, fb_slice),
+                  "current": judge(current, cfg.task, validation, fb_slice)}
+    if cfg.task == Task.TOXICITY and cfg.functional_tolerance is not None:
+        from training.functional import evaluate_artifact
+
+        say("running both through the functional suite")
+        for side, folder in (("candidate", candidate), ("current", current)):
+            comparison[side]["functional"] = evaluate_artifact(folder, threads=threads)
+    passed, reasons = gate(comparison["candidate"], comparison["current"], cfg.tolerance, cfg.functional_tolerance)
+    return comparison, passed, reasons
 
 
 def write_retrain_card(folder: Path, card: dict) -> None:
