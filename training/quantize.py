@@ -107,7 +107,6 @@ def per_token_activations(int8_path: Path, out_path: Path) -> Path:
     int32 product by ``scale * w_scale``, it now multiplies by ``1.0 * w_scale`` and then by ``s``.
     """
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
 
     model = onnx.load(str(int8_path))
     graph = model.graph
@@ -118,63 +117,16 @@ def per_token_activations(int8_path: Path, out_path: Path) -> Path:
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-
-    p = _PREFIX
-    constants = {
-        f"{p}/zero_point": np.array(128, dtype=np.uint8),
-        f"{p}/one_f": np.array(1.0, dtype=np.float32),
-        f"{p}/qmax": np.array(127.0, dtype=np.float32),
-        f"{p}/eps": np.array(1e-12, dtype=np.float32),  # an all-zero row quantises to zeros, not NaN
-    }
-    graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in constants.items())
-    # A 1.0 computed at run time (size / size of an input): constant folding keeps the Mul that ORT's
-    # MatMulIntegerToFloat fusion looks for, and the fused kernel's scalar activation scale is exact.
-    one = f"{p}/one"
-    head = [
-        helper.make_node("Size", [graph.input[0].name], [f"{p}/size"], name=f"{p}/Size"),
-        helper.make_node("Cast", [f"{p}/size"], [f"{p}/size_f"], name=f"{p}/SizeF", to=TensorProto.FLOAT),
-        helper.make_node("Div", [f"{p}/size_f", f"{p}/size_f"], [one], name=f"{p}/One"),
-    ]
-
+    head = _per_token_prelude(graph)
     rewritten: list = []
     token_scale_of: dict[str, str] = {}  # combined-scale tensor -> the per-token scale that replaces it
     for node in graph.node:
         if node.op_type != "DynamicQuantizeLinear":
             rewritten.append(node)
             continue
-        x, (q, scale, zero_point), n = node.input[0], node.output, node.name
-        absmax, inv, token_scale = f"{n}/absmax", f"{n}/inv_scale", f"{n}/token_scale"
-        rewritten += [
-            # max |x| per row as max(max x, -min x): two reads of x, no |x| written out
-            helper.make_node("ReduceMax", [x], [f"{n}/max"], name=f"{n}/ReduceMax", keepdims=1, axes=[-1]),
-            helper.make_node("ReduceMin", [x], [f"{n}/min"], name=f"{n}/ReduceMin", keepdims=1, axes=[-1]),
-            helper.make_node("Neg", [f"{n}/min"], [f"{n}/neg_min"], name=f"{n}/Neg"),  # (batch, seq, 1)
-            helper.make_node("Max", [f"{n}/max", f"{n}/neg_min", f"{p}/eps"], [absmax], name=f"{n}/AbsMax"),
-            helper.make_node("Div", [absmax, f"{p}/qmax"], [token_scale], name=f"{n}/Scale"),
-            helper.make_node("Div", [f"{p}/qmax", absmax], [inv], name=f"{n}/InvScale"),
-            helper.make_node("Mul", [x, inv], [f"{n}/scaled"], name=f"{n}/Normalise"),
-            helper.make_node("QuantizeLinear", [f"{n}/scaled", f"{p}/one_f", f"{p}/zero_point"], [q],
-                             name=f"{n}/Quantize"),
-        ]
-        for user in consumers.get(zero_point, []):
-            if user.op_type != "MatMulInteger":
-                raise QuantizationError(f"{n}: zero point feeds a {user.op_type}, expected MatMulInteger")
-            user.input[list(user.input).index(zero_point)] = f"{p}/zero_point"
-        for user in consumers.get(scale, []):  # Mul(scale, w_scale): its output scales the int32 product
-            if user.op_type != "Mul":
-                raise QuantizationError(f"{n}: scale feeds a {user.op_type}, expected the scales' Mul")
-            user.input[list(user.input).index(scale)] = one
-            token_scale_of[user.output[0]] = token_scale
-
-    final: list = []
-    for node in rewritten:
-        final.append(node)
-        combined = [name for name in node.input if name in token_scale_of]
-        if node.op_type == "Mul" and combined:  # Cast(int32 product) * (1.0 * w_scale), then * s
-            out = node.output[0]
-            node.output[0] = f"{out}/per_channel"
-            final.append(helper.make_node("Mul", [f"{out}/per_channel", token_scale_of[combined[0]]], [out],
-                                          name=f"{node.name}/PerToken"))
+        rewritten += _per_token_quantize(node)
+        _rewire_scales(node, consumers, token_scale_of)
+    final = _rescale_products(rewritten, token_scale_of)
     scaled = sum(1 for node in final if node.name.endswith("/PerToken"))
     if scaled != len(token_scale_of):
         raise QuantizationError(f"{int8_path}: {len(token_scale_of)} scaled products but {scaled} rescaled")
@@ -190,6 +142,79 @@ def per_token_activations(int8_path: Path, out_path: Path) -> Path:
     onnx.save(model, str(out_path))
     log.info("per-token activation scales", extra={"quantized_inputs": len(dynamic), "matmuls": scaled})
     return out_path
+
+
+def _per_token_prelude(graph) -> list:  # noqa: ANN001 - onnx GraphProto
+    """The shared constants (added as initializers) and the nodes computing ``{_PREFIX}/one``."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    p = _PREFIX
+    constants = {
+        f"{p}/zero_point": np.array(128, dtype=np.uint8),
+        f"{p}/one_f": np.array(1.0, dtype=np.float32),
+        f"{p}/qmax": np.array(127.0, dtype=np.float32),
+        f"{p}/eps": np.array(1e-12, dtype=np.float32),  # an all-zero row quantises to zeros, not NaN
+    }
+    graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in constants.items())
+    # A 1.0 computed at run time (size / size of an input): constant folding keeps the Mul that ORT's
+    # MatMulIntegerToFloat fusion looks for, and the fused kernel's scalar activation scale is exact.
+    return [
+        helper.make_node("Size", [graph.input[0].name], [f"{p}/size"], name=f"{p}/Size"),
+        helper.make_node("Cast", [f"{p}/size"], [f"{p}/size_f"], name=f"{p}/SizeF", to=TensorProto.FLOAT),
+        helper.make_node("Div", [f"{p}/size_f", f"{p}/size_f"], [f"{p}/one"], name=f"{p}/One"),
+    ]
+
+
+def _per_token_quantize(node) -> list:  # noqa: ANN001 - onnx NodeProto
+    """The nodes replacing one ``DynamicQuantizeLinear``: a scale per row, and the row quantised by it."""
+    from onnx import helper
+
+    p = _PREFIX
+    x, q, n = node.input[0], node.output[0], node.name
+    absmax, inv, token_scale = f"{n}/absmax", f"{n}/inv_scale", f"{n}/token_scale"
+    return [
+        # max |x| per row as max(max x, -min x): two reads of x, no |x| written out
+        helper.make_node("ReduceMax", [x], [f"{n}/max"], name=f"{n}/ReduceMax", keepdims=1, axes=[-1]),
+        helper.make_node("ReduceMin", [x], [f"{n}/min"], name=f"{n}/ReduceMin", keepdims=1, axes=[-1]),
+        helper.make_node("Neg", [f"{n}/min"], [f"{n}/neg_min"], name=f"{n}/Neg"),  # (batch, seq, 1)
+        helper.make_node("Max", [f"{n}/max", f"{n}/neg_min", f"{p}/eps"], [absmax], name=f"{n}/AbsMax"),
+        helper.make_node("Div", [absmax, f"{p}/qmax"], [token_scale], name=f"{n}/Scale"),
+        helper.make_node("Div", [f"{p}/qmax", absmax], [inv], name=f"{n}/InvScale"),
+        helper.make_node("Mul", [x, inv], [f"{n}/scaled"], name=f"{n}/Normalise"),
+        helper.make_node("QuantizeLinear", [f"{n}/scaled", f"{p}/one_f", f"{p}/zero_point"], [q],
+                         name=f"{n}/Quantize"),
+    ]
+
+
+def _rewire_scales(node, consumers: dict[str, list], token_scale_of: dict[str, str]) -> None:  # noqa: ANN001
+    """The fixed zero point into the ``MatMulInteger``s; 1.0 in place of the per-tensor scale in the scales'
+    ``Mul``, whose output is recorded as to be multiplied by the per-token scale."""
+    _, scale, zero_point = node.output
+    for user in consumers.get(zero_point, []):
+        if user.op_type != "MatMulInteger":
+            raise QuantizationError(f"{node.name}: zero point feeds a {user.op_type}, expected MatMulInteger")
+        user.input[list(user.input).index(zero_point)] = f"{_PREFIX}/zero_point"
+    for user in consumers.get(scale, []):  # Mul(scale, w_scale): its output scales the int32 product
+        if user.op_type != "Mul":
+            raise QuantizationError(f"{node.name}: scale feeds a {user.op_type}, expected the scales' Mul")
+        user.input[list(user.input).index(scale)] = f"{_PREFIX}/one"
+        token_scale_of[user.output[0]] = f"{node.name}/token_scale"
+
+
+def _rescale_products(nodes: list, token_scale_of: dict[str, str]) -> list:
+    """After every ``Cast(int32 product) * (1.0 * w_scale)``, a ``Mul`` by the row's per-token scale."""
+    from onnx import helper
+
+    final: list = []
+    for node in nodes:
+        final.append(node)
+        combined = [name for name in node.input if name in token_scale_of]
+        if node.op_type == "Mul" and combined:
+            out = node.output[0]
+            node.output[0] = f"{out}/per_channel"
+            final.append(helper.make_node("Mul", [f"{out}/per_channel", token_scale_of[combined[0]]], [out],
+                                          name=f"{node.name}/PerToken"))
+    return final
 
 
 def check_batch_invariance(onnx_path: Path, encoded, batch_sizes: Sequence[int] = (1, 7, 32),
