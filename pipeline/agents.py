@@ -23,10 +23,14 @@ from aiokafka.errors import KafkaError
 
 from pipeline.batching import MicroBatcher
 from pipeline.cache import ResultCache
-from pipeline.metrics import Metrics
+from pipeline.control import listen_for_changes
 from pipeline.enforcement import Enforcement
+from pipeline.feedback import FeedbackStore
+from pipeline.metrics import Metrics
 from pipeline.moderation import BatchStats, InRecord, Moderator
+from pipeline.mood import channel_mood
 from pipeline.profiles import ProfilesHolder, profiles_holder
+from pipeline.schemas import DeadLetter, InvalidMessage, decode_feedback
 from pipeline.serving import ServingHolder
 from pipeline.settings import Settings
 
@@ -166,9 +170,6 @@ def register_agents(app: faust.App, settings: Settings) -> WorkerState:
 def _register_feedback(app: faust.App, settings: Settings, state: WorkerState) -> None:
     """Moderator verdicts: valid ones appended (and fsynced) to the feedback store, bad ones to the DLQ;
     the batch is acked only after both."""
-    from pipeline.feedback import FeedbackStore
-    from pipeline.schemas import DeadLetter, InvalidMessage, decode_feedback
-
     topics = settings.topics
     feedback = app.topic(topics.feedback, value_type=bytes, key_type=bytes, value_serializer="raw",
                          key_serializer="raw", partitions=topics.partitions)
@@ -221,69 +222,78 @@ async def _overturn_strikes(verdicts: list, state: WorkerState) -> None:
         log.info("strikes removed by overturning verdicts", extra={"removed": removed})
 
 
-def _register_reloads(app: faust.App, settings: Settings, state: WorkerState) -> None:
-    """Hot reload: on a control notice (Redis pub/sub) and on a periodic registry poll."""
-    from pipeline.control import listen_for_changes
+class _Reloader:
+    """Model and profile reloads and the mood gauges, run on one thread off the model's."""
 
-    reloader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chatmod-reload")  # off the model thread
+    def __init__(self, settings: Settings, state: WorkerState) -> None:
+        self.settings, self.state = settings, state
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chatmod-reload")
 
-    async def reload_models(reason: str) -> str:
+    async def models(self, reason: str) -> str:
+        state = self.state
         if state.holder is None:
             return "unchanged"  # still starting: the first load reads the registry anyway
-        outcome = await asyncio.get_running_loop().run_in_executor(reloader, state.holder.reload)
+        outcome = await asyncio.get_running_loop().run_in_executor(self.executor, state.holder.reload)
         if outcome != "unchanged":
             state.metrics.model_reloads.labels(outcome=outcome).inc()
             log.info("model reload", extra={"outcome": outcome, "reason": reason,
                                             "serving": state.holder.current.refs})
         return outcome
 
-    async def reload_profiles(reason: str) -> str:
+    async def profiles(self, reason: str) -> str:
+        state = self.state
         if state.holder is None or state.profiles is None:
             return "unchanged"
         base = state.holder.current.policy
-        outcome = await asyncio.get_running_loop().run_in_executor(reloader, state.profiles.refresh, base)
+        outcome = await asyncio.get_running_loop().run_in_executor(self.executor, state.profiles.refresh, base)
         if outcome != "unchanged":
             state.metrics.profile_reloads.labels(outcome=outcome).inc()
             log.info("profiles reload", extra={"outcome": outcome, "reason": reason,
                                                "generation": state.profiles.generation})
         return outcome
 
+    async def on_notice(self, notice: dict) -> None:
+        reason = f"control notice: {notice.get('reason', '?')}"
+        if notice.get("event") == "profiles-changed":
+            await self.profiles(reason)
+        else:
+            await self.models(reason)
+
+    async def mood(self) -> None:
+        state = self.state
+        if state.profiles is None or state.profiles.store is None:
+            return
+        store = state.profiles.store
+        try:
+            mood = await asyncio.get_running_loop().run_in_executor(
+                self.executor, channel_mood, store.client, self.settings.redis.key_prefix, time.time())
+        except Exception as exc:  # noqa: BLE001 - Redis away: the gauges keep their last values
+            log.debug("channel mood unavailable", extra={"error": str(exc)})
+            return
+        state.metrics.set_mood(mood)
+
+
+def _register_reloads(app: faust.App, settings: Settings, state: WorkerState) -> None:
+    """Hot reload: on a control notice (Redis pub/sub) and on a periodic registry poll; the mood gauges."""
+    reload = _Reloader(settings, state)
     if settings.redis.enabled:
         @app.task
         async def watch_control_channel() -> None:
-            async def on_change(notice: dict) -> None:
-                reason = f"control notice: {notice.get('reason', '?')}"
-                if notice.get("event") == "profiles-changed":
-                    await reload_profiles(reason)
-                else:
-                    await reload_models(reason)
-
-            await listen_for_changes(settings.redis, on_change)
+            await listen_for_changes(settings.redis, reload.on_notice)
 
         @app.timer(interval=MOOD_REFRESH_S)
         async def refresh_mood() -> None:
-            if state.profiles is None or state.profiles.store is None:
-                return
-            from pipeline.mood import channel_mood
-
-            store = state.profiles.store
-            try:
-                mood = await asyncio.get_running_loop().run_in_executor(
-                    reloader, channel_mood, store.client, settings.redis.key_prefix, time.time())
-            except Exception as exc:  # noqa: BLE001 - Redis away: the gauges keep their last values
-                log.debug("channel mood unavailable", extra={"error": str(exc)})
-                return
-            state.metrics.set_mood(mood)
+            await reload.mood()
 
         if settings.policy.profiles_poll_s > 0:
             @app.timer(interval=settings.policy.profiles_poll_s)
             async def poll_profiles() -> None:
-                await reload_profiles("profiles poll")
+                await reload.profiles("profiles poll")
 
     if settings.models.reload_poll_s > 0:
         @app.timer(interval=settings.models.reload_poll_s)
         async def poll_registry() -> None:
-            await reload_models("registry poll")
+            await reload.models("registry poll")
 
 
 async def consume_in_batches(stream: faust.StreamT, moderator: Moderator, state: WorkerState) -> None:

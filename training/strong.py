@@ -39,52 +39,21 @@ def run_strong(out: Path, store: Path, teacher_cfg: StageConfig, student_cfg: St
                soft_tasks: Sequence[str] | None = None, int8_tolerance: ExportTolerance = WARM_START_INT8,
                progress: Progress | None = None, say: Callable[[str], None] = print) -> dict:
     """Run the stages that are not done yet; returns the summary (also written to ``out/summary.json``)."""
-    from training.requantize import model_folder
-    from training.train_all import choose_defaults, student_card
+    from training.train_all import choose_defaults
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     registry = ModelRegistry(Path(store))
-    teacher_dir = out / "teacher"
     labels = Path(labels) if labels else out / "soft_labels.npz"
     if not labels.is_file():
-        if not (teacher_dir / "chatmod_run.json").is_file():  # a teacher trained elsewhere may be put here
-            say(f"[1/4] fine-tuning the teacher ({base})")
-            run_teacher(teacher_cfg, base, teacher_dir, on_step=progress("teacher") if progress else None)
-        say(f"[2/4] labeling the students' training texts with {teacher_dir}")
-        step = progress("label") if progress else None
-        label_recipe(teacher_dir, student_cfg, labels, teacher_cfg.train.precision,
-                     progress=(lambda done, total: step(done, total, {})) if step else None)
+        _teacher_labels(out / "teacher", labels, base, teacher_cfg, student_cfg, progress, say)
     _, validation, _ = training_examples(validation_config(student_cfg))
     verify = check_texts(validation)
     cards: dict[str, dict] = {}
     artifacts: dict[str, Path] = {}
     for family in families:
-        current = _current_of(registry, family)
-        student_dir = out / family
-        if not (student_dir / "chatmod_run.json").is_file():
-            say(f"[3/4] distilling the {family} student from {labels}, warm-started from {current}")
-            with tempfile.TemporaryDirectory(prefix="chatmod-strong-") as tmp:
-                init, _ = model_folder(current, registry.store, Path(tmp))
-                run_distill_from_labels(student_cfg, labels, init, student_dir, family=family, soft_tasks=soft_tasks,
-                                        init_heads=read_manifest(registry.get(current)[1]).heads,
-                                        on_step=progress(family) if progress else None)
-        say(f"[4/4] evaluating and exporting the {family} student")
-        record = json.loads((student_dir / "chatmod_run.json").read_text())
-        torch_report = evaluate_folder(student_dir, student_cfg)
-        name = read_manifest(registry.get(current)[1]).name
-        tag = version or time.strftime("%Y%m%d")
-        artifact = out / "artifacts" / f"{name}@{tag}"
-        if not (artifact / "manifest.json").is_file():
-            # A student warm-started from an int8 artifact and fine-tuned again drifts a little further from
-            # int8 (measured: 0.58 at most over 400 validation texts, 99.9% of decisions agreeing, with every
-            # feed-forward output in fp32); the served model is what is judged below, on validation and
-            # the functional suite, so decisions must agree (98%) and logits may move up to 1.0.
-            export_folder(student_dir, artifact, name, tag, torch_report, verify_texts=verify,
-                          int8_tolerance=int8_tolerance)
-        card = student_card(f"{name}@{tag}", record, artifact, student_cfg, torch_report, verify, warm_start=current,
-                            soft_labels=str(labels), soft_label_coverage=record.get("soft_label_coverage"))
-        write_model_card(student_dir, card)
+        card, artifact = _student(out, registry, family, labels, student_cfg, verify, version, soft_tasks,
+                                  int8_tolerance, progress, say)
         cards[card["name"]] = card
         artifacts[card["name"]] = artifact
     tasks = [Task(t) for t in student_cfg.tasks]
@@ -99,6 +68,54 @@ def run_strong(out: Path, store: Path, teacher_cfg: StageConfig, student_cfg: St
         summary["promoted"] = True
     dump_json(out / "summary.json", summary)
     return summary
+
+
+def _teacher_labels(teacher_dir: Path, labels: Path, base: str, teacher_cfg: StageConfig,
+                    student_cfg: StageConfig, progress: Progress | None, say: Callable[[str], None]) -> None:
+    """Steps 1 and 2: the teacher (unless one is there already), then its soft labels on the students' texts."""
+    if not (teacher_dir / "chatmod_run.json").is_file():  # a teacher trained elsewhere may be put here
+        say(f"[1/4] fine-tuning the teacher ({base})")
+        run_teacher(teacher_cfg, base, teacher_dir, on_step=progress("teacher") if progress else None)
+    say(f"[2/4] labeling the students' training texts with {teacher_dir}")
+    step = progress("label") if progress else None
+    label_recipe(teacher_dir, student_cfg, labels, teacher_cfg.train.precision,
+                 progress=(lambda done, total: step(done, total, {})) if step else None)
+
+
+def _student(out: Path, registry: ModelRegistry, family: str, labels: Path, student_cfg: StageConfig,
+             verify: list[str], version: str | None, soft_tasks: Sequence[str] | None,
+             int8_tolerance: ExportTolerance, progress: Progress | None,
+             say: Callable[[str], None]) -> tuple[dict, Path]:
+    """Steps 3 and 4 for one family: distil (unless done), evaluate, export (unless done); (card, artifact)."""
+    from training.requantize import model_folder
+    from training.train_all import student_card
+
+    current = _current_of(registry, family)
+    student_dir = out / family
+    if not (student_dir / "chatmod_run.json").is_file():
+        say(f"[3/4] distilling the {family} student from {labels}, warm-started from {current}")
+        with tempfile.TemporaryDirectory(prefix="chatmod-strong-") as tmp:
+            init, _ = model_folder(current, registry.store, Path(tmp))
+            run_distill_from_labels(student_cfg, labels, init, student_dir, family=family, soft_tasks=soft_tasks,
+                                    init_heads=read_manifest(registry.get(current)[1]).heads,
+                                    on_step=progress(family) if progress else None)
+    say(f"[4/4] evaluating and exporting the {family} student")
+    record = json.loads((student_dir / "chatmod_run.json").read_text())
+    torch_report = evaluate_folder(student_dir, student_cfg)
+    name = read_manifest(registry.get(current)[1]).name
+    tag = version or time.strftime("%Y%m%d")
+    artifact = out / "artifacts" / f"{name}@{tag}"
+    if not (artifact / "manifest.json").is_file():
+        # A student warm-started from an int8 artifact and fine-tuned again drifts a little further from
+        # int8 (measured: 0.58 at most over 400 validation texts, 99.9% of decisions agreeing, with every
+        # feed-forward output in fp32); the served model is what is judged below, on validation and
+        # the functional suite, so decisions must agree (98%) and logits may move up to 1.0.
+        export_folder(student_dir, artifact, name, tag, torch_report, verify_texts=verify,
+                      int8_tolerance=int8_tolerance)
+    card = student_card(f"{name}@{tag}", record, artifact, student_cfg, torch_report, verify, warm_start=current,
+                        soft_labels=str(labels), soft_label_coverage=record.get("soft_label_coverage"))
+    write_model_card(student_dir, card)
+    return card, artifact
 
 
 def _current_of(registry: ModelRegistry, family: str) -> str:
