@@ -14,7 +14,6 @@ atomically under the lock, so concurrent CLIs and workers never see or write hal
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import fcntl
 import json
@@ -149,7 +148,7 @@ class ModelRegistry:
             else []
         )
 
-    def list(self) -> builtins.list[Manifest]:
+    def manifests(self) -> list[Manifest]:
         """Manifests of every stored artifact, by name, then version (integers in numeric order)."""
         found = []
         if self.artifacts.is_dir():
@@ -166,7 +165,7 @@ class ModelRegistry:
         """The manifest and folder of a stored artifact (not checksummed; the runtime does that at load)."""
         path = self._path(ref)
         if not path.is_dir():
-            known = [m.ref for m in self.list()]
+            known = [m.ref for m in self.manifests()]
             raise RegistryError(f"{ref} is not in {self.store}; stored: {known or 'nothing yet'}")
         return read_manifest(path), path
 
@@ -191,13 +190,13 @@ class ModelRegistry:
         """``{task: folder}`` for each task, ready for ``models.runtime.ModelSet``."""
         return {Task(t): self.current_path(t) for t in tasks}
 
-    def history(self, task: Task | str) -> builtins.list[str]:
-        return builtins.list(self._read()["history"].get(Task(task).value, []))
+    def history(self, task: Task | str) -> list[str]:
+        return list(self._read()["history"].get(Task(task).value, []))
 
-    def candidates(self) -> builtins.list[str]:
-        return builtins.list(self._read()["candidates"])
+    def candidates(self) -> list[str]:
+        return list(self._read()["candidates"])
 
-    def promote(self, ref: str, tasks: Sequence[Task | str] | None = None) -> builtins.list[Task]:
+    def promote(self, ref: str, tasks: Sequence[Task | str] | None = None) -> list[Task]:
         """Make ``ref`` current for ``tasks`` (default: every head it has); returns the tasks promoted.
 
         The artifact is verified first, checksums and label contract included.

@@ -23,18 +23,16 @@ from aiokafka.errors import KafkaError
 
 from pipeline.batching import MicroBatcher
 from pipeline.cache import ResultCache
-from pipeline.control import listen_for_changes
 from pipeline.enforcement import Enforcement
 from pipeline.feedback import FeedbackStore
 from pipeline.metrics import Metrics
 from pipeline.moderation import BatchStats, InRecord, Moderator
-from pipeline.mood import channel_mood
 from pipeline.profiles import ProfilesHolder, profiles_holder
+from pipeline.reloads import register_reloads
 from pipeline.schemas import DeadLetter, InvalidMessage, decode_feedback
 from pipeline.serving import ServingHolder
 from pipeline.settings import Settings
 
-MOOD_REFRESH_S = 15.0  # how often the per-channel mood gauges are re-read from Redis
 log = logging.getLogger("chatmod.agents")
 MAX_ATTEMPTS = 5  # per batch, for errors that are not the broker's (a bug must not spin forever)
 
@@ -91,6 +89,13 @@ class WorkerState:
     def redis_available(self) -> bool:
         return self.cache is not None and self.cache.available
 
+    async def close(self) -> None:
+        """The worker's Redis clients, once it stops consuming (a failure to close loses nothing)."""
+        for client in (self.cache, self.enforcement):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.close()
+
     def add(self, stats: BatchStats) -> None:
         t = self.totals
         self.batches += 1
@@ -119,6 +124,10 @@ def register_agents(app: faust.App, settings: Settings) -> WorkerState:
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chatmod-model")
     state = WorkerState(settings)
     app.chatmod_state = state  # type: ignore[attr-defined]
+
+    @app.on_before_shutdown.connect
+    async def _close(sender: faust.App, **kwargs: object) -> None:  # after the consumer stopped, before exit
+        await state.close()
 
     @app.on_rebalance_complete.connect
     async def _consuming(sender: faust.App, **kwargs: object) -> None:  # streams resume right after this
@@ -163,7 +172,7 @@ def register_agents(app: faust.App, settings: Settings) -> WorkerState:
 
     if settings.feedback.enabled:
         _register_feedback(app, settings, state)
-    _register_reloads(app, settings, state)
+    register_reloads(app, settings, state)
     return state
 
 
@@ -220,80 +229,6 @@ async def _overturn_strikes(verdicts: list, state: WorkerState) -> None:
     state.metrics.strikes_removed.inc(removed)
     if removed:
         log.info("strikes removed by overturning verdicts", extra={"removed": removed})
-
-
-class _Reloader:
-    """Model and profile reloads and the mood gauges, run on one thread off the model's."""
-
-    def __init__(self, settings: Settings, state: WorkerState) -> None:
-        self.settings, self.state = settings, state
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chatmod-reload")
-
-    async def models(self, reason: str) -> str:
-        state = self.state
-        if state.holder is None:
-            return "unchanged"  # still starting: the first load reads the registry anyway
-        outcome = await asyncio.get_running_loop().run_in_executor(self.executor, state.holder.reload)
-        if outcome != "unchanged":
-            state.metrics.model_reloads.labels(outcome=outcome).inc()
-            log.info("model reload", extra={"outcome": outcome, "reason": reason,
-                                            "serving": state.holder.current.refs})
-        return outcome
-
-    async def profiles(self, reason: str) -> str:
-        state = self.state
-        if state.holder is None or state.profiles is None:
-            return "unchanged"
-        base = state.holder.current.policy
-        outcome = await asyncio.get_running_loop().run_in_executor(self.executor, state.profiles.refresh, base)
-        if outcome != "unchanged":
-            state.metrics.profile_reloads.labels(outcome=outcome).inc()
-            log.info("profiles reload", extra={"outcome": outcome, "reason": reason,
-                                               "generation": state.profiles.generation})
-        return outcome
-
-    async def on_notice(self, notice: dict) -> None:
-        reason = f"control notice: {notice.get('reason', '?')}"
-        if notice.get("event") == "profiles-changed":
-            await self.profiles(reason)
-        else:
-            await self.models(reason)
-
-    async def mood(self) -> None:
-        state = self.state
-        if state.profiles is None or state.profiles.store is None:
-            return
-        store = state.profiles.store
-        try:
-            mood = await asyncio.get_running_loop().run_in_executor(
-                self.executor, channel_mood, store.client, self.settings.redis.key_prefix, time.time())
-        except Exception as exc:  # noqa: BLE001 - Redis away: the gauges keep their last values
-            log.debug("channel mood unavailable", extra={"error": str(exc)})
-            return
-        state.metrics.set_mood(mood)
-
-
-def _register_reloads(app: faust.App, settings: Settings, state: WorkerState) -> None:
-    """Hot reload: on a control notice (Redis pub/sub) and on a periodic registry poll; the mood gauges."""
-    reload = _Reloader(settings, state)
-    if settings.redis.enabled:
-        @app.task
-        async def watch_control_channel() -> None:
-            await listen_for_changes(settings.redis, reload.on_notice)
-
-        @app.timer(interval=MOOD_REFRESH_S)
-        async def refresh_mood() -> None:
-            await reload.mood()
-
-        if settings.policy.profiles_poll_s > 0:
-            @app.timer(interval=settings.policy.profiles_poll_s)
-            async def poll_profiles() -> None:
-                await reload.profiles("profiles poll")
-
-    if settings.models.reload_poll_s > 0:
-        @app.timer(interval=settings.models.reload_poll_s)
-        async def poll_registry() -> None:
-            await reload.models("registry poll")
 
 
 async def consume_in_batches(stream: faust.StreamT, moderator: Moderator, state: WorkerState) -> None:
@@ -382,7 +317,7 @@ async def _finish(moderator: Moderator, records: list[InRecord], model_done: Cal
             log.warning("publish failed; retrying batch", extra={"error": repr(exc), "attempt": attempt,
                                                                  "retry_in_s": delay})
             await asyncio.sleep(delay)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - Redis away: the gauges keep their last values
             if attempt < MAX_ATTEMPTS:
                 log.exception("batch failed; retrying", extra={"attempt": attempt, "error": repr(exc)})
                 await asyncio.sleep(0.5 * attempt)

@@ -377,6 +377,11 @@ class Enforcement:
         return int(sum(removed))
 
     async def close(self) -> None:
+        """Send the mood counts still in memory, then close the client."""
+        try:
+            await self.mood.flush()
+        except Exception as exc:
+            log.info("mood counts not flushed at shutdown", extra={"error": str(exc)})
         await self.client.aclose()
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from models.labels import Task
+from models.normalise import normalise_text
 from models.runtime import BatchMismatch  # noqa: F401 - the one definition; re-exported for callers
 from pipeline.cache import ResultCache
 from pipeline.decisions import ShadowStats, build_result, compare_shadow, judge, with_text
@@ -26,7 +27,7 @@ from pipeline.policy import Policy
 from pipeline.profiles import Profiles
 from pipeline.schemas import ChatMessage, DeadLetter, InvalidMessage, decode_message
 from pipeline.settings import Settings
-from pipeline.textnorm import content_key, message_key, normalise_text
+from pipeline.textnorm import content_key, message_key
 
 log = logging.getLogger("chatmod.moderation")
 RECENT_SCORES = 4096  # content keys whose scores a worker keeps in memory (a few MB)

@@ -16,9 +16,8 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
-from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
-
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
+from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
 from models.labels import SENTIMENT_LABELS, TOXICITY_LABELS, Task
 

@@ -36,7 +36,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from models.labels import DECIDING_LABELS, Task
 
 ENV_PREFIX = "CHATMOD_"
-MASK = "**********"
+SECRET_MASK = "**********"
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 
@@ -50,7 +50,7 @@ def mask_url_password(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
         return url
-    userinfo = f"{parts.username or ''}:{MASK}"
+    userinfo = f"{parts.username or ''}:{SECRET_MASK}"
     host = parts.hostname or ""
     if ":" in host:  # IPv6 literal
         host = f"[{host}]"

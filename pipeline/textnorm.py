@@ -1,4 +1,4 @@
-"""The worker's cache keys, from the normalised text (``models.normalise``, re-exported here).
+"""The worker's cache keys, from the normalised text (``models.normalise``).
 
 Normalising first makes obfuscated variants of one text one text, so the cache serves them all. Keys are
 SHA-256 digests, so no message text or id ever sits in Redis key space.
@@ -9,8 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-
-from models.normalise import normalise_text  # noqa: F401 - re-exported for the worker and tools
 
 # Bump when normalisation or key layout changes: old entries then simply miss. Content keys moved to v2
 # when the normaliser (de-obfuscation) joined the digest; message keys stay v1, so a message redelivered

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from models.labels import BASE_TOXICITY_LABELS, SENTIMENT_LABELS, TOXICITY_LABELS, Task
 
-MASK = -1  # label not annotated by this data set: excluded from the hard-label loss
+NOT_ANNOTATED = -1  # label not annotated by this data set: excluded from the hard-label loss
 TOX = {name: i for i, name in enumerate(TOXICITY_LABELS)}
 SENT = {name: i for i, name in enumerate(SENTIMENT_LABELS)}
 ALL_SENTIMENT = (1, 1, 1)
@@ -28,7 +28,7 @@ csv.field_size_limit(10_000_000)
 
 @dataclass(frozen=True, slots=True)
 class Example:
-    """One labeled text. ``toxicity``: 0/1/MASK per toxicity label, or None when the set has no
+    """One labeled text. ``toxicity``: 0/1/NOT_ANNOTATED per toxicity label, or None when the set has no
     toxicity annotation. ``sentiment``: class index or None; ``sentiment_classes`` marks which classes
     the set can express (SST-2 has no neutral, so its loss is a softmax over negative/positive only)."""
 
@@ -60,7 +60,7 @@ def tox(**labels: int) -> tuple[int, ...]:
             labels["targeted"] = 1
         elif labels.get("toxic") == 0:
             labels["targeted"] = 0
-    return tuple(labels.get(name, MASK) for name in TOXICITY_LABELS)
+    return tuple(labels.get(name, NOT_ANNOTATED) for name in TOXICITY_LABELS)
 
 
 CLEAN = tox(**{name: 0 for name in TOXICITY_LABELS})

@@ -30,8 +30,6 @@ from training.data import Example
 from training.losses import hidden_cosine_loss, multi_label_loss, single_label_loss, soft_target_loss
 
 
-
-
 @dataclass
 class TrainConfig:
     epochs: float = 1.0

@@ -54,8 +54,8 @@ def load_suite(path: Path = DEFAULT_SUITE) -> list[Behaviour]:
 
 def run_suite(serving, suite: list[Behaviour]) -> dict:  # serving: pipeline.serving.Serving
     """Pass rate per behaviour and overall (the mean over behaviours, so each counts the same)."""
+    from models.normalise import normalise_text
     from pipeline.decisions import decide
-    from pipeline.textnorm import normalise_text
 
     texts = [normalise_text(case, 2000) for beh in suite for case in beh.cases]
     scores = iter(serving.predict(texts))

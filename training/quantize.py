@@ -22,8 +22,8 @@ from __future__ import annotations
 import logging
 import re
 import tempfile
-from dataclasses import replace
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np

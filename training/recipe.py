@@ -18,8 +18,14 @@ from models.artifact import contract_heads
 from models.labels import Task
 from training.data import DEFAULT_SOURCES, Example, load_splits, stratified_split
 from training.distill import TrainConfig, train
-from training.students import (albert_from_teacher, count_parameters, distilbert_from_teacher, fit_heads,
-                               load_pretrained_classifier, resolve_pretrained)
+from training.students import (
+    albert_from_teacher,
+    count_parameters,
+    distilbert_from_teacher,
+    fit_heads,
+    load_pretrained_classifier,
+    resolve_pretrained,
+)
 
 # Per-source caps for one training pass: keeps the recipe inside an hour on two CPU cores while every
 # set contributes. OLID is kept whole: it is the headline toxicity benchmark.

@@ -30,7 +30,7 @@ from models.artifact import Head, Manifest, write_manifest
 from models.labels import SENTIMENT_LABELS, TOXICITY_LABELS, ProblemType, Task
 from models.registry import ModelRegistry
 from models.runtime import TextClassifier, head_probabilities
-from training.data import ALL_SENTIMENT, MASK, Example, stratified_split
+from training.data import ALL_SENTIMENT, NOT_ANNOTATED, Example, stratified_split
 
 PRIMARY = {Task.TOXICITY: "macro_f1", Task.SENTIMENT: "macro_recall"}  # per evaluation set, gated
 
@@ -76,7 +76,7 @@ def example_from_labels(text: str, labels: dict, source: str) -> Example:
     if "sentiment" in labels:
         return Example(text, source, sentiment=SENTIMENT_LABELS.index(labels["sentiment"]),
                        sentiment_classes=ALL_SENTIMENT)
-    return Example(text, source, toxicity=tuple(int(labels[n]) if n in labels else MASK for n in TOXICITY_LABELS))
+    return Example(text, source, toxicity=tuple(int(labels[n]) if n in labels else NOT_ANNOTATED for n in TOXICITY_LABELS))
 
 
 def _has_task(ex: Example, task: Task) -> bool:
@@ -144,7 +144,7 @@ def feedback_accuracy(logits: np.ndarray, head: Head, examples: Sequence[Example
     thresholds = np.array([served.thresholds[label] for label in head.labels])
     decided = probs >= thresholds
     targets = np.array([ex.toxicity for ex in examples])
-    known = targets != MASK
+    known = targets != NOT_ANNOTATED
     return float((decided[known] == (targets[known] == 1)).mean())
 
 

@@ -90,9 +90,9 @@ def evaluate_spans(serving_for_method: Callable[[str], object], utterances: Sequ
     """Word-level F1 and cost per span method, the same utterances through the served path; ``off`` is
     measured too, as the cost baseline (seconds for the whole split, and the ratio to ``off``). ``explained``:
     the share of flagged results with at least one span (a moderator's question: does it say why?)."""
+    from models.normalise import normalise_text
     from pipeline.decisions import build_result
     from pipeline.schemas import ChatMessage
-    from pipeline.textnorm import normalise_text
 
     report: dict[str, dict] = {}
     texts = [u.text for u in utterances]

@@ -24,9 +24,16 @@ from models.labels import Task
 from models.registry import ModelRegistry
 from training.evaluate import write_model_card
 from training.export_check import ExportTolerance
-from training.recipe import (StageConfig, check_texts, evaluate_folder, export_folder,
-                             run_distill_from_labels, run_teacher, training_examples,
-                             validation_config)
+from training.recipe import (
+    StageConfig,
+    check_texts,
+    evaluate_folder,
+    export_folder,
+    run_distill_from_labels,
+    run_teacher,
+    training_examples,
+    validation_config,
+)
 from training.soft_labels import label_recipe
 
 Progress = Callable[[str], Callable[[int, int, dict], None]]
@@ -121,7 +128,7 @@ def _student(out: Path, registry: ModelRegistry, family: str, labels: Path, stud
 def _current_of(registry: ModelRegistry, family: str) -> str:
     """The newest stored model of ``family`` (the current one where it serves a task)."""
     current = {registry.current(t) for t in Task} - {None}
-    refs = [m for m in registry.list() if m.family == family and not m.name.startswith(".")]
+    refs = [m for m in registry.manifests() if m.family == family and not m.name.startswith(".")]
     serving = [m.ref for m in refs if m.ref in current]
     if serving:
         return serving[0]

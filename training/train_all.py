@@ -16,7 +16,16 @@ from models.artifact import dump_json
 from models.labels import Task
 from models.registry import ModelRegistry
 from training.evaluate import HEADLINE, retention, write_model_card
-from training.recipe import StageConfig, evaluate_folder, validation_config, export_folder, measure_latency, run_distill, run_teacher, training_examples
+from training.recipe import (
+    StageConfig,
+    evaluate_folder,
+    export_folder,
+    measure_latency,
+    run_distill,
+    run_teacher,
+    training_examples,
+    validation_config,
+)
 
 TASK_METRICS = {Task.TOXICITY: ("olid_macro_f1", "jigsaw_mean_roc_auc"),
                 Task.SENTIMENT: ("semeval_macro_recall", "sst2_accuracy")}

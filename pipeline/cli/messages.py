@@ -10,10 +10,10 @@ from typing import Annotated
 
 import typer
 
+from models.normalise import normalise_text
 from pipeline.cli.common import load_settings
 from pipeline.kafka_tools import kafka_client_config
 from pipeline.schemas import ChatMessage, json_schemas
-from pipeline.textnorm import normalise_text
 
 app = typer.Typer()
 

@@ -21,7 +21,7 @@ def models_list() -> None:
     registry = open_registry(load_settings())
     current = {t: registry.current(t) for t in ("toxicity", "sentiment")}
     candidates = set(registry.candidates())
-    for manifest in registry.list():
+    for manifest in registry.manifests():
         serving = [t for t, ref in current.items() if ref == manifest.ref]
         mark = f"  <- current for {', '.join(serving)}" if serving else ""
         if manifest.ref in candidates and not serving:

@@ -89,7 +89,8 @@ def replay(
     would differ today (outside latency_ms and cached). Exits 1 if any does."""
     from rich.console import Console
 
-    from pipeline.devstack.replay import ReplayError, replay as run_replay, write_report
+    from pipeline.devstack.replay import ReplayError, write_report
+    from pipeline.devstack.replay import replay as run_replay
 
     bars, progress = progress_bars()
     try:

@@ -147,7 +147,7 @@ def models_view(settings: Settings) -> dict:
     current = {t: registry.current(t) for t in ("toxicity", "sentiment")}
     candidates = set(registry.candidates())
     rows = []
-    for manifest in registry.list():
+    for manifest in registry.manifests():
         retrain = manifest.metrics.get("retrain", {})
         rows.append({"ref": manifest.ref, "family": manifest.family, "tasks": [str(t) for t in manifest.tasks],
                      "serving": [t for t, ref in current.items() if ref == manifest.ref],

@@ -30,8 +30,18 @@ from pathlib import Path
 
 from pipeline.devstack.bench_load import LoadPoint, capacity_search, raid_texts
 from pipeline.devstack.bench_report import check_targets
-from pipeline.devstack.bench_workload import (E2E_PARTITIONS, E2EResult, Progress, Say, bench_worker,
-                                              fresh_texts, rss_mb, run_workload, unique_texts, workload)
+from pipeline.devstack.bench_workload import (
+    E2E_PARTITIONS,
+    E2EResult,
+    Progress,
+    Say,
+    bench_worker,
+    fresh_texts,
+    rss_mb,
+    run_workload,
+    unique_texts,
+    workload,
+)
 
 WARMUP_MESSAGES = 300
 
@@ -205,7 +215,7 @@ def model_only(store: Path | None, n: int, threads: int, batch_size: int, seed: 
         registry = ModelRegistry(store) if store is not None else ModelRegistry(Path(tmp) / "store", seed=bundled_store())
         texts = unique_texts(n, seed)
         rows, checks = [], {}
-        for manifest in registry.list():
+        for manifest in registry.manifests():
             say(f"model-only: {manifest.ref}, {n} texts, batches of {batch_size}, {threads} threads")
             _, folder = registry.get(manifest.ref)
             artifact_rows, check = bench_artifact(folder, texts, threads, batch_size, progress=progress)

@@ -19,7 +19,6 @@ from models.bench import percentile
 from pipeline.devstack.kafka_io import Producer, Records
 
 
-
 def produce(producer: Producer, topic: str, payloads: Sequence[tuple[str, bytes]], rate: float | None,
             sent_at: dict[str, float], on_progress: Callable[[int], None] | None = None) -> float:
     """Send ``payloads`` (id, value), keyed by id, at ``rate`` per second or flat out; records each send time

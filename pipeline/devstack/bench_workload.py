@@ -20,12 +20,12 @@ from importlib import resources
 from pathlib import Path
 
 from models.bench import percentile
+from models.normalise import normalise_text
 from pipeline.devstack.bench_load import Arrivals, latencies_ms, produce
 from pipeline.devstack.embedded import EmbeddedStack, create_topics
 from pipeline.devstack.kafka_io import Producer, TopicReader
 from pipeline.devstack.worker_process import WorkerProcess, prepare_store, worker_env
 from pipeline.settings import TopicsSettings
-from pipeline.textnorm import normalise_text
 
 Say = Callable[[str], None]
 Progress = Callable[[str, int, int], None]

@@ -28,8 +28,16 @@ from rich.text import Text
 from pipeline.devstack.demo_view import ChatLine, LiveView, PlainView, Tally, render_summary
 from pipeline.devstack.embedded import EmbeddedStack, ServiceStartError, create_topics
 from pipeline.devstack.kafka_io import Records, TopicReader
-from pipeline.devstack.worker_process import (MODELS_LOADED_MARK, PARTITIONS_ASSIGNED_MARK, TOPIC_PARTITIONS, StoreError,
-                                              WorkerProcess, WorkerStartError, prepare_store, worker_env)
+from pipeline.devstack.worker_process import (
+    MODELS_LOADED_MARK,
+    PARTITIONS_ASSIGNED_MARK,
+    TOPIC_PARTITIONS,
+    StoreError,
+    WorkerProcess,
+    WorkerStartError,
+    prepare_store,
+    worker_env,
+)
 from pipeline.settings import TopicsSettings
 
 DEFAULT_RATE = 60.0  # messages per second: fast enough to show batching, slow enough to watch
@@ -207,9 +215,9 @@ def _start_console(stack, store: Path, tmp: Path, cleanup: contextlib.ExitStack)
 
     import redis as redis_lib
 
-    from pipeline.devstack.childproc import free_port
     from pipeline.console.accounts import Accounts
     from pipeline.console.server import ConsoleThread
+    from pipeline.devstack.childproc import free_port
     from pipeline.settings import Settings
 
     port = 8088 if _port_free(8088) else free_port()

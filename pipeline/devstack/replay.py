@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from models.labels import Task
+from models.normalise import normalise_text
 from models.registry import ModelRegistry
-from pipeline.kafka_tools import kafka_client_config
 from pipeline.decisions import build_result
+from pipeline.kafka_tools import kafka_client_config
 from pipeline.schemas import InvalidMessage, ModerationResult, decode_message, differing_fields
 from pipeline.serving import open_registry, serving_for
 from pipeline.settings import Settings
-from pipeline.textnorm import normalise_text
 
 Progress = Callable[[str, int, int], None]
 SCORE_BATCH = 256

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.devstack.childproc import free_port
 from pipeline.console.server import ConsoleThread
+from pipeline.devstack.childproc import free_port
 from pipeline.settings import Settings
 from tests.harness import WorkerProcess, produce, read_topic, results_by_id
 from tests.integration.test_console import PASSWORD, chat, console_stack
@@ -147,13 +147,13 @@ def test_the_bundled_models_fill_the_queue_as_a_moderator_sees_it(browser, shots
                                                                  tmp_path, monkeypatch):
     """The shipped models behind the console (the README's screenshots come from here): abuse is queued with
     its labels, friendly chat is not, and the channel charts draw what the workers counted."""
+    import redis as redis_lib
+
     from models.registry import ModelRegistry
     from pipeline.console.accounts import Accounts
     from pipeline.devstack.embedded import create_topics
     from pipeline.serving import bundled_store
     from tests.harness import worker_env
-
-    import redis as redis_lib
 
     store = ModelRegistry(tmp_path / "store", seed=bundled_store()).store
     env = worker_env(broker.bootstrap, redis_url, store, topic_prefix)

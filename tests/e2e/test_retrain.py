@@ -16,7 +16,16 @@ import pytest
 from models.registry import ModelRegistry
 from pipeline.devstack.embedded import create_topics
 from pipeline.feedback import FeedbackStore
-from tests.harness import ROOT, WorkerProcess, message, produce, read_topic, results_by_id, wait_for_log, worker_env
+from tests.harness import (
+    ROOT,
+    WorkerProcess,
+    message,
+    produce,
+    read_topic,
+    results_by_id,
+    wait_for_log,
+    worker_env,
+)
 from tests.tiny_models import contract_heads, save_tiny_hf_model
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]

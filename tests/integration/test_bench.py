@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.devstack.bench import E2EPlan, run_bench
+from pipeline.devstack.bench_load import LoadPoint
 from pipeline.devstack.bench_report import latency_plot, render
 from pipeline.devstack.bench_workload import policy_profile_file
-from pipeline.devstack.bench_load import LoadPoint
 
 pytestmark = pytest.mark.integration
 

@@ -14,9 +14,9 @@ import pytest
 import redis as redis_lib
 
 from models.registry import ModelRegistry
-from pipeline.devstack.childproc import free_port
 from pipeline.console.accounts import Accounts
 from pipeline.console.server import ConsoleThread
+from pipeline.devstack.childproc import free_port
 from pipeline.devstack.embedded import create_topics
 from pipeline.settings import Settings
 from tests.harness import WorkerProcess, produce, read_topic, results_by_id, worker_env

@@ -12,9 +12,9 @@ from kafka.structs import TopicPartition
 from pipeline.devstack.embedded import (
     EmbeddedBroker,
     EmbeddedS3,
-    moto_server_binary,
     ServiceStartError,
     create_topics,
+    moto_server_binary,
     wait_for_topics,
 )
 

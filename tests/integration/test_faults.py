@@ -11,8 +11,17 @@ import pytest
 from pipeline.devstack.bench_workload import rss_mb
 from pipeline.devstack.childproc import free_port
 from pipeline.devstack.embedded import EmbeddedBroker, EmbeddedS3, create_topics, moto_server_binary
-from tests.harness import (WorkerProcess, message, metric_samples, produce, read_topic, results_by_id,
-                           wait_for_records, wait_http_status, worker_env)
+from tests.harness import (
+    WorkerProcess,
+    message,
+    metric_samples,
+    produce,
+    read_topic,
+    results_by_id,
+    wait_for_records,
+    wait_http_status,
+    worker_env,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

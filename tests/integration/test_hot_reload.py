@@ -9,12 +9,22 @@ from pathlib import Path
 import pytest
 
 from models.registry import ModelRegistry
-from pipeline.devstack.childproc import free_port
 from pipeline.control import announce_models_changed
+from pipeline.devstack.childproc import free_port
 from pipeline.devstack.embedded import create_topics
 from pipeline.settings import RedisSettings
-from tests.harness import (ROOT, WorkerProcess, wait_for_log, message, metric_samples, produce, read_topic, results_by_id,
-                           wait_http_status, worker_env)
+from tests.harness import (
+    ROOT,
+    WorkerProcess,
+    message,
+    metric_samples,
+    produce,
+    read_topic,
+    results_by_id,
+    wait_for_log,
+    wait_http_status,
+    worker_env,
+)
 from tests.tiny_models import build_tiny_artifact
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]

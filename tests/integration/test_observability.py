@@ -10,8 +10,17 @@ import pytest
 from models.registry import ModelRegistry
 from pipeline.devstack.childproc import free_port
 from pipeline.devstack.embedded import create_topics
-from tests.harness import (WorkerProcess, http_get, message, metric_samples, produce, read_topic, results_by_id,
-                           wait_http_status, worker_env)
+from tests.harness import (
+    WorkerProcess,
+    http_get,
+    message,
+    metric_samples,
+    produce,
+    read_topic,
+    results_by_id,
+    wait_http_status,
+    worker_env,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 

@@ -6,8 +6,16 @@ import pytest
 
 from pipeline.devstack.childproc import free_port
 from pipeline.devstack.embedded import create_topics
-from tests.harness import (WorkerProcess, message, metric_samples, produce, read_topic, results_by_id,
-                           wait_http_status, worker_env)
+from tests.harness import (
+    WorkerProcess,
+    message,
+    metric_samples,
+    produce,
+    read_topic,
+    results_by_id,
+    wait_http_status,
+    worker_env,
+)
 from tests.integration.test_hot_reload import _store
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]

@@ -14,9 +14,9 @@ import pytest
 import torch
 from sklearn.metrics import f1_score
 
+from models.artifact import contract_heads
 from models.labels import Task
 from training.data import TOX, default_data_root, load_splits
-from models.artifact import contract_heads
 from training.distill import TrainConfig, train
 from training.evaluate import evaluate, torch_predictor
 from training.students import (

@@ -6,8 +6,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from models.normalise import normalise_text
 from pipeline.devstack.bench_load import LoadPoint, capacity_search, latency_plot_svg, raid_texts
-from pipeline.textnorm import normalise_text
 
 pytestmark = pytest.mark.unit
 

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, precision_score
 
-from models.labels import BASE_TOXICITY_LABELS, TOXICITY_LABELS, Task
-from training.data import CLEAN, SENT, TOX, Example, tox
 from models.artifact import contract_heads
+from models.labels import BASE_TOXICITY_LABELS, TOXICITY_LABELS, Task
+from tests.tiny_models import N_LOGITS
+from training.data import CLEAN, SENT, TOX, Example, tox
 from training.evaluate import (
     best_f1_threshold,
     calibrate,
@@ -18,7 +19,6 @@ from training.evaluate import (
     toxicity_metrics,
 )
 from training.train_all import choose_defaults
-from tests.tiny_models import N_LOGITS
 
 pytestmark = pytest.mark.unit
 

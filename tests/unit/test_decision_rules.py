@@ -10,8 +10,16 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from models.artifact import (FORMAT_VERSION, ArtifactError, Head, Manifest, contract_heads, read_manifest,
-                             verify_artifact, write_manifest)
+from models.artifact import (
+    FORMAT_VERSION,
+    ArtifactError,
+    Head,
+    Manifest,
+    contract_heads,
+    read_manifest,
+    verify_artifact,
+    write_manifest,
+)
 from models.labels import ProblemType, Task
 from models.runtime import TextClassifier, head_probabilities, softmax
 from training.data import Example

@@ -4,7 +4,6 @@ says when it changed the decision."""
 from __future__ import annotations
 
 from dataclasses import replace
-
 from pathlib import Path
 
 import pytest

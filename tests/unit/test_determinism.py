@@ -36,7 +36,7 @@ TEXTS = _real_texts()
 
 def _shipped() -> list[Path]:
     registry = ModelRegistry(DEFAULTS)
-    return [registry.get(m.ref)[1] for m in registry.list()]
+    return [registry.get(m.ref)[1] for m in registry.manifests()]
 
 
 @pytest.fixture(scope="module", params=_shipped(), ids=lambda p: f"{p.parent.name}@{p.name}")

@@ -10,10 +10,10 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
+from models.artifact import contract_heads
 from models.labels import Task
 from tests.tiny_models import N_LOGITS, minilm_dir
 from training.data import SENT, Example, tox
-from models.artifact import contract_heads
 from training.distill import TrainConfig, bucketed_batches, collate, hard_label_loss, train
 from training.students import distilbert_from_teacher
 

@@ -6,9 +6,9 @@ import pytest
 
 from models.deobfuscate import Deobfuscated, deobfuscate
 from models.explain import find_spans, lexicon_word, normalised_offsets, occlude, to_original
+from models.normalise import normalise_text
 from pipeline.decisions import reasons
 from pipeline.schemas import ModerationResult
-from pipeline.textnorm import normalise_text
 
 pytestmark = pytest.mark.unit
 

@@ -9,7 +9,15 @@ import redis as redis_lib
 from redis import asyncio as aioredis
 
 from models.labels import DECIDING_LABELS
-from pipeline.enforcement import Enforcement, Item, Outcome, action_records, ledger_total, parse_strike, rungs_reached
+from pipeline.enforcement import (
+    Enforcement,
+    Item,
+    Outcome,
+    action_records,
+    ledger_total,
+    parse_strike,
+    rungs_reached,
+)
 from pipeline.policy import Policy
 from pipeline.profiles import CompiledProfile, Profile, Profiles, ProfilesHolder, ProfileStore
 from pipeline.settings import RedisSettings

@@ -38,7 +38,7 @@ def test_add_promote_rollback_round_trip(
     )
     assert read_manifest(reg.get(second.ref)[1]).version == "2"  # manifest rewritten, checksums still valid
     verify_artifact(reg.get(second.ref)[1])
-    assert [m.ref for m in reg.list()] == ["tiny-albert@2024-06-01", "tiny-distilbert@1", "tiny-distilbert@2"]
+    assert [m.ref for m in reg.manifests()] == ["tiny-albert@2024-06-01", "tiny-distilbert@1", "tiny-distilbert@2"]
     assert reg.candidates() == ["tiny-distilbert@2"]
     with pytest.raises(RegistryError, match="already in the store"):
         reg.add(tiny_artifact, version="1")
@@ -77,7 +77,7 @@ def test_add_refuses_a_corrupted_artifact(artifact_copy: Path, tmp_path: Path) -
     reg = ModelRegistry(tmp_path / "store")
     with pytest.raises(ArtifactError, match="checksum mismatch"):
         reg.add(artifact_copy)
-    assert reg.list() == []
+    assert reg.manifests() == []
 
 
 def test_seed_copies_artifacts_and_pointers(tiny_artifact: Path, tmp_path: Path) -> None:

@@ -11,8 +11,8 @@ from transformers import (
     RobertaForSequenceClassification,
 )
 
-from training.students import albert_from_teacher, count_parameters, distilbert_from_teacher, select_layers
 from tests.tiny_models import N_LOGITS
+from training.students import albert_from_teacher, count_parameters, distilbert_from_teacher, select_layers
 
 pytestmark = pytest.mark.unit
 

@@ -7,8 +7,8 @@ import unicodedata
 
 import pytest
 
-from models.normalise import INVISIBLE
-from pipeline.textnorm import content_key, message_key, normalise_text
+from models.normalise import INVISIBLE, normalise_text
+from pipeline.textnorm import content_key, message_key
 
 pytestmark = pytest.mark.unit
 

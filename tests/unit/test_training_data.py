@@ -15,7 +15,7 @@ import pytest
 from models.labels import BASE_TOXICITY_LABELS, TOXICITY_LABELS
 from training.data import (
     CLEAN,
-    MASK,
+    NOT_ANNOTATED,
     SENT,
     SOURCES,
     TOX,
@@ -36,7 +36,7 @@ from training.data import (
 
 pytestmark = pytest.mark.unit
 
-M = MASK
+M = NOT_ANNOTATED
 
 
 def _write(path: Path, text: str) -> None:
@@ -296,7 +296,7 @@ def test_every_real_source_reads_with_contract_labels(name: str) -> None:
         assert all(ex.text.strip() for ex in examples)
         for ex in examples:
             if ex.toxicity is not None:
-                assert len(ex.toxicity) == len(TOX) and set(ex.toxicity) <= {0, 1, MASK}
+                assert len(ex.toxicity) == len(TOX) and set(ex.toxicity) <= {0, 1, NOT_ANNOTATED}
             else:
                 assert ex.sentiment in (0, 1, 2) and ex.sentiment_classes[ex.sentiment] == 1
         assert any(ex.toxicity is not None for ex in examples) == (src.task.value == "toxicity")

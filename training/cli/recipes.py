@@ -11,8 +11,18 @@ from rich.console import Console
 from rich.table import Table
 
 from models.labels import Task
-from training.cli.common import (Bars, DataOpt, PromoteOpt, RefArg, StoreOpt, TasksOpt, console, derived_from,
-                                 promote_like_source, stage_config)
+from training.cli.common import (
+    Bars,
+    DataOpt,
+    PromoteOpt,
+    RefArg,
+    StoreOpt,
+    TasksOpt,
+    console,
+    derived_from,
+    promote_like_source,
+    stage_config,
+)
 from training.recipe import StageConfig, evaluate_folder
 
 app = typer.Typer()
