@@ -1,21 +1,23 @@
-"""Test harness: a real worker process, and kafka-python helpers to feed and read topics."""
+"""Test harness: a worker's environment on private topics (the worker itself is the dev stack's
+``WorkerProcess``), and kafka-python helpers to feed and read topics."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
+
+from pipeline.devstack.worker_process import WorkerProcess
+
+__all__ = ["WorkerProcess", "message", "produce", "read_topic", "results_by_id", "worker_env"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,44 +48,6 @@ def worker_env(bootstrap: str, redis_url: str, store: Path, prefix: str, **extra
     })
     env.update(extra)
     return env
-
-
-class WorkerProcess:
-    """``chatmod worker`` as a child process with its log in a file."""
-
-    def __init__(self, env: Mapping[str, str], log_path: Path):
-        self.env, self.log_path = dict(env), log_path
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> WorkerProcess:
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker"], cwd=ROOT, env=self.env,
-                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
-        return self
-
-    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        self.proc.send_signal(sig)
-        try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        self._log.close()
-        return self.proc.returncode
-
-    def log_tail(self, n: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
-    def __enter__(self) -> WorkerProcess:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def produce(bootstrap: str, topic: str, values: Iterable[bytes], keys: Iterable[bytes | None] | None = None) -> int:
@@ -128,8 +92,8 @@ def read_topic(bootstrap: str, topic: str, done: Callable[[list], bool], timeout
             records.extend(consumer)
             if done(records):
                 return records
-            if worker is not None and worker.proc is not None and worker.proc.poll() is not None:
-                raise AssertionError(f"worker exited with {worker.proc.returncode}:\n{worker.log_tail()}")
+            if worker is not None and not worker.alive:
+                raise AssertionError(worker.exit_message())
         return records
     finally:
         consumer.close()
@@ -178,8 +142,8 @@ def wait_http_status(url: str, status: int, timeout_s: float, worker: WorkerProc
         last = http_get(url)
         if last[0] == status:
             return last[1]
-        if worker.proc.poll() is not None:
-            raise AssertionError(f"worker exited with {worker.proc.returncode}:\n{worker.log_tail()}")
+        if not worker.alive:
+            raise AssertionError(worker.exit_message())
         time.sleep(0.2)
     raise AssertionError(f"{url} answered {last[0]} {last[1][:200]!r}, wanted {status}\n{worker.log_tail()}")
 

@@ -26,35 +26,37 @@ from pipeline.enforcement import _h
 ITEM_TTL_S = 7 * 86400
 
 ADD_ITEM = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
-  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
-  redis.call('PUBLISH', KEYS[3], ARGV[5])
-  return 1
-end
-return 0
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+redis.call('PUBLISH', KEYS[3], ARGV[5])
+return 1
 """
-# -> the holder after the call ('' when the item is no longer pending)
-CLAIM = """
-if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return '' end
-local holder = redis.call('GET', KEYS[1])
+
+
+def _pending_and_free(gone: str, claim_key: str) -> str:
+    """Lua that returns ``gone`` unless ARGV[1] is still pending (in the sorted set KEYS[2]), and the holder's
+    name if another moderator (not ARGV[2]) holds its claim ``claim_key``; ``holder`` stays in scope."""
+    return f"""
+if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return {gone} end
+local holder = redis.call('GET', {claim_key})
 if holder and holder ~= ARGV[2] then return holder end
+"""
+
+
+# -> the holder after the call ('' when the item is no longer pending)
+CLAIM = _pending_and_free("''", "KEYS[1]") + """
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
 if not holder then redis.call('PUBLISH', KEYS[3], ARGV[4]) end
 return ARGV[2]
 """
 RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', KEYS[2], ARGV[2])
-  return 1
-end
-return 0
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', KEYS[2], ARGV[2])
+return 1
 """
 # -> 'ok', 'gone' (decided already or unknown) or the name of the moderator who holds it
-DECIDE = """
-if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 'gone' end
-local holder = redis.call('GET', KEYS[3])
-if holder and holder ~= ARGV[2] then return holder end
+DECIDE = _pending_and_free("'gone'", "KEYS[3]") + """
 local item = cjson.decode(redis.call('GET', KEYS[1]))
 item['state'] = 'decided'
 item['verdict'] = cjson.decode(ARGV[3])

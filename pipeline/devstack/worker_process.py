@@ -52,7 +52,7 @@ class WorkerProcess:
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def start(self) -> None:
+    def start(self) -> WorkerProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         in_main = threading.current_thread() is threading.main_thread()
         self._proc = subprocess.Popen(
@@ -61,6 +61,13 @@ class WorkerProcess:
             start_new_session=True,  # Ctrl-C reaches the parent only, which then stops the worker in order
             preexec_fn=_die_with_parent if in_main and sys.platform == "linux" else None,
         )
+        return self
+
+    def __enter__(self) -> WorkerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def wait_for(self, mark: str, deadline: float) -> None:
         """Block until ``mark`` shows up in the log; WorkerStartError with the log's tail if the worker
@@ -80,14 +87,14 @@ class WorkerProcess:
         if partitions:
             self.wait_for(PARTITIONS_ASSIGNED_MARK, deadline)
 
-    def stop(self) -> None:
-        """SIGTERM (the worker finishes its batch and commits), then SIGKILL if it hangs."""
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
+        """SIGTERM (the worker finishes its batch and commits), then SIGKILL if it hangs; its exit code."""
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
             try:
-                proc.wait(STOP_TIMEOUT_S)
+                proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
@@ -95,6 +102,7 @@ class WorkerProcess:
         if self._log is not None:
             self._log.close()
             self._log = None
+        return proc.returncode if proc is not None else None
 
     def kill(self) -> None:
         """SIGKILL the worker's process group at once, as a crash would (fault tests), then clean up."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import time
 
 import pytest
@@ -105,7 +104,7 @@ def test_worker_killed_mid_stream_and_restarted_loses_nothing(broker, redis_url,
             [message(i, f"message number {i} {TEXTS[i % len(TEXTS)]}") for i in range(total)])
     worker.start()
     read_topic(broker.bootstrap, env["CHATMOD_TOPICS_MODERATED"], lambda rs: len(rs) >= 300, 90, worker)
-    worker.stop(signal.SIGKILL)  # no chance to commit or flush anything
+    worker.kill()  # no chance to commit or flush anything
     time.sleep(1)
     restarted = WorkerProcess(env, tmp_path / "worker2.log")
     with restarted:

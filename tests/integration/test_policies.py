@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import time
 
 import pytest
@@ -81,7 +80,7 @@ def test_strikes_climb_the_ladder_once_across_a_crash_and_an_overturn_removes_on
     worker.start()
     produce(broker.bootstrap, env["CHATMOD_TOPICS_MESSAGES"], offences[:20])
     read_topic(broker.bootstrap, env["CHATMOD_TOPICS_MODERATED"], lambda rs: len(rs) >= 10, 60, worker)
-    worker.stop(signal.SIGKILL)  # mid-stream: some of these are redelivered to the next worker
+    worker.kill()  # mid-stream: some of these are redelivered to the next worker
     restarted = WorkerProcess(env, tmp_path / "worker2.log")
     with restarted:
         produce(broker.bootstrap, env["CHATMOD_TOPICS_MESSAGES"], offences[20:])
