@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from models.artifact import ArtifactError, Head, Manifest, read_manifest, verify_artifact
+from models.artifact import ArtifactError, Head, Manifest, read_manifest, sha256_file, verify_artifact
 from models.backends import OnnxBackend, TorchBackend, resolve_backend
 from models.labels import ProblemType, Task
 
@@ -91,7 +91,6 @@ class TextEncoder:
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length)
         if sha256 is None:
-            from models.artifact import sha256_file
 
             sha256 = sha256_file(tokenizer_json)
         self.key = (sha256, max_length)

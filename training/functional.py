@@ -14,6 +14,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from models.artifact import read_manifest
+from models.normalise import normalise_text
+from pipeline.decisions import decide
+from pipeline.settings import Settings
+
 DEFAULT_SUITE = Path(__file__).resolve().parents[1] / "tests" / "functional" / "suite.json"
 MAX_FAILURES_SHOWN = 5
 
@@ -54,9 +59,6 @@ def load_suite(path: Path = DEFAULT_SUITE) -> list[Behaviour]:
 
 def run_suite(serving, suite: list[Behaviour]) -> dict:  # serving: pipeline.serving.Serving
     """Pass rate per behaviour and overall (the mean over behaviours, so each counts the same)."""
-    from models.normalise import normalise_text
-    from pipeline.decisions import decide
-
     texts = [normalise_text(case, 2000) for beh in suite for case in beh.cases]
     scores = iter(serving.predict(texts))
     behaviours = {}
@@ -79,9 +81,7 @@ def run_suite(serving, suite: list[Behaviour]) -> dict:  # serving: pipeline.ser
 
 def evaluate_artifact(folder: Path, suite_path: Path = DEFAULT_SUITE, threads: int | None = None) -> dict:
     """The functional report of an artifact, served as the worker serves it (default settings)."""
-    from models.artifact import read_manifest
     from pipeline.serving import serving_for
-    from pipeline.settings import Settings
 
     manifest = read_manifest(Path(folder))
     serving = serving_for(dict.fromkeys(manifest.tasks, Path(folder)), Settings(models={"threads": threads}))

@@ -14,10 +14,11 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
-from models.artifact import contract_heads
+from models.artifact import Head, contract_heads
 from models.labels import Task
 from training.data import DEFAULT_SOURCES, Example, load_splits, stratified_split
 from training.distill import TrainConfig, train
+from training.export_check import DEFAULT_VERIFY_TEXTS
 from training.students import (
     albert_from_teacher,
     count_parameters,
@@ -227,7 +228,6 @@ def evaluate_folder(folder: Path, cfg: StageConfig, thresholds: tuple[dict, dict
         report = evaluate(clf.predict_logits, heads, validation, thresholds)
     else:
         record = json.loads((folder / "chatmod_run.json").read_text())
-        from models.artifact import Head
 
         heads = [Head.model_validate(h) for h in record["heads"]]
         report = evaluate(torch_predictor(load_model(folder), AutoTokenizer.from_pretrained(folder)), heads,
@@ -252,9 +252,7 @@ def export_folder(model_dir: Path, out: Path, name: str, version: str, report: d
                   int8_tolerance=None) -> Path:  # training.export.ExportTolerance
     """Build a verified artifact (thresholds and sentiment offsets from the validation report) from a trained
     model folder."""
-    from models.artifact import Head
     from training.export import build_artifact
-    from training.export_check import DEFAULT_VERIFY_TEXTS
 
     record = json.loads((Path(model_dir) / "chatmod_run.json").read_text())
     heads = []

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from models.artifact import FORMAT_VERSION, Manifest, read_manifest, verify_artifact, write_manifest
 from models.labels import Task
+from models.registry import ModelRegistry
 from training.export import SAFETENSORS_NAME, TOKENIZER_FILES, build_artifact
 from training.export_check import DEFAULT_VERIFY_TEXTS
 
@@ -50,7 +51,6 @@ def model_folder(source: str | Path, store: Path, tmp: Path) -> tuple[Path, str 
     rebuilt into ``tmp``) or a model folder (as it is; family unknown)."""
     path = Path(source)
     if not path.is_dir():
-        from models.registry import ModelRegistry
 
         path = ModelRegistry(store).get(str(source))[1]
     if not (path / "manifest.json").is_file():

@@ -26,11 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
-from models.artifact import Head, Manifest, write_manifest
+from models.artifact import Head, Manifest, dump_json, write_manifest
 from models.labels import SENTIMENT_LABELS, TOXICITY_LABELS, ProblemType, Task
 from models.registry import ModelRegistry
 from models.runtime import TextClassifier, head_probabilities
+from pipeline.feedback import FeedbackStore
+from pipeline.settings import PolicySettings
 from training.data import ALL_SENTIMENT, NOT_ANNOTATED, Example, stratified_split
+from training.export_check import ExportTolerance
 
 PRIMARY = {Task.TOXICITY: "macro_f1", Task.SENTIMENT: "macro_recall"}  # per evaluation set, gated
 
@@ -85,8 +88,6 @@ def _has_task(ex: Example, task: Task) -> bool:
 
 def feedback_split(store_root: Path, task: Task, holdout_fraction: float) -> tuple[list[Example], list[Example]]:
     """(train, slice) from the feedback store: the newest ``holdout_fraction`` of verdicts is the slice."""
-    from pipeline.feedback import FeedbackStore
-
     examples = [example_from_labels(r.feedback.text, r.feedback.labels, "feedback")
                 for r in FeedbackStore(store_root).read()]  # oldest first
     examples = [ex for ex in examples if _has_task(ex, task)]
@@ -124,8 +125,6 @@ def base_data(cfg: RetrainConfig, base: Path | None, data_root: Path | None) -> 
 
 def served_head(head: Head) -> Head:
     """The head with the thresholds a worker applies: the manifest's, else the policy's defaults."""
-    from pipeline.settings import PolicySettings
-
     if head.problem_type != ProblemType.MULTI_LABEL:
         return head
     policy = PolicySettings()
@@ -255,7 +254,6 @@ def fit_candidate(cfg: RetrainConfig, registry: ModelRegistry, current_ref: str,
     from training.distill import TrainConfig, train
     from training.evaluate import evaluate, torch_predictor
     from training.export import build_artifact
-    from training.export_check import ExportTolerance
     from training.recipe import check_texts
 
     manifest, current_folder = registry.get(current_ref)
@@ -320,8 +318,6 @@ def judge_candidate(cfg: RetrainConfig, candidate: Path, current: Path, validati
 
 def write_retrain_card(folder: Path, card: dict) -> None:
     """``model_card.json`` and ``MODEL_CARD.md``: the candidate beside the current model, metric by metric."""
-    from models.artifact import dump_json
-
     dump_json(folder / "model_card.json", card)
     cand, cur = card["comparison"]["candidate"], card["comparison"]["current"]
     lines = [f"# Retrained {card['task']} candidate (warm start: {card['warm_start']})", "",

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from models.artifact import Head
+
 KEY_BYTES = 8
 
 
@@ -112,8 +114,6 @@ class SoftLabels:
         appended to the contract after the teacher labeled: its columns are matched by (task, label) through
         the heads stored with the labels. Every label of ``soft_heads`` must be stored; other new columns
         are 0 (no soft loss reads them)."""
-        from models.artifact import Head
-
         width = sum(h.width for h in heads)
         stored = [Head.model_validate(h) for h in self.meta.get("heads") or []]
         if not stored:

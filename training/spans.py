@@ -16,6 +16,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from models.normalise import normalise_text
+from pipeline.decisions import build_result
+from pipeline.schemas import ChatMessage
 from training.data import _rows, require_data_root
 
 SEPARATOR = "[SEPA]"  # CONDA joins a player's consecutive lines with it
@@ -90,10 +93,6 @@ def evaluate_spans(serving_for_method: Callable[[str], object], utterances: Sequ
     """Word-level F1 and cost per span method, the same utterances through the served path; ``off`` is
     measured too, as the cost baseline (seconds for the whole split, and the ratio to ``off``). ``explained``:
     the share of flagged results with at least one span (a moderator's question: does it say why?)."""
-    from models.normalise import normalise_text
-    from pipeline.decisions import build_result
-    from pipeline.schemas import ChatMessage
-
     report: dict[str, dict] = {}
     texts = [u.text for u in utterances]
     normalised = [normalise_text(t, 2000) for t in texts]

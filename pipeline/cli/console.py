@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from pipeline.cli.common import load_settings
+from pipeline.console.accounts import AccountError, Accounts
 from pipeline.logging import logging_dict_config
 
 app = typer.Typer(help="The moderator console: serve it (no subcommand), manage its users.",
@@ -48,8 +49,6 @@ def user_add(name: Annotated[str, typer.Argument(help="User name.")],
     """Create (or reset) an account; the password is asked for twice unless --password-stdin."""
     import redis as redis_lib
 
-    from pipeline.console.accounts import AccountError, Accounts
-
     settings = load_settings()
     password = sys.stdin.readline().rstrip("\n") if password_stdin else typer.prompt(
         "password", hide_input=True, confirmation_prompt=True)
@@ -69,8 +68,6 @@ def user_add(name: Annotated[str, typer.Argument(help="User name.")],
 def user_list() -> None:
     """Accounts and their roles."""
     import redis as redis_lib
-
-    from pipeline.console.accounts import Accounts
 
     settings = load_settings()
     client = redis_lib.Redis.from_url(settings.redis.url, **settings.redis.credential_kwargs())

@@ -12,6 +12,7 @@ import typer
 
 from models.normalise import normalise_text
 from pipeline.cli.common import load_settings
+from pipeline.decisions import build_result
 from pipeline.kafka_tools import kafka_client_config
 from pipeline.schemas import ChatMessage, json_schemas
 
@@ -28,7 +29,6 @@ def classify(
     """Classify messages locally (no Kafka): one JSON object per line, with spans and reason codes."""
     from rich.console import Console
 
-    from pipeline.decisions import build_result
     from pipeline.serving import load_serving
 
     lines = list(texts or [])
@@ -82,7 +82,6 @@ def _read_lines(path: Path) -> list[str]:
 @app.command()
 def schemas(out: Annotated[Path, typer.Argument(help="Folder for <topic>.json files.")] = Path("docs/schemas")) -> None:
     """Write the JSON Schema of every topic's records (the wire contract, as the code validates it)."""
-
     out.mkdir(parents=True, exist_ok=True)
     for topic, schema in json_schemas().items():
         (out / f"{topic}.json").write_text(json.dumps(schema, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

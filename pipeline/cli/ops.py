@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from pipeline.cli.common import load_settings, progress_bars
+from pipeline.mood import channel_mood
 
 app = typer.Typer()
 
@@ -20,8 +21,6 @@ def _channel_status(as_json: bool) -> None:
     import redis as redis_lib
     from rich.console import Console
     from rich.table import Table
-
-    from pipeline.mood import channel_mood
 
     settings = load_settings()
     client = redis_lib.Redis.from_url(settings.redis.url, socket_timeout=2, socket_connect_timeout=2,

@@ -9,13 +9,13 @@ import typer
 
 from pipeline.cli.common import load_settings
 from pipeline.control import announce_profiles_changed
+from pipeline.profiles import DEFAULT_PROFILE, Profile, load_profile_file, open_profile_store
 from pipeline.settings import Settings
 
 app = typer.Typer(help="Policy profiles: per-channel rules, terms, strikes (stored in Redis).", no_args_is_help=True)
 
 
 def _profile_store(settings: Settings):  # -> pipeline.profiles.ProfileStore
-    from pipeline.profiles import open_profile_store
 
     return open_profile_store(settings)
 
@@ -43,7 +43,6 @@ def policy_list() -> None:
     store = _profile_store(load_settings())
 
     def run() -> None:
-        from pipeline.profiles import DEFAULT_PROFILE, Profile
 
         assigned = store.assignments()
         raw = store.raw()
@@ -73,8 +72,6 @@ def policy_show(name: Annotated[str, typer.Argument(help="Profile name.")]) -> N
 @app.command("set")
 def policy_set(file: Annotated[Path, typer.Argument(help="A profile as YAML or JSON.")]) -> None:
     """Validate a profile file and store it as the next version of its name; running workers pick it up."""
-    from pipeline.profiles import load_profile_file
-
     settings = load_settings()
     store = _profile_store(settings)
     stored = _policy_call(lambda: store.put(load_profile_file(file)))
@@ -86,7 +83,6 @@ def policy_set(file: Annotated[Path, typer.Argument(help="A profile as YAML or J
 def policy_assign(channel: Annotated[str, typer.Argument(help="Channel id, as messages carry it.")],
                   name: Annotated[str, typer.Argument(help="Profile name.")]) -> None:
     """Make a channel use a profile."""
-
     settings = load_settings()
     store = _profile_store(settings)
     _policy_call(lambda: store.assign(channel, name))
@@ -97,7 +93,6 @@ def policy_assign(channel: Annotated[str, typer.Argument(help="Channel id, as me
 @app.command("rm")
 def policy_rm(name: Annotated[str, typer.Argument(help="Profile name.")]) -> None:
     """Remove a profile no channel uses."""
-
     settings = load_settings()
     store = _profile_store(settings)
     _policy_call(lambda: store.remove(name))

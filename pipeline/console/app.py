@@ -27,6 +27,16 @@ from models.labels import TOXICITY_LABELS
 from pipeline.console.accounts import Accounts, Session, csrf_matches
 from pipeline.console.feed import Feed
 from pipeline.console.queue import Queue
+from pipeline.console.views import (
+    change_models,
+    change_policies,
+    channel_charts,
+    feedback_labels,
+    feedback_store_counts,
+    models_view,
+    policies_view,
+    queue_view,
+)
 from pipeline.settings import Settings
 
 log = logging.getLogger("chatmod.console")
@@ -68,8 +78,6 @@ class Console:
         """The queue view for these filters, shared by every page that asks within ``VIEW_TTL_S`` (ten open
         pages re-reading a busy queue cost one read, not ten); this console's changes and new items drop it
         (another console's changes show within ``VIEW_TTL_S``)."""
-        from pipeline.console.views import queue_view
-
         key, now = tuple(sorted(wanted.items())), time.monotonic()
         cached = self._views.get(key)
         if cached is not None and now - cached[0] < VIEW_TTL_S:
@@ -88,8 +96,6 @@ class Console:
     async def store_counts(self) -> dict[str, int] | None:
         """Verdicts per task in the feedback store, read off the event loop and at most every
         ``STORE_COUNT_TTL_S`` (the store is a folder of files that only grows)."""
-        from pipeline.console.views import feedback_store_counts
-
         now = time.monotonic()
         if self._store_counts is None or now - self._store_counts[0] >= STORE_COUNT_TTL_S:
             self._store_counts = (now, await asyncio.to_thread(feedback_store_counts, self.settings))
@@ -225,7 +231,6 @@ async def release(request: Request) -> Response:
 
 
 async def verdict(request: Request) -> Response:
-    from pipeline.console.views import feedback_labels
 
     console: Console = request.app.state.console
     session = await console.session(request, state_change=True)
@@ -263,7 +268,6 @@ async def verdict(request: Request) -> Response:
 
 
 async def channels_page(request: Request) -> Response:
-    from pipeline.console.views import channel_charts
 
     console: Console = request.app.state.console
     session = await console.session(request)
@@ -271,7 +275,6 @@ async def channels_page(request: Request) -> Response:
 
 
 async def models_page(request: Request) -> Response:
-    from pipeline.console.views import models_view
 
     console: Console = request.app.state.console
     session = await console.session(request)
@@ -280,7 +283,6 @@ async def models_page(request: Request) -> Response:
 
 
 async def models_action(request: Request) -> Response:
-    from pipeline.console.views import change_models
 
     console: Console = request.app.state.console
     session = await console.session(request, admin=True, state_change=True)
@@ -296,7 +298,6 @@ async def models_action(request: Request) -> Response:
 
 
 async def policies_page(request: Request) -> Response:
-    from pipeline.console.views import policies_view
 
     console: Console = request.app.state.console
     session = await console.session(request)
@@ -305,7 +306,6 @@ async def policies_page(request: Request) -> Response:
 
 
 async def policies_action(request: Request) -> Response:
-    from pipeline.console.views import change_policies, policies_view
 
     console: Console = request.app.state.console
     session = await console.session(request, admin=True, state_change=True)

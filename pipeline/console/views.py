@@ -8,7 +8,13 @@ import math
 import time
 
 from models.labels import DECIDING_LABELS, TOXICITY_LABELS
+from pipeline.control import announce_current_models, announce_profiles_changed
+from pipeline.enforcement import ledger_key, ledger_total
+from pipeline.feedback import FeedbackStore
+from pipeline.mood import channel_health
+from pipeline.profiles import Profile, open_profile_store
 from pipeline.settings import Settings
+from pipeline.svgchart import Chart, Line, render
 
 
 async def queue_view(console, wanted: dict[str, str | None]) -> dict:
@@ -33,8 +39,6 @@ def _matches(result: dict, wanted: dict[str, str | None]) -> bool:
 
 async def _strikes(console, results: list[dict]) -> list[float | None]:
     """Each result's user's decayed strike total in its channel now (None without a user)."""
-    from pipeline.enforcement import ledger_key, ledger_total
-
     prefix = console.settings.redis.key_prefix
     keyed = [r for r in results if r.get("user")]
     if not keyed:
@@ -50,7 +54,6 @@ async def _strikes(console, results: list[dict]) -> list[float | None]:
 
 
 async def _half_lives(console, names: set[str]) -> dict[str, float]:
-    from pipeline.profiles import Profile
 
     names.discard("")
     if not names:
@@ -67,7 +70,6 @@ async def verdict_counts(console) -> dict:
 
 
 def feedback_store_counts(settings: Settings) -> dict[str, int] | None:
-    from pipeline.feedback import FeedbackStore
 
     root = settings.feedback.store
     if not root.is_dir():
@@ -100,9 +102,6 @@ def feedback_labels(result: dict, action: str | None, labels: dict | None) -> di
 
 async def channel_charts(console) -> list[dict]:
     """Per active channel: SVG charts of message rate, flagged share, toxicity by label and mood."""
-    from pipeline.mood import channel_health
-    from pipeline.svgchart import Chart, Line, render
-
     out = []
     health = await channel_health(console.redis, console.settings.redis.key_prefix)
     for channel, series in health.items():
@@ -158,7 +157,6 @@ def models_view(settings: Settings) -> dict:
 
 def change_models(settings: Settings, action: str, form) -> str:
     """Promote or roll back through the registry, then tell the workers; returns what happened."""
-    from pipeline.control import announce_current_models
     from pipeline.serving import open_registry
 
     registry = open_registry(settings)
@@ -178,8 +176,6 @@ def change_models(settings: Settings, action: str, form) -> str:
 def policies_view(settings: Settings) -> dict:
     import yaml
 
-    from pipeline.profiles import Profile, open_profile_store
-
     store = open_profile_store(settings)
     profiles = {name: Profile.model_validate_json(raw) for name, raw in store.raw().items()}
     return {"profiles": {name: yaml.safe_dump(json.loads(p.model_dump_json(exclude={"version"})), sort_keys=False)
@@ -191,9 +187,6 @@ def change_policies(settings: Settings, action: str, form) -> tuple[list[str], s
     """Store a profile (YAML source) or assign a channel; (errors to show inline, what happened)."""
     import yaml
     from pydantic import ValidationError
-
-    from pipeline.control import announce_profiles_changed
-    from pipeline.profiles import Profile, open_profile_store
 
     store = open_profile_store(settings)
     try:

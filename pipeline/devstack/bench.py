@@ -28,6 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from models.labels import Task
+from models.registry import ModelRegistry
 from pipeline.devstack.bench_load import LoadPoint, capacity_search, raid_texts
 from pipeline.devstack.bench_report import check_targets
 from pipeline.devstack.bench_workload import (
@@ -176,8 +178,6 @@ def _peer_folder(env: dict[str, str]) -> Path | None:
 
     if find_spec("torch") is None or find_spec("transformers") is None:
         return None
-    from models.labels import Task
-    from models.registry import ModelRegistry
 
     registry = ModelRegistry(Path(env["CHATMOD_MODELS_STORE"]))
     return registry.get(registry.current(Task.TOXICITY))[1]
@@ -208,7 +208,6 @@ def machine() -> dict:
 def model_only(store: Path | None, n: int, threads: int, batch_size: int, seed: int, say: Say,
                progress: Progress | None) -> dict:
     from models.bench import bench_artifact
-    from models.registry import ModelRegistry
     from pipeline.serving import bundled_store
 
     with tempfile.TemporaryDirectory(prefix="chatmod-bench-") as tmp:

@@ -12,6 +12,8 @@ import threading
 import time
 from pathlib import Path
 
+from pipeline.console.accounts import Accounts
+
 PAGE_READ_EVERY_S = 1.0  # console.js re-reads the queue at most once a second for events
 
 
@@ -78,7 +80,6 @@ class ConsoleTabs:
         import httpx
         import redis
 
-        from pipeline.console.accounts import Accounts
         from pipeline.devstack.worker_process import WorkerProcess
 
         password = secrets.token_urlsafe(12)

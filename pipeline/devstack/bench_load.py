@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from models.bench import percentile
 from pipeline.devstack.kafka_io import Producer, Records
+from pipeline.svgchart import Chart, Line, Marker, render
 
 
 def produce(producer: Producer, topic: str, payloads: Sequence[tuple[str, bytes]], rate: float | None,
@@ -137,8 +138,6 @@ def latency_plot_svg(points: Sequence[dict], capacity: float, bound_ms: float, t
     ``points``: dicts with ``offered_msgs_per_s``, ``latency_p50_ms`` and ``latency_p99_ms``. The latency
     axis stops at four times the bound; a point above it is drawn on the edge, its value written beside.
     """
-    from pipeline.svgchart import Chart, Line, Marker, render
-
     lines = [Line(name, [(p["offered_msgs_per_s"], p[key]) for p in points], colour)
              for name, key, colour in (("p50", "latency_p50_ms", "#2c7fb8"), ("p99", "latency_p99_ms", "#e67e22"))]
     markers = [Marker(f"p99 bound {bound_ms:.0f} ms", "#c0392b", y=bound_ms)]

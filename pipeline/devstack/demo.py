@@ -25,6 +25,7 @@ from kafka import KafkaProducer
 from rich.console import Console
 from rich.text import Text
 
+from pipeline.console.accounts import Accounts
 from pipeline.devstack.demo_view import ChatLine, LiveView, PlainView, Tally, render_summary
 from pipeline.devstack.embedded import EmbeddedStack, ServiceStartError, create_topics
 from pipeline.devstack.kafka_io import Records, TopicReader
@@ -38,7 +39,8 @@ from pipeline.devstack.worker_process import (
     prepare_store,
     worker_env,
 )
-from pipeline.settings import TopicsSettings
+from pipeline.profiles import Profile, ProfileStore
+from pipeline.settings import RedisSettings, Settings, TopicsSettings
 
 DEFAULT_RATE = 60.0  # messages per second: fast enough to show batching, slow enough to watch
 WORKER_READY_TIMEOUT_S = 90.0
@@ -215,10 +217,8 @@ def _start_console(stack, store: Path, tmp: Path, cleanup: contextlib.ExitStack)
 
     import redis as redis_lib
 
-    from pipeline.console.accounts import Accounts
     from pipeline.console.server import ConsoleThread
     from pipeline.devstack.childproc import free_port
-    from pipeline.settings import Settings
 
     port = 8088 if _port_free(8088) else free_port()
     settings = Settings(kafka={"bootstrap": stack.bootstrap}, redis={"url": stack.redis_url}, models={"store": store},
@@ -249,9 +249,6 @@ def _store_demo_profile(redis_url: str):  # -> pipeline.profiles.Profile
     """Store the bundled demo profile in the demo's Redis and assign it to one channel."""
     import redis as redis_lib
     import yaml
-
-    from pipeline.profiles import Profile, ProfileStore
-    from pipeline.settings import RedisSettings
 
     raw = resources.files("pipeline").joinpath("data/demo_profile.yaml").read_text(encoding="utf-8")
     store = ProfileStore(redis_lib.Redis.from_url(redis_url), RedisSettings().key_prefix)

@@ -22,7 +22,9 @@ from models.labels import Task
 from models.normalise import normalise_text
 from models.registry import ModelRegistry
 from pipeline.decisions import build_result
+from pipeline.enforcement import FLOOD_FLAG, HOLD_REASON, Outcome
 from pipeline.kafka_tools import kafka_client_config
+from pipeline.profiles import profiles_holder
 from pipeline.schemas import InvalidMessage, ModerationResult, decode_message, differing_fields
 from pipeline.serving import open_registry, serving_for
 from pipeline.settings import Settings
@@ -195,7 +197,6 @@ def _rescore(settings: Settings, registry: ModelRegistry, messages: list, publis
         first = json.loads(raw)
         groups.setdefault(tuple(sorted(first.get("models", {}).items())), []).append((rec, msg, first, raw))
     done = 0
-    from pipeline.profiles import profiles_holder
 
     holder = profiles_holder(settings)  # the profiles as the workers hold them now
     for refs, items in groups.items():
@@ -224,8 +225,6 @@ def _rescore(settings: Settings, registry: ModelRegistry, messages: list, publis
 def _published_outcome(first: dict):  # -> pipeline.enforcement.Outcome
     """What the user's ledger and the channel's windows added when the result was published: state that
     depends on the user's history, not on the text, taken as published (the replay checks the rest)."""
-    from pipeline.enforcement import FLOOD_FLAG, HOLD_REASON, Outcome
-
     reasons = tuple(r for r in first.get("reasons") or []
                     if r == HOLD_REASON or r.startswith(("action:", "flood:")))
     flags = tuple(f for f in first.get("flags") or [] if f == FLOOD_FLAG)

@@ -91,7 +91,7 @@ def test_a_verdict_becomes_feedback_labels():
 
 
 async def test_open_pages_share_one_read_of_the_queue_until_something_changes(redis_url, monkeypatch):
-    from pipeline.console import views
+    from pipeline.console import app
     from pipeline.console.app import Console
     from pipeline.settings import Settings
 
@@ -102,7 +102,7 @@ async def test_open_pages_share_one_read_of_the_queue_until_something_changes(re
         await asyncio.sleep(0.05)
         return {"items": [], "verdicts": {}}
 
-    monkeypatch.setattr(views, "queue_view", counted)
+    monkeypatch.setattr(app, "queue_view", counted)
     console = Console(Settings(redis={"url": redis_url}))
     wanted = {"channel": None, "label": None, "decision": None, "profile": None}
     await asyncio.gather(*(console.queue_snapshot(wanted) for _ in range(10)))  # ten pages at once

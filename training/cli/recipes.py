@@ -23,6 +23,8 @@ from training.cli.common import (
     promote_like_source,
     stage_config,
 )
+from training.data import SOURCES
+from training.export_check import DEFAULT_VERIFY_TEXTS
 from training.recipe import StageConfig, evaluate_folder
 
 app = typer.Typer()
@@ -36,7 +38,6 @@ def requantize(ref: RefArg, version: Annotated[str, typer.Option(help="Version o
     it on validation when the data is there, and register it."""
     import tempfile
 
-    from training.export_check import DEFAULT_VERIFY_TEXTS
     from training.requantize import requantize_artifact
 
     registry, source, cfg, root = derived_from(ref, store, data_root, seed)
@@ -114,7 +115,6 @@ def strong(out: Annotated[Path, typer.Option(help="Run folder (resumable).")] = 
     exported and registered; resumable, and the same on a lent GPU."""
     from dataclasses import replace
 
-    from training.data import SOURCES
     from training.recipe import scaled
     from training.strong import run_strong
 

@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 from models.labels import Task
+from pipeline.control import announce_current_models
+from pipeline.settings import Settings
 from training.cli.common import Bars, DataOpt, console
 
 _EVERY_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -32,9 +34,7 @@ def parse_every(value: str) -> float:
 
 def _retrain_once(cfg, out: Path | None, base_data: Path | None, data_root: Path | None, promote_if_better: bool,
                   threads: int | None):  # cfg: training.retrain.RetrainConfig
-    from pipeline.control import announce_current_models
     from pipeline.serving import open_registry
-    from pipeline.settings import Settings
     from training.retrain import retrain
 
     settings = Settings()

@@ -12,7 +12,10 @@ from rich.console import Console
 from rich.table import Table
 
 from models.artifact import dump_json
+from models.registry import ModelRegistry
+from pipeline.settings import Settings
 from training.cli.common import Bars, DataOpt, TasksOpt, console, stage_config, tasks_of
+from training.data import SOURCES, load_splits
 from training.recipe import StageConfig, evaluate_folder, export_folder, run_distill, run_teacher
 
 app = typer.Typer()
@@ -21,8 +24,6 @@ app = typer.Typer()
 @app.command()
 def data(data_root: DataOpt = None) -> None:
     """The label mapping of every data set, and how many examples each contributes."""
-    from training.data import SOURCES, load_splits
-
     table = Table("set", "task", "train", "validation", "mapping")
     for name, src in SOURCES.items():
         splits = load_splits(data_root, [name])
@@ -146,7 +147,6 @@ def spans(store: Annotated[Path | None, typer.Option(help="Model store whose cur
 
     from models.explain import METHODS
     from pipeline.serving import load_serving
-    from pipeline.settings import Settings
     from training.spans import conda_validation, evaluate_spans
 
     settings = Settings() if store is None else Settings(models={"store": store})
@@ -186,8 +186,6 @@ def promote(artifact: Annotated[Path, typer.Argument(help="Artifact folder to re
             store: Annotated[Path, typer.Option(help="Model store.")] = Path("model-store"),
             task: Annotated[list[str] | None, typer.Option(help="Tasks (default: all its heads).")] = None) -> None:
     """Register an artifact in a store and make it current."""
-    from models.registry import ModelRegistry
-
     registry = ModelRegistry(store)
     manifest = registry.add(artifact)
     registry.promote(manifest.ref, tasks=task or None)
