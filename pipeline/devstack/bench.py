@@ -161,6 +161,7 @@ def _with_console(plan: E2EPlan, worker, unique: list[str], run: Callable, proce
             result = run(unique, name)
         finally:
             del processes["console"]
+        tabs.settle()  # after the run: the pages get the run's last events before they are counted
         out["console_tabs"] = tabs.summary()
     return result
 

@@ -31,6 +31,7 @@ class Tab(threading.Thread):
         if done.status_code != 303:
             raise RuntimeError(f"bench tab: login refused ({done.status_code})")
         self.stopping = threading.Event()
+        self.connected = threading.Event()  # its event stream is open: it sees what happens from now on
         self.events = self.reads = 0
         self.error: BaseException | None = None
 
@@ -43,6 +44,8 @@ class Tab(threading.Thread):
                 for line in stream.iter_lines():  # keep-alives every 15 s end an idle wait too
                     if self.stopping.is_set():
                         break
+                    if line.startswith(": connected"):  # the console has subscribed this page to the queue
+                        self.connected.set()
                     if line.startswith("data:"):
                         self.events += 1
                         unread = True
@@ -97,16 +100,27 @@ class ConsoleTabs:
             if not self.process.alive or time.monotonic() > deadline:
                 raise RuntimeError(f"the console did not start\n{self.process.log_tail()}")
             time.sleep(0.2)
-        read, steady_since = -1, time.monotonic()
-        while time.monotonic() - steady_since < 2.0:  # the flagged backlog of earlier workloads queued first
-            now_read = httpx.get(f"{url}/health", timeout=2.0).json()["flagged_read"]
-            if now_read != read:
-                read, steady_since = now_read, time.monotonic()
-            time.sleep(0.25)
+        self.url = url
+        self.settle()  # the flagged backlog of earlier workloads queued first
         self.tabs = [Tab(url, "bench", password) for _ in range(self.n)]
         for tab in self.tabs:
             tab.start()
+        for tab in self.tabs:  # every page live before the workload starts, or its events would be missed
+            if not tab.connected.wait(timeout=30.0):
+                raise RuntimeError(f"a bench tab's event stream did not open: {tab.error!r}")
         return self
+
+    def settle(self, quiet_s: float = 2.0, timeout_s: float = 60.0) -> None:
+        """Wait until the console's feed has read every flagged record there is (its count steady for
+        ``quiet_s``): after a run, so that the pages have had the run's events before they are counted."""
+        import httpx
+
+        read, steady_since, deadline = -1, time.monotonic(), time.monotonic() + timeout_s
+        while time.monotonic() - steady_since < quiet_s and time.monotonic() < deadline:
+            now_read = httpx.get(f"{self.url}/health", timeout=2.0).json()["flagged_read"]
+            if now_read != read:
+                read, steady_since = now_read, time.monotonic()
+            time.sleep(0.25)
 
     def __exit__(self, *exc: object) -> None:
         for tab in self.tabs:
