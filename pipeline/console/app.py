@@ -25,6 +25,7 @@ from starlette.templating import Jinja2Templates
 
 from models.labels import TOXICITY_LABELS
 from pipeline.console.accounts import Accounts, Session, csrf_matches
+from pipeline.console.events import EventHub
 from pipeline.console.feed import Feed
 from pipeline.console.queue import Queue
 from pipeline.console.views import (
@@ -42,7 +43,6 @@ from pipeline.settings import Settings
 log = logging.getLogger("chatmod.console")
 HERE = Path(__file__).parent
 SESSION_COOKIE, LOGIN_COOKIE = "chatmod_session", "chatmod_login"
-KEEPALIVE_S = 15.0
 VIEW_TTL_S = 0.5  # how long pages share one read of the queue
 STORE_COUNT_TTL_S = 10.0  # how often the feedback store's files are counted again
 HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
@@ -71,7 +71,9 @@ class Console:
         self.accounts = Accounts(self.redis, redis.key_prefix, c.session_ttl_s, c.login_max_failures, c.login_window_s)
         self._views: dict[tuple, tuple[float, asyncio.Future]] = {}
         self._store_counts: tuple[float, dict[str, int] | None] | None = None
-        self.feed = Feed(settings, self.queue, self.redis, on_queued=self.changed)
+        # New items do not drop the shared view: pages hear of them and re-read within VIEW_TTL_S anyway.
+        self.feed = Feed(settings, self.queue, self.redis)
+        self.events = EventHub(self.redis, self.queue.events)
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
 
     async def queue_snapshot(self, wanted: dict[str, str | None]) -> dict:
@@ -189,23 +191,10 @@ async def queue_api(request: Request) -> Response:
 
 
 async def events(request: Request) -> Response:
-    """Server-sent events: every queue change, as it happens (the page re-reads the queue)."""
+    """Server-sent events: the queue changed (coalesced per page, see ``pipeline.console.events``)."""
     console: Console = request.app.state.console
     await console.session(request)
-
-    async def stream() -> AsyncIterator[bytes]:
-        pubsub = console.redis.pubsub()
-        await pubsub.subscribe(console.queue.events)
-        try:
-            yield b": connected\n\n"
-            while not await request.is_disconnected():
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=KEEPALIVE_S)
-                yield b"data: " + message["data"] + b"\n\n" if message else b": keep-alive\n\n"
-        finally:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()
-
-    return StreamingResponse(stream(), media_type="text/event-stream",
+    return StreamingResponse(console.events.stream(request.is_disconnected), media_type="text/event-stream",
                              headers={**HEADERS, "Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
@@ -347,6 +336,7 @@ def create_app(settings: Settings, *, feed: bool = True) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await console.events.start()
         if feed:
             await console.feed.start()
         log.info("console ready", extra={"host": settings.console.host, "port": settings.console.port})
@@ -355,6 +345,7 @@ def create_app(settings: Settings, *, feed: bool = True) -> Starlette:
         finally:
             if feed:
                 await console.feed.stop()
+            await console.events.stop()
             await console.redis.aclose()
 
     routes = [

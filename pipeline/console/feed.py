@@ -42,8 +42,8 @@ def aiokafka_config(kafka: KafkaSettings) -> dict:
 class Feed:
     """Background tasks of the console process: ``start()`` in the app's lifespan, ``stop()`` at its end."""
 
-    def __init__(self, settings: Settings, queue: Queue, redis_client, on_queued=lambda: None):
-        self.settings, self.queue, self.redis, self.on_queued = settings, queue, redis_client, on_queued
+    def __init__(self, settings: Settings, queue: Queue, redis_client):
+        self.settings, self.queue, self.redis = settings, queue, redis_client
         self.tasks: list[asyncio.Task] = []
         self.producer = None
         self.flagged_read = 0
@@ -121,5 +121,4 @@ class Feed:
         added = await self.queue.add(values)
         self.flagged_read += len(values)
         if added:
-            self.on_queued()
             log.info("flagged items queued", extra={"new": added, "read": len(values)})
