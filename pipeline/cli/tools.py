@@ -49,8 +49,9 @@ def bench(
                                                               "(default: a third of the unique throughput).")] = None,
     capacity_seconds: Annotated[float, typer.Option(help="Seconds per load of the capacity search.")] = 8.0,
     peer_messages: Annotated[int, typer.Option(help="Messages through the peer design (0: not run).")] = 1000,
-    console_tabs: Annotated[int, typer.Option(help="Also run the unique workload while a console serves this "
-                                                   "many open queue pages (0: not run).")] = 0,
+    console_tabs: Annotated[int, typer.Option(help="Also: unique texts at --console-rate, without and then with "
+                                                   "a console serving this many open queue pages (0: not run).")] = 0,
+    console_rate: Annotated[float, typer.Option(help="Offered msgs/s of the console comparison.")] = 1000.0,
     seed: Annotated[int, typer.Option()] = 13,
     worker_setting: Annotated[list[str] | None, typer.Option(
         "--worker-setting", help="A worker setting for the end-to-end runs, as its environment variable: "
@@ -77,7 +78,8 @@ def bench(
                    worker_env=dict(_settings_given(worker_setting or [])),
                    compare=[f"{k}={v}" for k, v in _settings_given(compare or [])] + _profile_runs(profile_terms),
                    bound_ms=bound_ms, capacity_start=capacity_start, capacity_seconds=capacity_seconds,
-                   peer_messages=peer_messages, console_tabs=console_tabs)
+                   peer_messages=peer_messages, console_tabs=console_tabs,
+                   console_rate=console_rate)
     bars, progress = progress_bars()
     with bars:
         report = run_bench(parts, store, plan, texts, batch_size, say=bars.console.print, progress=progress)

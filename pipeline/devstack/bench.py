@@ -65,7 +65,9 @@ class E2EPlan:
     curve_shares: tuple[float, ...] = (0.25, 0.5)  # light loads measured first, as shares of the start
     raid_distinct: int = 50
     peer_messages: int = 1_000  # 0: the peer design is not run
-    console_tabs: int = 0  # > 0: the unique workload again with a console and this many queue pages open
+    console_tabs: int = 0  # > 0: unique texts at console_rate, without and then with a console and N pages open
+    console_rate: float = 1000.0  # msgs/s offered in the console comparison (the console issue's load)
+    console_seconds: float = 10.0
 
 
 def end_to_end(store: Path | None, plan: E2EPlan, say: Say, progress: Progress | None) -> dict:
@@ -110,7 +112,7 @@ def end_to_end(store: Path | None, plan: E2EPlan, say: Say, progress: Progress |
             worker.restart_with({key: value})
             results.append(run(unique, name))
         if plan.console_tabs:
-            results.append(_with_console(plan, worker, unique, run, processes, say, out))
+            results += _with_console(plan, worker, used, run, processes, say, out)
         say("the stack's own limit: Faust consuming and producing with no model, the raid's messages")
         worker.restart_with({}, argv=("-m", "pipeline.devstack.bench_reference"))
         results.append(run(raid, "reference: Faust, no model"))
@@ -147,23 +149,30 @@ def _capacity(plan: E2EPlan, unique_rate: float, used: set[str], run: Callable, 
             "points": sorted(points, key=lambda p: p["offered_msgs_per_s"])}
 
 
-def _with_console(plan: E2EPlan, worker, unique: list[str], run: Callable, processes: dict, say: Say,
-                  out: dict) -> E2EResult:
-    """The unique workload on a fresh worker while a console serves ``plan.console_tabs`` open queue pages."""
+def _with_console(plan: E2EPlan, worker, used: set[str], run: Callable, processes: dict, say: Say,
+                  out: dict) -> list[E2EResult]:
+    """Unique texts offered at ``plan.console_rate`` to a fresh worker, then the same again while a console
+    serves ``plan.console_tabs`` open queue pages: the console's cost to the worker at that load, as its
+    throughput and its CPU per message, side by side."""
     from pipeline.devstack.bench_console import ConsoleTabs
 
-    name = f"unique, console + {plan.console_tabs} tabs"
-    say(f"end-to-end, {name}: the same {len(unique)} unique texts while moderators watch the live queue")
+    rate, n = plan.console_rate, max(50, int(plan.console_rate * plan.console_seconds))
+    texts = fresh_texts(n, plan.seed + 17, used)
+    used.update(texts)
+    say(f"end-to-end, {n} unique texts at {rate:,.0f} msgs/s, without and then with a console and "
+        f"{plan.console_tabs} open queue pages")
     worker.restart_with({})
+    plain = run(texts, f"unique at {rate:,.0f}/s", rate)
+    worker.restart_with({})  # the same texts to a worker that has not seen them
     with ConsoleTabs(worker.env, worker.tmp, plan.console_tabs) as tabs:
         processes["console"] = tabs.pid
         try:
-            result = run(unique, name)
+            watched = run(texts, f"unique at {rate:,.0f}/s, console + {plan.console_tabs} tabs", rate)
         finally:
             del processes["console"]
         tabs.settle()  # after the run: the pages get the run's last events before they are counted
         out["console_tabs"] = tabs.summary()
-    return result
+    return [plain, watched]
 
 
 def _compare_name(key: str, value: str) -> str:
