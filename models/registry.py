@@ -282,3 +282,13 @@ class ModelRegistry:
         with staged_folder(target) as staging:
             shutil.copytree(source, staging, dirs_exist_ok=True)
             staging.chmod(0o755)
+
+
+def bundled_store() -> Path:
+    """The default models shipped inside the ``models`` package (a store to seed others from)."""
+    return Path(__file__).resolve().parent / "defaults"
+
+
+def open_store(store: Path | str) -> ModelRegistry:
+    """The store at ``store``, seeded from the bundled defaults the first time it is used."""
+    return ModelRegistry(Path(store), seed=bundled_store())

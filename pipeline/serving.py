@@ -16,25 +16,13 @@ from models.artifact import ArtifactError
 from models.deobfuscate import DEOBFUSCATION_VERSION, Deobfuscated, deobfuscate
 from models.explain import EXPLAIN_VERSION, find_spans
 from models.labels import Task
-from models.registry import ModelRegistry
+from models.registry import ModelRegistry, open_store
 from models.runtime import ModelSet
 from pipeline.decisions import RAW_TOXICITY, SPANS
 from pipeline.policy import Policy
 from pipeline.settings import Settings
 
 log = logging.getLogger("chatmod.serving")
-
-
-def bundled_store() -> Path:
-    """The default models shipped inside the ``models`` package."""
-    import models
-
-    return Path(models.__file__).parent / "defaults"
-
-
-def open_registry(settings: Settings) -> ModelRegistry:
-    """The configured store, seeded from the bundled defaults the first time it is used."""
-    return ModelRegistry(Path(settings.models.store), seed=bundled_store())
 
 
 @dataclass(frozen=True)
@@ -90,7 +78,7 @@ class Serving:
 
 
 def load_serving(settings: Settings, registry: ModelRegistry | None = None) -> Serving:
-    registry = registry or open_registry(settings)
+    registry = registry or open_store(settings.models.store)
     tasks = [Task(t) for t in settings.models.tasks]
     if Task.TOXICITY not in tasks:
         raise ValueError("the toxicity task is required: decisions are made from its scores")
@@ -118,7 +106,7 @@ class ServingHolder:
 
     def __init__(self, settings: Settings, registry: ModelRegistry | None = None):
         self.settings = settings
-        self.registry = registry or open_registry(settings)
+        self.registry = registry or open_store(settings.models.store)
         self._current = load_serving(settings, self.registry)
         self._lock = threading.Lock()
         self._listeners: list[Callable[[dict[str, str]], None]] = []

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from models.registry import open_store
 from pipeline.cli.common import load_settings
 from pipeline.control import announce_current_models
 from pipeline.settings import Settings
@@ -16,9 +17,7 @@ app = typer.Typer(help="The model registry: list, show, promote, roll back.", no
 @app.command("list")
 def models_list() -> None:
     """Every model in the store, with the current one per task marked."""
-    from pipeline.serving import open_registry
-
-    registry = open_registry(load_settings())
+    registry = open_store(load_settings().models.store)
     current = {t: registry.current(t) for t in ("toxicity", "sentiment")}
     candidates = set(registry.candidates())
     for manifest in registry.manifests():
@@ -33,9 +32,7 @@ def models_list() -> None:
 @app.command("show")
 def models_show(ref: Annotated[str, typer.Argument(help="name@version")]) -> None:
     """A model's manifest as JSON."""
-    from pipeline.serving import open_registry
-
-    manifest, _ = open_registry(load_settings()).get(ref)
+    manifest, _ = open_store(load_settings().models.store).get(ref)
     typer.echo(manifest.model_dump_json(indent=2, exclude={"files"}))
 
 
@@ -43,10 +40,8 @@ def models_show(ref: Annotated[str, typer.Argument(help="name@version")]) -> Non
 def models_promote(ref: Annotated[str, typer.Argument(help="name@version")],
                    task: Annotated[list[str] | None, typer.Option(help="Tasks (default: all its heads).")] = None) -> None:
     """Make a model current (its checksums and labels are verified first)."""
-    from pipeline.serving import open_registry
-
     settings = load_settings()
-    registry = open_registry(settings)
+    registry = open_store(settings.models.store)
     registry.promote(ref, tasks=task or None)
     typer.echo(f"promoted {ref}")
     _announce(settings, registry, f"promoted {ref}")
@@ -55,10 +50,8 @@ def models_promote(ref: Annotated[str, typer.Argument(help="name@version")],
 @app.command("rollback")
 def models_rollback(task: Annotated[str, typer.Argument(help="toxicity or sentiment")]) -> None:
     """Go back to the previous current model of a task."""
-    from pipeline.serving import open_registry
-
     settings = load_settings()
-    registry = open_registry(settings)
+    registry = open_store(settings.models.store)
     ref = registry.rollback(task)
     typer.echo(f"{task}: rolled back to {ref}")
     _announce(settings, registry, f"{task} rolled back to {ref}")
@@ -66,7 +59,6 @@ def models_rollback(task: Annotated[str, typer.Argument(help="toxicity or sentim
 
 def _announce(settings: Settings, registry, reason: str) -> None:  # noqa: ANN001 - ModelRegistry
     """Tell running workers to reload now (they would also notice at their next registry poll)."""
-
     if not settings.redis.enabled:
         return
     heard = announce_current_models(settings.redis, registry, reason)

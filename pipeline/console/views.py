@@ -8,6 +8,7 @@ import math
 import time
 
 from models.labels import DECIDING_LABELS, TOXICITY_LABELS
+from models.registry import open_store
 from pipeline.control import announce_current_models, announce_profiles_changed
 from pipeline.enforcement import ledger_key, ledger_total
 from pipeline.feedback import FeedbackStore
@@ -140,9 +141,7 @@ async def channel_charts(console) -> list[dict]:
 
 def models_view(settings: Settings) -> dict:
     """Current models per task, every model with its candidate state and gate report, the shadow."""
-    from pipeline.serving import open_registry
-
-    registry = open_registry(settings)
+    registry = open_store(settings.models.store)
     current = {t: registry.current(t) for t in ("toxicity", "sentiment")}
     candidates = set(registry.candidates())
     rows = []
@@ -157,9 +156,7 @@ def models_view(settings: Settings) -> dict:
 
 def change_models(settings: Settings, action: str, form) -> str:
     """Promote or roll back through the registry, then tell the workers; returns what happened."""
-    from pipeline.serving import open_registry
-
-    registry = open_registry(settings)
+    registry = open_store(settings.models.store)
     if action == "promote":
         ref = str(form["ref"])
         tasks = registry.promote(ref)

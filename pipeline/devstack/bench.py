@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from models.labels import Task
-from models.registry import ModelRegistry
+from models.registry import ModelRegistry, bundled_store
 from pipeline.devstack.bench_load import LoadPoint, capacity_search, raid_texts
 from pipeline.devstack.bench_report import check_targets
 from pipeline.devstack.bench_workload import (
@@ -218,7 +218,6 @@ def machine() -> dict:
 def model_only(store: Path | None, n: int, threads: int, batch_size: int, seed: int, say: Say,
                progress: Progress | None) -> dict:
     from models.bench import bench_artifact
-    from pipeline.serving import bundled_store
 
     with tempfile.TemporaryDirectory(prefix="chatmod-bench-") as tmp:
         registry = ModelRegistry(store) if store is not None else ModelRegistry(Path(tmp) / "store", seed=bundled_store())

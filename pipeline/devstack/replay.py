@@ -20,13 +20,13 @@ from typing import Any
 
 from models.labels import Task
 from models.normalise import normalise_text
-from models.registry import ModelRegistry
+from models.registry import ModelRegistry, open_store
 from pipeline.decisions import build_result
 from pipeline.enforcement import FLOOD_FLAG, HOLD_REASON, Outcome
 from pipeline.kafka_tools import kafka_client_config
 from pipeline.profiles import profiles_holder
 from pipeline.schemas import InvalidMessage, ModerationResult, decode_message, differing_fields
-from pipeline.serving import open_registry, serving_for
+from pipeline.serving import serving_for
 from pipeline.settings import Settings
 
 Progress = Callable[[str, int, int], None]
@@ -167,7 +167,7 @@ def replay(settings: Settings, *, topic: str | None = None, results_topic: str |
         raise ReplayError(f"to_offset ({to_offset}) must be greater than from_offset ({from_offset})")
     started = time.monotonic()
     topic = topic or settings.topics.messages
-    registry = registry or open_registry(settings)
+    registry = registry or open_store(settings.models.store)
     chosen, inputs = read_inputs(settings, topic, partitions, from_offset, to_offset)
     report = ReplayReport(topic=topic, partitions=chosen, from_offset=from_offset, to_offset=to_offset,
                           inputs=len(inputs))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from models.registry import open_store
 from pipeline.kafka_tools import kafka_client_config
 from pipeline.settings import Settings
 
@@ -81,10 +82,9 @@ def collect_status(settings: Settings, assume_tansu: bool | None = None) -> Stat
 
 
 def _models(settings: Settings) -> dict[str, str | None]:
-    from pipeline.serving import open_registry
 
     try:
-        registry = open_registry(settings)
+        registry = open_store(settings.models.store)
         return {str(t): registry.current(t) for t in settings.models.tasks}
     except Exception as exc:  # status reports problems, it does not crash on them
         return {"error": str(exc)}

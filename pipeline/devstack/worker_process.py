@@ -18,8 +18,7 @@ import time
 from pathlib import Path
 
 import pipeline
-from models.registry import REGISTRY_NAME, ModelRegistry, RegistryError
-from pipeline.serving import bundled_store
+from models.registry import REGISTRY_NAME, ModelRegistry, RegistryError, bundled_store
 
 STOP_TIMEOUT_S = 20.0
 TOPIC_PARTITIONS = 3

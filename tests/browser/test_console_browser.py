@@ -149,10 +149,9 @@ def test_the_bundled_models_fill_the_queue_as_a_moderator_sees_it(browser, shots
     its labels, friendly chat is not, and the channel charts draw what the workers counted."""
     import redis as redis_lib
 
-    from models.registry import ModelRegistry
+    from models.registry import ModelRegistry, bundled_store
     from pipeline.console.accounts import Accounts
     from pipeline.devstack.embedded import create_topics
-    from pipeline.serving import bundled_store
     from tests.harness import worker_env
 
     store = ModelRegistry(tmp_path / "store", seed=bundled_store()).store

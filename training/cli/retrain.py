@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from models.labels import Task
+from models.registry import open_store
 from pipeline.control import announce_current_models
 from pipeline.settings import Settings
 from training.cli.common import Bars, DataOpt, console
@@ -34,11 +35,10 @@ def parse_every(value: str) -> float:
 
 def _retrain_once(cfg, out: Path | None, base_data: Path | None, data_root: Path | None, promote_if_better: bool,
                   threads: int | None):  # cfg: training.retrain.RetrainConfig
-    from pipeline.serving import open_registry
     from training.retrain import retrain
 
     settings = Settings()
-    registry = open_registry(settings)  # the workers' store, seeded from the bundled defaults if new
+    registry = open_store(settings.models.store)  # the workers' store, seeded from the bundled defaults if new
     task = cfg.task.value
     out = out or Path("runs") / f"retrain-{task}-{time.strftime('%Y%m%d-%H%M%S')}"
     bars = Bars()
