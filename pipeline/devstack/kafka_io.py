@@ -58,8 +58,12 @@ class Poller:
         consumer.assign(assigned)
 
         def poll() -> Records:
+            # the first record as soon as it is there, then whatever else is already fetched (consume() alone
+            # would wait out its timeout for a full batch, and that wait would count as latency)
+            first = consumer.poll(0.05)
+            messages = [first, *consumer.consume(num_messages=5000, timeout=0)] if first is not None else []
             out = []
-            for message in consumer.consume(num_messages=5000, timeout=0.05):
+            for message in messages:
                 if message.error() is not None:
                     raise RuntimeError(f"reading {message.topic()}: {message.error()}")
                 out.append((message.topic(), message.value()))
