@@ -151,23 +151,24 @@ def _capacity(plan: E2EPlan, unique_rate: float, used: set[str], run: Callable, 
 
 def _with_console(plan: E2EPlan, worker, used: set[str], run: Callable, processes: dict, say: Say,
                   out: dict) -> list[E2EResult]:
-    """Unique texts offered at ``plan.console_rate`` to a fresh worker, then the same again while a console
-    serves ``plan.console_tabs`` open queue pages: the console's cost to the worker at that load, as its
-    throughput and its CPU per message, side by side."""
+    """Unique texts offered at ``plan.console_rate``, then as many others while a console serves
+    ``plan.console_tabs`` open queue pages: the console's cost to the worker at that load, as its throughput
+    and its CPU per message, side by side."""
     from pipeline.devstack.bench_console import ConsoleTabs
 
     rate, n = plan.console_rate, max(50, int(plan.console_rate * plan.console_seconds))
-    texts = fresh_texts(n, plan.seed + 17, used)
+    texts = fresh_texts(2 * n, plan.seed + 17, used)
     used.update(texts)
+    plain_texts, watched_texts = texts[:n], texts[n:]  # both halves new to the worker: no restart between
     say(f"end-to-end, {n} unique texts at {rate:,.0f} msgs/s, without and then with a console and "
         f"{plan.console_tabs} open queue pages")
-    worker.restart_with({})
-    plain = run(texts, f"unique at {rate:,.0f}/s", rate)
-    worker.restart_with({})  # the same texts to a worker that has not seen them
+    if plan.compare:
+        worker.restart_with({})  # the last side-by-side run changed a setting
+    plain = run(plain_texts, f"unique at {rate:,.0f}/s", rate)
     with ConsoleTabs(worker.env, worker.tmp, plan.console_tabs) as tabs:
         processes["console"] = tabs.pid
         try:
-            watched = run(texts, f"unique at {rate:,.0f}/s, console + {plan.console_tabs} tabs", rate)
+            watched = run(watched_texts, f"unique at {rate:,.0f}/s, console + {plan.console_tabs} tabs", rate)
         finally:
             del processes["console"]
         tabs.settle()  # after the run: the pages get the run's last events before they are counted

@@ -110,7 +110,7 @@ class ConsoleTabs:
                 raise RuntimeError(f"a bench tab's event stream did not open: {tab.error!r}")
         return self
 
-    def settle(self, quiet_s: float = 2.0, timeout_s: float = 60.0) -> None:
+    def settle(self, quiet_s: float = 1.0, timeout_s: float = 60.0) -> None:
         """Wait until the console's feed has read every flagged record there is (its count steady for
         ``quiet_s``): after a run, so that the pages have had the run's events before they are counted."""
         import httpx

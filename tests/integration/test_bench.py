@@ -23,7 +23,7 @@ def test_end_to_end_bench_measures_every_message(tiny_store: Path, tmp_path: Pat
                    worker_env={"CHATMOD_KAFKA_FETCH_MAX_WAIT_MS": "50"},
                    compare=["CHATMOD_MODELS_EXPLAIN=off", f"CHATMOD_POLICY_DEFAULT_PROFILE={profile}"],
                    capacity_start=100.0, capacity_seconds=2.0, capacity_points=3, curve_shares=(0.5,), raid_distinct=20, peer_messages=60, console_tabs=2,
-                   console_rate=150.0, console_seconds=2.0)
+                   console_rate=150.0, console_seconds=1.0)
     report = run_bench({"e2e"}, tiny_store, plan, n_model=0, batch_size=32, say=lambda _: None, progress=None)
     e2e = report["end_to_end"]
     assert e2e["worker_settings"] == {"CHATMOD_KAFKA_FETCH_MAX_WAIT_MS": "50"}
