@@ -29,6 +29,8 @@ from models.labels import TASK_LABELS, ProblemType, Task
 from training.data import Example
 from training.losses import hidden_cosine_loss, multi_label_loss, single_label_loss, soft_target_loss
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class TrainConfig:
@@ -330,7 +332,7 @@ def _resume(folder: Path, model: PreTrainedModel, optim, sched) -> tuple[int, in
     optim.load_state_dict(state["optim"])
     sched.load_state_dict(state["sched"])
     torch.set_rng_state(state["torch_rng"])  # dropout draws as a straight run would
-    logging.getLogger(__name__).info("resuming training from %s", path, extra={"step": state["step"]})
+    log.info("resuming training from %s", path, extra={"step": state["step"]})
     return int(state["step"]), int(state["epoch"])
 
 
