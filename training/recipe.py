@@ -153,12 +153,14 @@ def run_distill(cfg: StageConfig, teacher_dir: Path, family: str, out: Path, lay
 
 def run_distill_from_labels(cfg: StageConfig, labels_path: Path, init_dir: Path, out: Path,
                             family: str | None = None, soft_tasks: Sequence[str] | None = None,
-                            init_heads: Sequence | None = None,
+                            init_heads: Sequence | None = None, repetitions: int | None = None,
                             on_step: Callable[[int, int, dict], None] | None = None) -> dict:
     """Distil a student initialised from ``init_dir`` (e.g. a shipped student, rebuilt) from a stored
     teacher's soft labels (``training/soft_labels.py``) plus the hard labels: a teacher of another size and
     tokenizer, paid for once. ``init_heads``: the heads ``init_dir`` was trained with, where the contract
-    has grown since (its output rows are laid out again, see ``training.students.fit_heads``)."""
+    has grown since (its output rows are laid out again, see ``training.students.fit_heads``).
+    ``repetitions``: an ALBERT student's passes through its shared layer, where they should change (more
+    depth at no parameter cost, the ALBERT paper's trade)."""
     from training.soft_labels import SoftLabels
 
     _setup(cfg)
@@ -174,6 +176,13 @@ def run_distill_from_labels(cfg: StageConfig, labels_path: Path, init_dir: Path,
             raise ValueError(f"{init_dir} has {student.config.num_labels} outputs, the tasks need "
                              f"{sum(h.width for h in heads)}; pass the heads it was trained with")
         added = fit_heads(student, init_heads, heads)  # labels appended to the contract since it was trained
+    init = {"from": str(init_dir), **({"labels_added": added} if added else {})}
+    if repetitions is not None:
+        if student.config.model_type != "albert" or repetitions < 1:
+            raise ValueError(f"repetitions apply to an ALBERT student (>= 1), not {student.config.model_type} "
+                             f"with {repetitions}")
+        init["repetitions"] = {"from": student.config.num_hidden_layers, "to": repetitions}
+        student.config.num_hidden_layers = repetitions  # one shared layer, applied this many times
     tokenizer = AutoTokenizer.from_pretrained(init_dir)
     examples, _, fingerprints = training_examples(cfg)
     targets = labels.for_heads([ex.text for ex in examples], heads, soft_heads)
@@ -184,7 +193,7 @@ def run_distill_from_labels(cfg: StageConfig, labels_path: Path, init_dir: Path,
     record = {"stage": "distill", "family": family or student.config.model_type,
               "teacher": labels.meta.get("teacher", str(labels_path)), "soft_labels": str(labels_path),
               "soft_label_coverage": round(covered, 4), "soft_tasks": [h.task.value for h in soft_heads],
-              "init": {"from": str(init_dir), **({"labels_added": added} if added else {})},
+              "init": init,
               "heads": [h.model_dump(mode="json") for h in heads], "config": asdict(cfg),
               "versions": package_versions(), "data": fingerprints, "n_train": len(examples),
               "parameters": count_parameters(student), "teacher_parameters": labels.meta.get("teacher_parameters"),

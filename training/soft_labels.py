@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -49,20 +50,39 @@ def label_texts(model_dir: Path, texts: Sequence[str], max_length: int = 96, bat
 def label_recipe(teacher_dir: Path, cfg, out: Path, precision: str = "auto",
                  progress: Callable[[int, int], None] | None = None) -> Path:
     """Soft labels of ``teacher_dir`` over the training texts of ``cfg`` (a ``training.recipe.StageConfig``),
-    written to ``out`` (.npz + .json, with the teacher's config and validation where known)."""
+    written to ``out`` (.npz + .json, with the teacher's config and validation where known).
+
+    ``teacher_dir`` is a trained model folder, or an artifact folder: a shipped student labels the texts for
+    a smaller one (a teacher assistant), read from its weights with the heads of its manifest."""
     from training.recipe import package_versions, training_examples
 
     examples, _, fingerprints = training_examples(cfg)
     texts = list(dict.fromkeys(ex.text for ex in examples))
-    record = json.loads((Path(teacher_dir) / "chatmod_run.json").read_text())
-    logits = label_texts(teacher_dir, texts, max_length=cfg.train.max_length, precision=precision, progress=progress)
-    report = Path(teacher_dir) / "eval_report.json"
-    return save(out, texts, logits, {"teacher": str(teacher_dir), "base": record.get("base"),
-                                     "teacher_config": record.get("config"),
-                                     "teacher_validation": json.loads(report.read_text())["headline"] if report.is_file() else None,
-                                     "teacher_parameters": record.get("parameters"), "heads": record.get("heads"),
-                                     "caps": cfg.caps, "seed": cfg.seed, "max_length": cfg.train.max_length,
-                                     "precision": precision, "data": fingerprints, "versions": package_versions()})
+    with tempfile.TemporaryDirectory(prefix="chatmod-label-") as tmp:
+        model_dir, meta = teacher_folder(Path(teacher_dir), Path(tmp))
+        logits = label_texts(model_dir, texts, max_length=cfg.train.max_length, precision=precision,
+                             progress=progress)
+    return save(out, texts, logits, meta | {"caps": cfg.caps, "seed": cfg.seed, "max_length": cfg.train.max_length,
+                                            "precision": precision, "data": fingerprints,
+                                            "versions": package_versions()})
+
+
+def teacher_folder(teacher_dir: Path, tmp: Path) -> tuple[Path, dict]:
+    """``(Hugging Face folder, description)`` of a trained model folder or an artifact folder."""
+    if (teacher_dir / "manifest.json").is_file():
+        from models.artifact import read_manifest
+        from training.requantize import rebuild_hf_folder
+
+        manifest = read_manifest(teacher_dir)
+        return rebuild_hf_folder(teacher_dir, tmp / "hf"), {
+            "teacher": manifest.ref, "base": manifest.family, "teacher_config": manifest.training or None,
+            "teacher_validation": manifest.metrics.get("validation"), "teacher_parameters": manifest.num_parameters,
+            "heads": [h.model_dump(mode="json") for h in manifest.heads]}
+    record = json.loads((teacher_dir / "chatmod_run.json").read_text())
+    report = teacher_dir / "eval_report.json"
+    return teacher_dir, {"teacher": str(teacher_dir), "base": record.get("base"), "teacher_config": record.get("config"),
+                         "teacher_validation": json.loads(report.read_text())["headline"] if report.is_file() else None,
+                         "teacher_parameters": record.get("parameters"), "heads": record.get("heads")}
 
 
 def save(path: Path, texts: Sequence[str], logits: np.ndarray, meta: dict) -> Path:

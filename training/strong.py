@@ -44,6 +44,7 @@ def run_strong(out: Path, store: Path, teacher_cfg: StageConfig, student_cfg: St
                base: str = "mpnet", labels: Path | None = None, version: str | None = None,
                families: Sequence[str] = ("distilbert", "albert"), promote: bool = False,
                soft_tasks: Sequence[str] | None = None, int8_tolerance: ExportTolerance = WARM_START_INT8,
+               albert_repetitions: int | None = None,
                progress: Progress | None = None, say: Callable[[str], None] = print) -> dict:
     """Run the stages that are not done yet; returns the summary (also written to ``out/summary.json``)."""
     from training.train_all import choose_defaults
@@ -60,7 +61,8 @@ def run_strong(out: Path, store: Path, teacher_cfg: StageConfig, student_cfg: St
     artifacts: dict[str, Path] = {}
     for family in families:
         card, artifact = _student(out, registry, family, labels, student_cfg, verify, version, soft_tasks,
-                                  int8_tolerance, progress, say)
+                                  int8_tolerance, progress, say,
+                                  repetitions=albert_repetitions if family == "albert" else None)
         cards[card["name"]] = card
         artifacts[card["name"]] = artifact
     tasks = [Task(t) for t in student_cfg.tasks]
@@ -92,7 +94,7 @@ def _teacher_labels(teacher_dir: Path, labels: Path, base: str, teacher_cfg: Sta
 def _student(out: Path, registry: ModelRegistry, family: str, labels: Path, student_cfg: StageConfig,
              verify: list[str], version: str | None, soft_tasks: Sequence[str] | None,
              int8_tolerance: ExportTolerance, progress: Progress | None,
-             say: Callable[[str], None]) -> tuple[dict, Path]:
+             say: Callable[[str], None], repetitions: int | None = None) -> tuple[dict, Path]:
     """Steps 3 and 4 for one family: distil (unless done), evaluate, export (unless done); (card, artifact)."""
     from training.requantize import model_folder
     from training.train_all import student_card
@@ -105,7 +107,7 @@ def _student(out: Path, registry: ModelRegistry, family: str, labels: Path, stud
             init, _ = model_folder(current, registry.store, Path(tmp))
             run_distill_from_labels(student_cfg, labels, init, student_dir, family=family, soft_tasks=soft_tasks,
                                     init_heads=read_manifest(registry.get(current)[1]).heads,
-                                    on_step=progress(family) if progress else None)
+                                    repetitions=repetitions, on_step=progress(family) if progress else None)
     say(f"[4/4] evaluating and exporting the {family} student")
     record = json.loads((student_dir / "chatmod_run.json").read_text())
     torch_report = evaluate_folder(student_dir, student_cfg)

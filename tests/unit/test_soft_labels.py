@@ -98,3 +98,24 @@ def test_labels_from_before_a_label_was_appended_teach_the_heads_they_hold(tmp_p
     np.testing.assert_allclose(a[:6], logits[0, :6], atol=1e-2)
     with pytest.raises(ValueError, match="targeted"):
         labels.for_heads(["a"], HEADS, HEADS)  # the toxicity head asks for a label the teacher never scored
+
+
+def test_a_shipped_artifact_labels_as_a_teacher_assistant(tmp_path: Path) -> None:
+    """A student artifact (its weights rebuilt, its manifest's heads) labels texts for a smaller student."""
+    from models.artifact import read_manifest
+    from tests.tiny_models import build_tiny_artifact
+    from training.soft_labels import teacher_folder
+
+    manifest = build_tiny_artifact(tmp_path / "art", formats=("safetensors", "onnx_int8"), version="8")
+    model_dir, meta = teacher_folder(tmp_path / "art", tmp_path / "tmp")
+    assert meta["teacher"] == manifest.ref and meta["base"] == "distilbert"
+    assert meta["heads"] == [h.model_dump(mode="json") for h in read_manifest(tmp_path / "art").heads]
+    texts = ["gg wp", "you absolute idiot", "push mid please"]
+    save(tmp_path / "ta.npz", texts, label_texts(model_dir, texts, batch_size=2), meta)
+    labels = SoftLabels(tmp_path / "ta.npz")
+    assert labels.meta["teacher"] == manifest.ref and labels.num_logits == manifest.num_logits
+    # laid out by (task, label) for the student's heads, as distillation reads them
+    rows = labels.for_heads(texts, manifest.heads, manifest.heads)
+    assert all(r is not None and r.shape == (manifest.num_logits,) for r in rows)
+    with pytest.raises(FileNotFoundError):
+        teacher_folder(tmp_path / "missing", tmp_path / "tmp2")

@@ -3,6 +3,7 @@ steps of commands that make a new version of a stored model."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -19,7 +20,7 @@ from rich.progress import (
 
 from models.labels import Task
 from models.registry import ModelRegistry
-from training.data import default_data_root
+from training.data import SOURCES, default_data_root
 from training.distill import TrainConfig
 from training.recipe import StageConfig
 
@@ -30,6 +31,8 @@ DataOpt = Annotated[Path | None, typer.Option(help="Labeled data folder (default
 RefArg = Annotated[str, typer.Argument(help="NAME@VERSION in the store, or an artifact folder.")]
 StoreOpt = Annotated[Path, typer.Option(help="Model store.")]
 PromoteOpt = Annotated[bool, typer.Option("--promote/--no-promote", help="Make it current for the tasks its source serves.")]
+CapOpt = Annotated[list[str] | None, typer.Option(help="SOURCE=N: a set's cap, after --scale (repeatable), "
+                                                       "e.g. semeval=30000.")]
 
 
 def tasks_of(values: list[str]) -> list[str]:
@@ -47,14 +50,30 @@ def stage_config(tasks: list[str], data_root: Path | None, epochs: float, batch_
                        threads=threads, train=train)
 
 
-class Bars:
-    """Rich progress bars fed by the training loop's step callback."""
+def with_caps(cfg: StageConfig, items: list[str] | None) -> StageConfig:
+    """``cfg`` with the ``SOURCE=N`` caps of ``--cap`` over its own."""
+    from dataclasses import replace
 
-    def __init__(self) -> None:
+    caps = dict(cfg.caps)
+    for item in items or []:
+        source, sep, n = item.partition("=")
+        if not sep or source not in SOURCES or not n.isdigit() or int(n) < 1:
+            raise typer.BadParameter(f"--cap takes SOURCE=N with a source of {sorted(SOURCES)}, got {item!r}")
+        caps[source] = int(n)
+    return replace(cfg, caps=caps)
+
+
+class Bars:
+    """Rich progress bars fed by the training loop's step callback. Where stderr is not a terminal (a log
+    file, CI) the bars cannot redraw, so each task prints a line every ``every_s`` seconds and at its end."""
+
+    def __init__(self, every_s: float = 30.0) -> None:
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                                  console=console)
         self.ids: dict[str, int] = {}
+        self.every_s = every_s
+        self._printed: dict[str, float] = {}
 
     def __call__(self, name: str):
         def on_step(step: int, total: int, losses: dict) -> None:
@@ -62,7 +81,20 @@ class Bars:
                 self.ids[name] = self.progress.add_task(name, total=total, loss="")
             text = " ".join(f"{k}={v:.3f}" for k, v in losses.items())
             self.progress.update(self.ids[name], completed=step, loss=text)
+            if not console.is_terminal:
+                self._line(name, step, total, text)
         return on_step
+
+    def _line(self, name: str, step: int, total: int, losses: str) -> None:
+        now = time.monotonic()
+        started = self._printed.setdefault(f"{name}/start", now)
+        if now - self._printed.get(name, started) < self.every_s and step < total:
+            return
+        self._printed[name] = now
+        elapsed = now - started
+        left = f", about {elapsed / step * (total - step):.0f}s left" if step else ""
+        console.print(f"{name}: {step}/{total} ({step / max(total, 1):.0%}) {losses} elapsed {elapsed:.0f}s{left}",
+                      highlight=False, soft_wrap=True)
 
 
 def derived_from(ref: str, store: Path, data_root: Path | None, seed: int):

@@ -13,6 +13,7 @@ from rich.table import Table
 from models.labels import Task
 from training.cli.common import (
     Bars,
+    CapOpt,
     DataOpt,
     PromoteOpt,
     RefArg,
@@ -22,8 +23,8 @@ from training.cli.common import (
     derived_from,
     promote_like_source,
     stage_config,
+    with_caps,
 )
-from training.data import SOURCES
 from training.export_check import DEFAULT_VERIFY_TEXTS
 from training.recipe import StageConfig, evaluate_folder
 
@@ -109,30 +110,22 @@ def strong(out: Annotated[Path, typer.Option(help="Run folder (resumable).")] = 
            soft_task: Annotated[list[str] | None, typer.Option(help="Tasks the soft labels teach (default all): "
                                                                     "those where the teacher beats the students.")] = None,
            family: Annotated[list[str] | None, typer.Option(help="Students to make (default distilbert and albert).")] = None,
-           cap: Annotated[list[str] | None, typer.Option(help="SOURCE=N: a set's cap for the students, after --scale "
-                                                              "(repeatable), e.g. semeval=30000.")] = None) -> None:
+           cap: CapOpt = None,
+           albert_repetitions: Annotated[int | None, typer.Option(help="Passes through the ALBERT student's shared "
+                                                                      "layer (default: as the model it starts from).")] = None) -> None:
     """The strong-teacher recipe: teacher, soft labels, both students distilled from them, evaluated,
     exported and registered; resumable, and the same on a lent GPU."""
-    from dataclasses import replace
-
     from training.recipe import scaled
     from training.strong import run_strong
 
     teacher_cfg = stage_config(task, data_root, teacher_epochs, 32, teacher_lr, max_length, seed, threads, precision=precision)
-    student_cfg = scaled(stage_config(task, data_root, student_epochs, 32, student_lr, max_length, seed, threads,
-                              precision=precision, alpha_cos=0.0), scale)
-    caps = dict(student_cfg.caps)
-    for item in cap or []:
-        source, sep, n = item.partition("=")
-        if not sep or source not in SOURCES or not n.isdigit() or int(n) < 1:
-            raise typer.BadParameter(f"--cap takes SOURCE=N with a source of {sorted(SOURCES)}, got {item!r}")
-        caps[source] = int(n)
-    student_cfg = replace(student_cfg, caps=caps)
+    student_cfg = with_caps(scaled(stage_config(task, data_root, student_epochs, 32, student_lr, max_length, seed,
+                                                threads, precision=precision, alpha_cos=0.0), scale), cap)
     bars = Bars()
     with bars.progress:
         summary = run_strong(out, store, teacher_cfg, student_cfg, base=base, labels=labels, version=version,
                              promote=promote_, soft_tasks=[Task(t).value for t in soft_task] if soft_task else None,
-                             families=tuple(family or ("distilbert", "albert")),
+                             families=tuple(family or ("distilbert", "albert")), albert_repetitions=albert_repetitions,
                              progress=bars, say=console.print)
     table = Table("model", "params", "MB", "ms/msg", "functional", *next(iter(summary["models"].values()))["headline"],
                   title="validation (served int8)")

@@ -14,7 +14,7 @@ from rich.table import Table
 from models.artifact import dump_json
 from models.registry import ModelRegistry
 from pipeline.settings import Settings
-from training.cli.common import Bars, DataOpt, TasksOpt, console, stage_config, tasks_of
+from training.cli.common import Bars, CapOpt, DataOpt, TasksOpt, console, stage_config, tasks_of, with_caps
 from training.data import SOURCES, load_splits
 from training.recipe import StageConfig, evaluate_folder, export_folder, run_distill, run_teacher
 
@@ -69,11 +69,15 @@ def distill(teacher_dir: Annotated[Path, typer.Option("--teacher", help="Folder 
 
 
 @app.command()
-def label(teacher_dir: Annotated[Path, typer.Option("--teacher", help="Folder of a trained teacher.")],
+def label(teacher: Annotated[str, typer.Option("--teacher", help="A trained teacher's folder, or a shipped model "
+                                                                  "(NAME@VERSION or an artifact folder) as a "
+                                                                  "teacher assistant for a smaller student.")],
           out: Annotated[Path, typer.Option(help="The .npz to write (a .json description goes beside it).")],
+          store: Annotated[Path, typer.Option(help="Model store (for NAME@VERSION).")] = Path("model-store"),
           task: TasksOpt = ["all"], data_root: DataOpt = None, max_length: int = 96, seed: int = 13,
           threads: int | None = None,
           scale: Annotated[float, typer.Option(help="Share of every set's cap to label (1.0: the recipe's).")] = 1.0,
+          cap: CapOpt = None,
           precision: Annotated[str, typer.Option(help="fp32, bf16, or auto (bf16 where native).")] = "auto") -> None:
     """Run a teacher once over the recipe's training texts and store its soft labels (small: commit them)."""
     import torch
@@ -83,7 +87,10 @@ def label(teacher_dir: Annotated[Path, typer.Option("--teacher", help="Folder of
 
     if threads:
         torch.set_num_threads(threads)
-    cfg = scaled(stage_config(task, data_root, 1.0, 32, 1e-4, max_length, seed, threads), scale)
+    cfg = with_caps(scaled(stage_config(task, data_root, 1.0, 32, 1e-4, max_length, seed, threads), scale), cap)
+    teacher_dir = Path(teacher)
+    if not teacher_dir.is_dir():
+        teacher_dir = ModelRegistry(store).get(teacher)[1]
     bars = Bars()
     with bars.progress:
         step = bars("label")
