@@ -74,12 +74,15 @@ class Bars:
         self.ids: dict[str, int] = {}
         self.every_s = every_s
         self._printed: dict[str, float] = {}
+        self._losses: dict[str, str] = {}
 
     def __call__(self, name: str):
         def on_step(step: int, total: int, losses: dict) -> None:
             if name not in self.ids:
                 self.ids[name] = self.progress.add_task(name, total=total, loss="")
-            text = " ".join(f"{k}={v:.3f}" for k, v in losses.items())
+            if losses:  # they come every log_every steps; the bar keeps the last
+                self._losses[name] = " ".join(f"{k}={v:.3f}" for k, v in losses.items())
+            text = self._losses.get(name, "")
             self.progress.update(self.ids[name], completed=step, loss=text)
             if not console.is_terminal:
                 self._line(name, step, total, text)
