@@ -6,6 +6,7 @@ the binary they need is missing. Add new shared fixtures in the section they bel
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,9 +23,27 @@ from pipeline.devstack.embedded import (
 )
 
 # The machine's Redis is used when it answers; tests get this DB, flushed before each test,
-# so they never touch DB 0 where a developer's own data may live.
+# so they never touch DB 0 where a developer's own data may live. Under pytest-xdist (`make test`
+# runs two workers) each worker has its own DB: 15, 14, ... (keys and channels also carry a
+# per-test prefix, see `topic_prefix`).
 LOCAL_REDIS = "redis://127.0.0.1:6379"
-TEST_REDIS_DB = 15
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", ... or "" when run alone
+TEST_REDIS_DB = 15 - int(XDIST_WORKER.removeprefix("gw") or 0)
+if XDIST_WORKER:
+    # Two pytest workers share the machine's cores: torch's OpenMP threads in both would spin-wait on
+    # each other (measured 3-4x slower on two cores), so each worker computes on one thread.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("CHATMOD_TEST_TORCH_THREADS", "1")
+
+
+# -- order -------------------------------------------------------------------------------------
+LONGEST_FIRST = ("slow", "chaos")  # markers of the files that run for minutes
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The minute-long files first, so that under xdist they start at once on their own workers and the
+    many short files fill in around them, instead of one of them starting last and running alone."""
+    items.sort(key=lambda item: not any(item.get_closest_marker(m) for m in LONGEST_FIRST))
 
 
 # -- names -------------------------------------------------------------------------------------
