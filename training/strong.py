@@ -44,9 +44,12 @@ def run_strong(out: Path, store: Path, teacher_cfg: StageConfig, student_cfg: St
                base: str = "mpnet", labels: Path | None = None, version: str | None = None,
                families: Sequence[str] = ("distilbert", "albert"), promote: bool = False,
                soft_tasks: Sequence[str] | None = None, int8_tolerance: ExportTolerance = WARM_START_INT8,
-               albert_repetitions: int | None = None,
+               albert_repetitions: int | None = None, warm_start: Sequence[str] = (),
                progress: Progress | None = None, say: Callable[[str], None] = print) -> dict:
-    """Run the stages that are not done yet; returns the summary (also written to ``out/summary.json``)."""
+    """Run the stages that are not done yet; returns the summary (also written to ``out/summary.json``).
+
+    Each student starts from the stored model of its family named in ``warm_start`` (NAME@VERSION), else
+    from the one serving a task, else from the newest."""
     from training.train_all import choose_defaults
 
     out = Path(out)
@@ -59,9 +62,10 @@ def run_strong(out: Path, store: Path, teacher_cfg: StageConfig, student_cfg: St
     verify = check_texts(validation)
     cards: dict[str, dict] = {}
     artifacts: dict[str, Path] = {}
+    chosen_init = _warm_starts(registry, warm_start, families)
     for family in families:
         card, artifact = _student(out, registry, family, labels, student_cfg, verify, version, soft_tasks,
-                                  int8_tolerance, progress, say,
+                                  int8_tolerance, progress, say, current=chosen_init.get(family),
                                   repetitions=albert_repetitions if family == "albert" else None)
         cards[card["name"]] = card
         artifacts[card["name"]] = artifact
@@ -94,12 +98,13 @@ def _teacher_labels(teacher_dir: Path, labels: Path, base: str, teacher_cfg: Sta
 def _student(out: Path, registry: ModelRegistry, family: str, labels: Path, student_cfg: StageConfig,
              verify: list[str], version: str | None, soft_tasks: Sequence[str] | None,
              int8_tolerance: ExportTolerance, progress: Progress | None,
-             say: Callable[[str], None], repetitions: int | None = None) -> tuple[dict, Path]:
+             say: Callable[[str], None], current: str | None = None,
+             repetitions: int | None = None) -> tuple[dict, Path]:
     """Steps 3 and 4 for one family: distil (unless done), evaluate, export (unless done); (card, artifact)."""
     from training.requantize import model_folder
     from training.train_all import student_card
 
-    current = _current_of(registry, family)
+    current = current or _current_of(registry, family)
     student_dir = out / family
     if not (student_dir / "chatmod_run.json").is_file():
         say(f"[3/4] distilling the {family} student from {labels}, warm-started from {current}")
@@ -125,6 +130,19 @@ def _student(out: Path, registry: ModelRegistry, family: str, labels: Path, stud
                         soft_labels=str(labels), soft_label_coverage=record.get("soft_label_coverage"))
     write_model_card(student_dir, card)
     return card, artifact
+
+
+def _warm_starts(registry: ModelRegistry, refs: Sequence[str], families: Sequence[str]) -> dict[str, str]:
+    """``{family: ref}`` for the stored models named to start from (their family read from their manifests)."""
+    chosen: dict[str, str] = {}
+    for ref in refs:
+        family = read_manifest(registry.get(ref)[1]).family
+        if family not in families:
+            raise ValueError(f"--warm-start {ref} is a {family} model; the run makes {list(families)}")
+        if family in chosen:
+            raise ValueError(f"--warm-start names two {family} models: {chosen[family]} and {ref}")
+        chosen[family] = ref
+    return chosen
 
 
 def _current_of(registry: ModelRegistry, family: str) -> str:

@@ -112,7 +112,10 @@ def strong(out: Annotated[Path, typer.Option(help="Run folder (resumable).")] = 
            family: Annotated[list[str] | None, typer.Option(help="Students to make (default distilbert and albert).")] = None,
            cap: CapOpt = None,
            albert_repetitions: Annotated[int | None, typer.Option(help="Passes through the ALBERT student's shared "
-                                                                      "layer (default: as the model it starts from).")] = None) -> None:
+                                                                      "layer (default: as the model it starts from).")] = None,
+           warm_start: Annotated[list[str] | None, typer.Option(help="NAME@VERSION a student starts from, one per "
+                                                                     "family (default: the serving one, else the "
+                                                                     "newest).")] = None) -> None:
     """The strong-teacher recipe: teacher, soft labels, both students distilled from them, evaluated,
     exported and registered; resumable, and the same on a lent GPU."""
     from training.recipe import scaled
@@ -126,6 +129,7 @@ def strong(out: Annotated[Path, typer.Option(help="Run folder (resumable).")] = 
         summary = run_strong(out, store, teacher_cfg, student_cfg, base=base, labels=labels, version=version,
                              promote=promote_, soft_tasks=[Task(t).value for t in soft_task] if soft_task else None,
                              families=tuple(family or ("distilbert", "albert")), albert_repetitions=albert_repetitions,
+                             warm_start=warm_start or (),
                              progress=bars, say=console.print)
     table = Table("model", "params", "MB", "ms/msg", "functional", *next(iter(summary["models"].values()))["headline"],
                   title="validation (served int8)")
