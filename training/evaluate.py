@@ -83,6 +83,7 @@ def toxicity_metrics(probs: np.ndarray, targets: np.ndarray, thresholds: dict[st
         if known.sum() == 0 or y.sum() == 0:
             continue
         pred = probs[known, col] >= thresholds[label]
+        out[f"positives_{label}"] = int(y.sum())  # how much a label's F1 and ROC-AUC can be trusted
         out[f"f1_{label}"] = float(f1_score(y, pred, zero_division=0))
         if label not in TOXICITY_SIGNALS:
             f1s.append(out[f"f1_{label}"])

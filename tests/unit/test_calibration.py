@@ -85,6 +85,7 @@ def test_toxicity_metrics_macro_f1_matches_sklearn_on_a_known_confusion() -> Non
     assert out["macro_f1"] == pytest.approx((6 / 9 + 8 / 11) / 2)  # (F1 offensive + F1 not) / 2, by hand
     assert out["f1_toxic"] == pytest.approx(6 / 9)
     assert out["roc_auc_toxic"] == pytest.approx(17 / 24)  # 24 (pos, neg) pairs: 16 right, 2 ties at half
+    assert out["positives_toxic"] == 4  # the annotated positives the label's figures rest on
     assert "f1_insult" not in out  # never annotated: no metric, rather than a fake 0
 
 
