@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(BIN)/chatmod demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist load
+	$(BIN)/python -m pytest -n 2 --dist worksteal
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "unit"
