@@ -37,12 +37,12 @@ if XDIST_WORKER:
 
 
 # -- order -------------------------------------------------------------------------------------
-LONGEST_FIRST = ("slow", "chaos")  # markers of the files that run for minutes
+LONGEST_FIRST = ("slow", "chaos")  # markers of the tests that run for minutes
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The minute-long files first, so that under xdist they start at once on their own workers and the
-    many short files fill in around them, instead of one of them starting last and running alone."""
+    """The minute-long tests first: under xdist's worksteal they start at once, and the other worker takes
+    the short ones queued behind them, instead of one of them starting last and running alone."""
     items.sort(key=lambda item: not any(item.get_closest_marker(m) for m in LONGEST_FIRST))
 
 

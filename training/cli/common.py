@@ -4,6 +4,7 @@ steps of commands that make a new version of a stored model."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -52,8 +53,6 @@ def stage_config(tasks: list[str], data_root: Path | None, epochs: float, batch_
 
 def with_caps(cfg: StageConfig, items: list[str] | None) -> StageConfig:
     """``cfg`` with the ``SOURCE=N`` caps of ``--cap`` over its own."""
-    from dataclasses import replace
-
     caps = dict(cfg.caps)
     for item in items or []:
         source, sep, n = item.partition("=")
@@ -73,6 +72,7 @@ class Bars:
                                  console=console)
         self.ids: dict[str, int] = {}
         self.every_s = every_s
+        self._started: dict[str, float] = {}  # per task: its first step, and its last printed line
         self._printed: dict[str, float] = {}
         self._losses: dict[str, str] = {}
 
@@ -90,7 +90,7 @@ class Bars:
 
     def _line(self, name: str, step: int, total: int, losses: str) -> None:
         now = time.monotonic()
-        started = self._printed.setdefault(f"{name}/start", now)
+        started = self._started.setdefault(name, now)
         if now - self._printed.get(name, started) < self.every_s and step < total:
             return
         self._printed[name] = now
