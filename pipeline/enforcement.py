@@ -361,8 +361,11 @@ class Enforcement:
                                                     "messages": n_now})
         return events
 
-    async def flush_mood(self) -> None:
-        await self.mood.flush()
+    async def flush_mood(self, only_if_due: bool = False) -> None:
+        """Send the mood counts held in memory; with ``only_if_due``, only once ``MOOD_FLUSH_S`` has passed
+        since the last flush (the worker's timer: the last batch of a quiet stream is not held back)."""
+        if not only_if_due or self.mood.due():
+            await self.mood.flush()
 
     async def overturn(self, message_ids: Sequence[str]) -> int:
         """Delete the strikes of ``message_ids`` (verdicts that overturned them); how many were removed."""

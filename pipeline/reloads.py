@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import faust
 
 from pipeline.control import listen_for_changes
-from pipeline.mood import channel_mood
+from pipeline.mood import MOOD_FLUSH_S, channel_mood
 from pipeline.settings import Settings
 
 if TYPE_CHECKING:
@@ -84,6 +84,14 @@ def register_reloads(app: faust.App, settings: Settings, state: WorkerState) -> 
         @app.timer(interval=MOOD_REFRESH_S)
         async def refresh_mood() -> None:
             await reload.mood()
+
+        @app.timer(interval=MOOD_FLUSH_S)
+        async def flush_mood() -> None:  # batches flush when due; this sends a quiet stream's last counts
+            if state.enforcement is not None:
+                try:
+                    await state.enforcement.flush_mood(only_if_due=True)
+                except Exception as exc:  # noqa: BLE001 - kept in memory for the next flush
+                    log.debug("mood counts not flushed", extra={"error": str(exc)})
 
         if settings.policy.profiles_poll_s > 0:
             @app.timer(interval=settings.policy.profiles_poll_s)

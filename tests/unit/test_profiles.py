@@ -246,6 +246,8 @@ async def test_channel_mood_is_counted_per_minute_and_read_over_a_window(redis_u
     # within a second of that flush, counts wait in memory; a flush sends them
     await enforcement.apply([said(300 + i, "calm", "positive", now - 100) for i in range(4)])
     assert channel_mood(redis_lib.Redis.from_url(redis_url), "mood", now, window_s=300)["calm"]["messages"] == 8
+    await enforcement.flush_mood(only_if_due=True)  # the worker's timer: not yet due
+    assert channel_mood(redis_lib.Redis.from_url(redis_url), "mood", now, window_s=300)["calm"]["messages"] == 8
     await enforcement.flush_mood()
     assert channel_mood(redis_lib.Redis.from_url(redis_url), "mood", now, window_s=300)["calm"]["messages"] == 12
     await client.aclose()
