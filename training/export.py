@@ -63,6 +63,7 @@ def export_onnx(hf_model_dir: Path, onnx_path: Path, opset: int = 17) -> Path:
     # A padded second row, so the traced graph keeps the attention-mask path (no "all ones" shortcut).
     input_ids = torch.tensor([[101, 7592, 2088, 2003, 2307, 102], [101, 7592, 102, 0, 0, 0]])  # (batch, seq)
     attention_mask = (input_ids != 0).long()
+    input_ids = input_ids % model.config.vocab_size  # a pruned vocabulary (training/vocab.py) is smaller
     example = {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
@@ -257,6 +258,6 @@ def _count_parameters(safetensors_path: Path) -> int:
 
     total = 0
     with safe_open(str(safetensors_path), framework="numpy") as fh:
-        for key in fh.keys():
+        for key in fh:
             total += int(np.prod(fh.get_slice(key).get_shape()))
     return total

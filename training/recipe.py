@@ -154,13 +154,16 @@ def run_distill(cfg: StageConfig, teacher_dir: Path, family: str, out: Path, lay
 def run_distill_from_labels(cfg: StageConfig, labels_path: Path, init_dir: Path, out: Path,
                             family: str | None = None, soft_tasks: Sequence[str] | None = None,
                             init_heads: Sequence | None = None, repetitions: int | None = None,
+                            vocab_size: int | None = None, groups: int | None = None,
                             on_step: Callable[[int, int, dict], None] | None = None) -> dict:
     """Distil a student initialised from ``init_dir`` (e.g. a shipped student, rebuilt) from a stored
     teacher's soft labels (``training/soft_labels.py``) plus the hard labels: a teacher of another size and
     tokenizer, paid for once. ``init_heads``: the heads ``init_dir`` was trained with, where the contract
     has grown since (its output rows are laid out again, see ``training.students.fit_heads``).
     ``repetitions``: an ALBERT student's passes through its shared layer, where they should change (more
-    depth at no parameter cost, the ALBERT paper's trade)."""
+    depth at no parameter cost, the ALBERT paper's trade). ``vocab_size``: the student's WordPiece vocabulary
+    pruned to the pieces its training texts use most; ``groups``: an ALBERT student's layer groups, each
+    starting as a copy of its shared layer (``training/vocab.py``: the budget a pruned table frees)."""
     from training.soft_labels import SoftLabels
 
     _setup(cfg)
@@ -183,8 +186,11 @@ def run_distill_from_labels(cfg: StageConfig, labels_path: Path, init_dir: Path,
                              f"with {repetitions}")
         init["repetitions"] = {"from": student.config.num_hidden_layers, "to": repetitions}
         student.config.num_hidden_layers = repetitions  # one shared layer, applied this many times
-    tokenizer = AutoTokenizer.from_pretrained(init_dir)
     examples, _, fingerprints = training_examples(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(init_dir)
+    if vocab_size is not None or groups is not None:
+        tokenizer, init["reshaped"] = _reshaped(student, init_dir, [ex.text for ex in examples], vocab_size, groups,
+                                                tokenizer)
     targets = labels.for_heads([ex.text for ex in examples], heads, soft_heads)
     covered = sum(t is not None for t in targets) / len(targets)
     out.mkdir(parents=True, exist_ok=True)
@@ -200,6 +206,24 @@ def run_distill_from_labels(cfg: StageConfig, labels_path: Path, init_dir: Path,
               "result": asdict(result), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     _save(student, tokenizer, out, record)
     return record
+
+
+def _reshaped(student: PreTrainedModel, init_dir: Path, texts: Sequence[str], vocab_size: int | None,
+              groups: int | None, tokenizer):
+    """``student`` reshaped in place (``training.vocab.reshape_for_chat``); (its tokenizer, what changed)."""
+    import shutil
+    import tempfile
+
+    from training.vocab import reshape_for_chat
+
+    changed, pruned = reshape_for_chat(student, init_dir, texts, vocab_size=vocab_size, groups=groups)
+    if pruned is None:
+        return tokenizer, changed
+    with tempfile.TemporaryDirectory(prefix="chatmod-vocab-") as tmp:
+        pruned.save(str(Path(tmp) / "tokenizer.json"))
+        if (Path(init_dir) / "tokenizer_config.json").is_file():
+            shutil.copy(Path(init_dir) / "tokenizer_config.json", tmp)
+        return AutoTokenizer.from_pretrained(tmp), changed
 
 
 # ---------------------------------------------------------------- evaluate, export, register

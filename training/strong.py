@@ -44,7 +44,8 @@ def run_strong(out: Path, store: Path, teacher_cfg: StageConfig, student_cfg: St
                base: str = "mpnet", labels: Path | None = None, version: str | None = None,
                families: Sequence[str] = ("distilbert", "albert"), promote: bool = False,
                soft_tasks: Sequence[str] | None = None, int8_tolerance: ExportTolerance = WARM_START_INT8,
-               albert_repetitions: int | None = None, warm_start: Sequence[str] = (),
+               albert_repetitions: int | None = None, albert_vocab: int | None = None,
+               albert_groups: int | None = None, warm_start: Sequence[str] = (),
                progress: Progress | None = None, say: Callable[[str], None] = print) -> dict:
     """Run the stages that are not done yet; returns the summary (also written to ``out/summary.json``).
 
@@ -66,7 +67,8 @@ def run_strong(out: Path, store: Path, teacher_cfg: StageConfig, student_cfg: St
     for family in families:
         card, artifact = _student(out, registry, family, labels, student_cfg, verify, version, soft_tasks,
                                   int8_tolerance, progress, say, current=chosen_init.get(family),
-                                  repetitions=albert_repetitions if family == "albert" else None)
+                                  reshape=({"repetitions": albert_repetitions, "vocab_size": albert_vocab,
+                                            "groups": albert_groups} if family == "albert" else {}))
         cards[card["name"]] = card
         artifacts[card["name"]] = artifact
     tasks = [Task(t) for t in student_cfg.tasks]
@@ -99,7 +101,7 @@ def _student(out: Path, registry: ModelRegistry, family: str, labels: Path, stud
              verify: list[str], version: str | None, soft_tasks: Sequence[str] | None,
              int8_tolerance: ExportTolerance, progress: Progress | None,
              say: Callable[[str], None], current: str | None = None,
-             repetitions: int | None = None) -> tuple[dict, Path]:
+             reshape: dict | None = None) -> tuple[dict, Path]:
     """Steps 3 and 4 for one family: distil (unless done), evaluate, export (unless done); (card, artifact)."""
     from training.requantize import model_folder
     from training.train_all import student_card
@@ -112,7 +114,7 @@ def _student(out: Path, registry: ModelRegistry, family: str, labels: Path, stud
             init, _ = model_folder(current, registry.store, Path(tmp))
             run_distill_from_labels(student_cfg, labels, init, student_dir, family=family, soft_tasks=soft_tasks,
                                     init_heads=read_manifest(registry.get(current)[1]).heads,
-                                    repetitions=repetitions, on_step=progress(family) if progress else None)
+                                    **(reshape or {}), on_step=progress(family) if progress else None)
     say(f"[4/4] evaluating and exporting the {family} student")
     record = json.loads((student_dir / "chatmod_run.json").read_text())
     torch_report = evaluate_folder(student_dir, student_cfg)

@@ -113,6 +113,10 @@ def strong(out: Annotated[Path, typer.Option(help="Run folder (resumable).")] = 
            cap: CapOpt = None,
            albert_repetitions: Annotated[int | None, typer.Option(help="Passes through the ALBERT student's shared "
                                                                       "layer (default: as the model it starts from).")] = None,
+           albert_vocab: Annotated[int | None, typer.Option(help="Prune the ALBERT student's WordPiece vocabulary to "
+                                                                "the N pieces its training texts use most.")] = None,
+           albert_groups: Annotated[int | None, typer.Option(help="Layer groups of the ALBERT student, each starting "
+                                                                 "as a copy of its shared layer.")] = None,
            warm_start: Annotated[list[str] | None, typer.Option(help="NAME@VERSION a student starts from, one per "
                                                                      "family (default: the serving one, else the "
                                                                      "newest).")] = None) -> None:
@@ -129,7 +133,7 @@ def strong(out: Annotated[Path, typer.Option(help="Run folder (resumable).")] = 
         summary = run_strong(out, store, teacher_cfg, student_cfg, base=base, labels=labels, version=version,
                              promote=promote_, soft_tasks=[Task(t).value for t in soft_task] if soft_task else None,
                              families=tuple(family or ("distilbert", "albert")), albert_repetitions=albert_repetitions,
-                             warm_start=warm_start or (),
+                             albert_vocab=albert_vocab, albert_groups=albert_groups, warm_start=warm_start or (),
                              progress=bars, say=console.print)
     table = Table("model", "params", "MB", "ms/msg", "functional", *next(iter(summary["models"].values()))["headline"],
                   title="validation (served int8)")

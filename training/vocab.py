@@ -1,0 +1,150 @@
+"""A chat vocabulary: WordPiece pruned to the pieces a student's training texts use.
+
+An ALBERT student's embedding table is half its parameters (30,522 pieces x 64 of its 3.9M), and chat
+uses a fraction of BERT's WordPiece vocabulary. Pruning the pieces the training texts never or rarely use
+frees that budget for wider embeddings or a second layer group (``reshape_albert``) at the same size.
+
+The pieces of one character (``a`` and ``##a``) of every character the texts use are kept, so any word
+made of those still segments into pieces (a greedy longest-match WordPiece falls back to shorter ones)
+rather than becoming ``[UNK]``; so are the special tokens. (Look-alike letters from other scripts are
+folded to ASCII before the model, by ``pipeline/textnorm.py``.) The rest are kept by how often the training texts use them. Kept pieces keep their order,
+so ``[PAD]`` stays 0. A pruned model ships its own ``tokenizer.json``; the runtime reads it as any other.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def piece_counts(tokenizer, texts: Sequence[str], batch_size: int = 2048) -> np.ndarray:
+    """How often each piece of ``tokenizer`` (a ``tokenizers.Tokenizer``) occurs in ``texts``."""
+    counts = np.zeros(tokenizer.get_vocab_size(with_added_tokens=True), dtype=np.int64)
+    for start in range(0, len(texts), batch_size):
+        for enc in tokenizer.encode_batch(list(texts[start:start + batch_size]), add_special_tokens=False):
+            np.add.at(counts, enc.ids, 1)
+    return counts
+
+
+def chat_vocabulary(tokenizer, texts: Sequence[str], size: int) -> list[int]:
+    """The ids (old numbering, ascending) of at most ``size`` pieces to keep (pieces the texts never use are
+    not): the special tokens, the pieces of one
+    character (alone and continuing) for every character of ``texts`` and of printable ASCII, then the pieces
+    ``texts`` use most. A word with a character none of the texts has becomes ``[UNK]``, as a word with a
+    character outside the original vocabulary always did."""
+    vocab = tokenizer.get_vocab(with_added_tokens=True)
+    prefix = _model(tokenizer).get("continuing_subword_prefix", "##")
+    normalize = tokenizer.normalizer.normalize_str if tokenizer.normalizer is not None else str
+    chars = {c for text in texts for c in normalize(text)} | {chr(c) for c in range(33, 127)}
+    must = {i for tok, i in vocab.items() if tok.removeprefix(prefix) in chars and len(tok.removeprefix(prefix)) == 1}
+    must |= {i for i, tok in tokenizer.get_added_tokens_decoder().items() if tok.special}
+    if size < len(must):
+        raise ValueError(f"a vocabulary of {size} cannot hold the {len(must)} special and one-character pieces")
+    counts = piece_counts(tokenizer, texts)
+    order = [i for i in np.argsort(-counts, kind="stable") if counts[i] > 0 and i not in must]
+    return sorted(must | {int(i) for i in order[:size - len(must)]})
+
+
+def _model(tokenizer) -> dict:
+    return json.loads(tokenizer.to_str())["model"]
+
+
+def pruned_tokenizer(tokenizer, keep: Sequence[int]):
+    """A copy of ``tokenizer`` (a ``tokenizers.Tokenizer`` with a WordPiece model) holding only the pieces
+    ``keep`` (old ids), renumbered in order; the post-processor's and added tokens' ids follow."""
+    from tokenizers import Tokenizer
+
+    spec = json.loads(tokenizer.to_str())
+    if spec["model"]["type"] != "WordPiece":
+        raise ValueError(f"only a WordPiece vocabulary can be pruned, not {spec['model']['type']}")
+    new_id = {old: new for new, old in enumerate(keep)}
+    old_vocab = spec["model"]["vocab"]
+    spec["model"]["vocab"] = {tok: new_id[i] for tok, i in sorted(old_vocab.items(), key=lambda kv: kv[1])
+                              if i in new_id}
+    for added in spec.get("added_tokens") or []:
+        if added["id"] not in new_id:
+            raise ValueError(f"added token {added['content']!r} (id {added['id']}) must be kept")
+        added["id"] = new_id[added["id"]]
+    _renumber(spec.get("post_processor"), new_id)
+    if spec.get("padding"):
+        spec["padding"]["pad_id"] = new_id[spec["padding"]["pad_id"]]
+    return Tokenizer.from_str(json.dumps(spec))
+
+
+def _renumber(processor: dict | None, new_id: dict[int, int]) -> None:
+    if not processor:
+        return
+    if processor.get("type") == "Sequence":
+        for step in processor["processors"]:
+            _renumber(step, new_id)
+    for special in (processor.get("special_tokens") or {}).values():  # TemplateProcessing
+        special["ids"] = [new_id[i] for i in special["ids"]]
+    for key in ("sep", "cls"):  # BertProcessing / RobertaProcessing: [token, id]
+        if key in processor:
+            processor[key] = [processor[key][0], new_id[processor[key][1]]]
+
+
+@torch.no_grad()
+def prune_embeddings(model, keep: Sequence[int]) -> None:
+    """Keep only the rows ``keep`` of ``model``'s word embeddings (in place; config ids follow)."""
+    emb = model.get_input_embeddings()
+    index = torch.tensor(list(keep))
+    pruned = nn.Embedding(len(keep), emb.embedding_dim, padding_idx=None)
+    pruned.weight.copy_(emb.weight[index])
+    model.set_input_embeddings(pruned)
+    new_id = {old: new for new, old in enumerate(keep)}
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id"):
+        value = getattr(model.config, name, None)
+        if isinstance(value, int):  # an id the vocabulary no longer holds (ALBERT's default bos 2): none
+            setattr(model.config, name, new_id.get(value))
+    model.config.vocab_size = len(keep)
+
+
+@torch.no_grad()
+def reshape_albert(model, *, groups: int | None = None) -> dict:
+    """Give an ALBERT ``model`` ``groups`` layer groups (the ALBERT paper's ``num_hidden_groups``), each a copy
+    of its shared layer, so the model computes exactly what it did and the groups then learn apart.
+    Returns what changed (for the run's record)."""
+    cfg = model.config
+    if cfg.model_type != "albert":
+        raise ValueError(f"layer groups are an ALBERT setting, not {cfg.model_type}'s")
+    changed: dict = {}
+    if groups is not None and groups != cfg.num_hidden_groups:
+        if cfg.num_hidden_groups != 1 or not 1 <= groups <= cfg.num_hidden_layers:
+            raise ValueError(f"groups must be 1..{cfg.num_hidden_layers} (passes), from one shared group; "
+                             f"got {groups} from {cfg.num_hidden_groups}")
+        encoder = model.albert.encoder
+        first = encoder.albert_layer_groups[0]
+        encoder.albert_layer_groups = nn.ModuleList([first] + [copy.deepcopy(first) for _ in range(groups - 1)])
+        changed["groups"] = {"from": cfg.num_hidden_groups, "to": groups}
+        cfg.num_hidden_groups = groups
+    return changed
+
+
+def reshape_for_chat(model, tokenizer_folder: Path, texts: Sequence[str], *, vocab_size: int | None = None,
+                     groups: int | None = None) -> tuple[dict, object | None]:
+    """Prune ``model``'s vocabulary to ``vocab_size`` pieces of ``texts`` and/or give an ALBERT ``groups``
+    layer groups. Returns (what changed, the pruned ``tokenizers.Tokenizer`` or None)."""
+    from tokenizers import Tokenizer
+
+    changed: dict = {}
+    pruned = None
+    if vocab_size is not None:
+        tokenizer = Tokenizer.from_file(str(Path(tokenizer_folder) / "tokenizer.json"))
+        before = tokenizer.get_vocab_size(with_added_tokens=True)
+        if vocab_size < before:
+            keep = chat_vocabulary(tokenizer, texts, vocab_size)
+            pruned = pruned_tokenizer(tokenizer, keep)
+            prune_embeddings(model, keep)
+            counts = piece_counts(tokenizer, texts)
+            changed["vocab"] = {"from": before, "to": len(keep),
+                                "kept_share_of_pieces": round(float(counts[keep].sum() / max(1, counts.sum())), 5)}
+    if groups is not None:
+        changed |= reshape_albert(model, groups=groups)
+    return changed, pruned
