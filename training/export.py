@@ -258,6 +258,6 @@ def _count_parameters(safetensors_path: Path) -> int:
 
     total = 0
     with safe_open(str(safetensors_path), framework="numpy") as fh:
-        for key in fh:
+        for key in fh.keys():  # noqa: SIM118 - safe_open is not iterable
             total += int(np.prod(fh.get_slice(key).get_shape()))
     return total
