@@ -194,7 +194,16 @@ class Moderator:
                                           message_key(self.prefix, msg.id)))
 
     async def _publish(self, batch: _Batch) -> None:
-        """Dead letters, then every output sent and confirmed (one wait per batch), then the cache written."""
+        """The cache written, then dead letters and every output sent and confirmed (one wait per batch).
+
+        Each result is in Redis under its message id before any copy of it is published, so a worker that
+        dies between the two leaves a record that the redelivery publishes byte for byte (published once);
+        the other order left a window where a published result had no record and its redelivery was
+        scored again, with its own ``latency_ms``."""
+        if batch.cache_writes and self.cache is not None:
+            started = time.perf_counter()
+            await self.cache.set_many(batch.cache_writes, self.ttl_s)
+            batch.stats.stage_seconds["cache_write"] = time.perf_counter() - started
         stats = batch.stats
         for rec, err in batch.dead:
             letter = DeadLetter.from_invalid(err, rec.value, rec.topic, rec.partition, rec.offset)
@@ -209,10 +218,6 @@ class Moderator:
         futures = [await self.publisher.send(topic, key, value, headers) for topic, key, value, headers in batch.outputs]
         await asyncio.gather(*futures)
         stats.stage_seconds["publish"] = time.perf_counter() - started
-        if batch.cache_writes and self.cache is not None:
-            started = time.perf_counter()
-            await self.cache.set_many(batch.cache_writes, self.ttl_s)
-            stats.stage_seconds["cache_write"] = time.perf_counter() - started
 
     async def _moderate(self, batch: _Batch) -> None:
         pending, scores = batch.pending, batch.scores
