@@ -15,6 +15,7 @@ from pipeline.cache import ResultCache
 from pipeline.moderation import BatchMismatch, InRecord, Moderator
 from pipeline.serving import load_serving
 from pipeline.settings import Settings
+from pipeline.textnorm import message_key
 
 pytestmark = pytest.mark.integration  # real Redis
 
@@ -121,6 +122,22 @@ async def test_a_classifier_breaking_the_batch_contract_publishes_nothing(settin
 async def test_an_unconfirmed_publish_fails_the_batch_so_it_is_not_acked(settings):
     with pytest.raises(ConnectionError):
         await _moderator(settings, MemoryPublisher(fail=True)).handle(_records([_msg("x", "hello")]))
+
+
+async def test_a_result_is_recorded_before_it_is_published_so_its_redelivery_is_byte_identical(settings):
+    """A worker that dies (here: a broker that fails) after the results left and before anything else
+    happened leaves them recorded: the redelivery publishes the same bytes, not a re-scored copy with its
+    own latency."""
+    values = [_msg(str(i), f"first delivery {i}") for i in range(10)]
+    with pytest.raises(ConnectionError):
+        await _moderator(settings, MemoryPublisher(fail=True)).handle(_records(values))
+    cache = ResultCache(settings.redis)
+    recorded = await cache.get_many([message_key(settings.redis.key_prefix, str(i)) for i in range(10)])
+    await cache.close()
+    again = MemoryPublisher()
+    stats = await _moderator(settings, again).handle(_records(values))
+    assert stats.replayed == 10 and stats.classified == 0
+    assert [value for _, _, value, _ in again.on(settings.topics.moderated)] == recorded
 
 
 async def test_the_model_is_released_before_the_batch_publishes_and_exactly_once(settings):
