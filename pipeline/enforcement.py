@@ -210,8 +210,7 @@ class Enforcement:
         try:
             if mood:
                 self.mood.count(mood)
-            if self.mood.due():
-                await self.mood.flush()
+            await self.flush_mood(only_if_due=True)
             if not active:
                 self._down = False
                 return Result(outcomes)

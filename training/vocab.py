@@ -32,27 +32,24 @@ def piece_counts(tokenizer, texts: Sequence[str], batch_size: int = 2048) -> np.
     return counts
 
 
-def chat_vocabulary(tokenizer, texts: Sequence[str], size: int) -> list[int]:
+def chat_vocabulary(tokenizer, texts: Sequence[str], size: int, counts: np.ndarray | None = None) -> list[int]:
     """The ids (old numbering, ascending) of at most ``size`` pieces to keep (pieces the texts never use are
     not): the special tokens, the pieces of one
     character (alone and continuing) for every character of ``texts`` and of printable ASCII, then the pieces
-    ``texts`` use most. A word with a character none of the texts has becomes ``[UNK]``, as a word with a
-    character outside the original vocabulary always did."""
+    ``texts`` use most (``counts``: their ``piece_counts``, where already known). A word with a character
+    none of the texts has becomes ``[UNK]``, as a word with a character outside the original vocabulary
+    always did."""
     vocab = tokenizer.get_vocab(with_added_tokens=True)
-    prefix = _model(tokenizer).get("continuing_subword_prefix", "##")
+    prefix = json.loads(tokenizer.to_str())["model"].get("continuing_subword_prefix", "##")
     normalize = tokenizer.normalizer.normalize_str if tokenizer.normalizer is not None else str
     chars = {c for text in texts for c in normalize(text)} | {chr(c) for c in range(33, 127)}
     must = {i for tok, i in vocab.items() if tok.removeprefix(prefix) in chars and len(tok.removeprefix(prefix)) == 1}
     must |= {i for i, tok in tokenizer.get_added_tokens_decoder().items() if tok.special}
     if size < len(must):
         raise ValueError(f"a vocabulary of {size} cannot hold the {len(must)} special and one-character pieces")
-    counts = piece_counts(tokenizer, texts)
+    counts = piece_counts(tokenizer, texts) if counts is None else counts
     order = [i for i in np.argsort(-counts, kind="stable") if counts[i] > 0 and i not in must]
     return sorted(must | {int(i) for i in order[:size - len(must)]})
-
-
-def _model(tokenizer) -> dict:
-    return json.loads(tokenizer.to_str())["model"]
 
 
 def pruned_tokenizer(tokenizer, keep: Sequence[int]):
@@ -95,7 +92,7 @@ def prune_embeddings(model, keep: Sequence[int]) -> None:
     """Keep only the rows ``keep`` of ``model``'s word embeddings (in place; config ids follow)."""
     emb = model.get_input_embeddings()
     index = torch.tensor(list(keep))
-    pruned = nn.Embedding(len(keep), emb.embedding_dim, padding_idx=None)
+    pruned = nn.Embedding(len(keep), emb.embedding_dim)
     pruned.weight.copy_(emb.weight[index])
     model.set_input_embeddings(pruned)
     new_id = {old: new for new, old in enumerate(keep)}
@@ -139,10 +136,10 @@ def reshape_for_chat(model, tokenizer_folder: Path, texts: Sequence[str], *, voc
         tokenizer = Tokenizer.from_file(str(Path(tokenizer_folder) / "tokenizer.json"))
         before = tokenizer.get_vocab_size(with_added_tokens=True)
         if vocab_size < before:
-            keep = chat_vocabulary(tokenizer, texts, vocab_size)
+            counts = piece_counts(tokenizer, texts)  # the texts tokenised once, for the choice and the share
+            keep = chat_vocabulary(tokenizer, texts, vocab_size, counts)
             pruned = pruned_tokenizer(tokenizer, keep)
             prune_embeddings(model, keep)
-            counts = piece_counts(tokenizer, texts)
             changed["vocab"] = {"from": before, "to": len(keep),
                                 "kept_share_of_pieces": round(float(counts[keep].sum() / max(1, counts.sum())), 5)}
     if groups is not None:
