@@ -27,7 +27,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_sc
 from models.artifact import Head
 from models.labels import TASK_LABELS, ProblemType, Task
 from training.data import Example
-from training.losses import hidden_cosine_loss, multi_label_loss, single_label_loss, soft_target_loss
+from training.losses import (
+    attention_kl_loss,
+    hidden_cosine_loss,
+    multi_label_loss,
+    single_label_loss,
+    soft_target_loss,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +50,11 @@ class TrainConfig:
     alpha_soft: float = 1.0  # KL to the teacher's soft targets (x T^2)
     alpha_hard: float = 1.0  # cross-entropy to the data set's labels
     alpha_cos: float = 1.0  # 1 - cos(student, teacher) on the last hidden states
+    # Layer-wise transfer from a teacher of the student's width and heads (a live teacher, or a layer teacher
+    # beside stored soft targets), each student layer paired with a teacher layer spread evenly (the last with
+    # the last): 1 - cos of the hidden states, and the KL between self-attention distributions (MiniLM).
+    alpha_hidden: float = 0.0
+    alpha_attn: float = 0.0
     seed: int = 13
     log_every: int = 50
     max_steps: int | None = None
@@ -58,7 +69,7 @@ class TrainConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if min(self.alpha_soft, self.alpha_hard, self.alpha_cos) < 0:
+        if min(self.alpha_soft, self.alpha_hard, self.alpha_cos, self.alpha_hidden, self.alpha_attn) < 0:
             raise ValueError("loss weights must be >= 0")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
@@ -162,11 +173,18 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class _Teaching:
-    """What teaches beside the hard labels: a live teacher, or stored soft targets (per example, or None)."""
+    """What teaches beside the hard labels: a live teacher, or stored soft targets (per example, or None)
+    with, where given, a layer teacher whose hidden states and attention the student follows."""
 
     teacher: PreTrainedModel | None
     soft_targets: Sequence[np.ndarray | None] | None
     soft_heads: Sequence[Head] | None
+    layer_teacher: PreTrainedModel | None = None
+
+    @property
+    def guide(self) -> PreTrainedModel | None:
+        """The model whose layers the student follows: the live teacher, else the layer teacher."""
+        return self.teacher if self.teacher is not None else self.layer_teacher
 
 
 def train(
@@ -181,16 +199,20 @@ def train(
     soft_targets: Sequence[np.ndarray | None] | None = None,
     soft_heads: Sequence[Head] | None = None,
     checkpoint: Path | None = None,
+    layer_teacher: PreTrainedModel | None = None,
 ) -> TrainResult:
     """Train ``model`` in place. With a teacher: distillation (soft + hard + cosine); with ``soft_targets``
     (a stored teacher's logits per example, None where it has none): soft + hard; else fine-tuning.
     ``soft_heads``: the heads the soft targets teach (default all), e.g. only the tasks where the teacher
-    is better than the student it teaches.
+    is better than the student it teaches. ``layer_teacher``: beside stored soft targets, a model of the
+    student's width, heads and vocabulary whose layers teach (``cfg.alpha_hidden``, ``cfg.alpha_attn``).
 
     ``checkpoint``: a folder where the model, optimiser and schedule are saved after every epoch but the
     last; a run started again with the same folder resumes after the last saved epoch, and the folder is
     removed when the run ends. A loss that is not a number stops the run (``TrainingDiverged``)."""
     total_steps = _total_steps(cfg, examples, teacher, soft_targets)
+    teaching = _Teaching(teacher, soft_targets, soft_heads, layer_teacher)
+    layered = _check_layer_transfer(model, teaching, cfg)
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     encoded = tokenizer([ex.text for ex in examples], truncation=True, max_length=cfg.max_length)["input_ids"]
@@ -198,7 +220,10 @@ def train(
     optim, sched = _optimiser(model, cfg, total_steps)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # a lent GPU is used as it is
     model.to(device)
-    teaching = _Teaching(teacher.to(device).eval() if teacher is not None else None, soft_targets, soft_heads)
+    for m in (teacher, layer_teacher):
+        if m is not None:
+            m.to(device).eval()
+    attn_impl = _eager_attention((model, teaching.guide) if layered and cfg.alpha_attn > 0 else ())
     model.train()
     step, epoch = _resume(checkpoint, model, optim, sched) if checkpoint is not None else (0, 0)
     for _ in range(epoch):  # the batch order the finished epochs drew, so the next one matches a straight run
@@ -219,12 +244,56 @@ def train(
                 _save_checkpoint(checkpoint, model, optim, sched, step, epoch)
     finally:
         meter.close()
+        for m, impl in attn_impl:
+            m.set_attn_implementation(impl)
     model.to("cpu").eval()  # callers save and evaluate on the CPU
-    if teacher is not None:
-        teacher.to("cpu")
+    for m in (teacher, layer_teacher):
+        if m is not None:
+            m.to("cpu")
     if checkpoint is not None:
         shutil.rmtree(checkpoint, ignore_errors=True)
     return meter.result(step)
+
+
+def _check_layer_transfer(model: PreTrainedModel, teaching: _Teaching, cfg: TrainConfig) -> bool:
+    """Whether the layer-wise terms apply; a layer teacher they cannot pair with the student is an error."""
+    wanted = cfg.alpha_hidden > 0 or cfg.alpha_attn > 0
+    if teaching.layer_teacher is not None and not wanted:
+        raise ValueError("a layer teacher needs alpha_hidden or alpha_attn above 0")
+    if teaching.layer_teacher is not None and teaching.soft_targets is None:
+        raise ValueError("a layer teacher goes with stored soft targets; a live teacher is its own layer teacher")
+    guide = teaching.guide
+    if guide is None or not wanted:
+        return False
+    ours, theirs = _shape(model), _shape(guide)
+    if ours[:2] != theirs[:2]:
+        raise ValueError(f"layer-wise transfer needs the same width and attention heads: the student has "
+                         f"(width, heads) {ours[:2]}, its layer teacher {theirs[:2]}")
+    return True
+
+
+def _shape(model: PreTrainedModel) -> tuple[int, int, int]:
+    """(width, attention heads, layers) of a BERT-like encoder's config (DistilBERT names them its own way)."""
+    c = model.config
+    width = getattr(c, "hidden_size", None) or c.dim
+    heads = getattr(c, "num_attention_heads", None) or c.n_heads
+    layers = getattr(c, "num_hidden_layers", None) or c.n_layers
+    return int(width), int(heads), int(layers)
+
+
+def layer_pairs(student_layers: int, teacher_layers: int) -> list[tuple[int, int]]:
+    """(student, teacher) indices into ``hidden_states`` (0 is the embeddings): each student layer paired
+    with the teacher layer at the same depth fraction, the last with the last."""
+    return [(i, max(1, round(i * teacher_layers / student_layers))) for i in range(1, student_layers + 1)]
+
+
+def _eager_attention(models: Sequence[PreTrainedModel]) -> list[tuple[PreTrainedModel, str]]:
+    """Switch ``models`` to eager attention (the fused kernels return no attention maps); what to restore."""
+    restore = []
+    for m in models:
+        restore.append((m, m.config._attn_implementation or "sdpa"))
+        m.set_attn_implementation("eager")
+    return restore
 
 
 def _total_steps(cfg: TrainConfig, examples: Sequence[Example], teacher: PreTrainedModel | None,
@@ -259,8 +328,9 @@ class _Loop:
         cfg = self.cfg
         batch = collate([self.encoded[i] for i in idx], [self.examples[i] for i in idx], self.pad_id).to(self.device)
         terms = _loss_terms(self.model, self.heads, batch, idx, cfg, self.teaching, self.device)
-        loss = sum({"hard": cfg.alpha_hard, "soft": cfg.alpha_soft, "cos": cfg.alpha_cos}[k] * v
-                   for k, v in terms.items())
+        weights = {"hard": cfg.alpha_hard, "soft": cfg.alpha_soft, "cos": cfg.alpha_cos,
+                   "hidden": cfg.alpha_hidden, "attn": cfg.alpha_attn}
+        loss = sum(weights[k] * v for k, v in terms.items())
         if not torch.isfinite(loss):
             parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
             raise TrainingDiverged(f"the training loss is {float(loss.detach())} at step {step} of "
@@ -287,11 +357,14 @@ def _optimiser(model: PreTrainedModel, cfg: TrainConfig, total_steps: int):
 
 def _loss_terms(model: PreTrainedModel, heads: Sequence[Head], batch: Batch, idx: list[int], cfg: TrainConfig,
                 teaching: _Teaching, device: torch.device) -> dict[str, Tensor]:
-    """The batch's loss terms: hard labels, soft targets (stored or from the teacher), hidden-state cosine."""
-    teacher, soft_targets = teaching.teacher, teaching.soft_targets
+    """The batch's loss terms: hard labels, soft targets (stored or from the teacher), hidden-state cosine,
+    and the layer-wise terms where a teacher's layers teach."""
+    teacher, soft_targets, guide = teaching.teacher, teaching.soft_targets, teaching.guide
+    hidden = guide is not None and (cfg.alpha_hidden > 0 or (teacher is not None and cfg.alpha_cos > 0))
+    attn = guide is not None and cfg.alpha_attn > 0
     with autocast(cfg, device.type):
         out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                    output_hidden_states=teacher is not None and cfg.alpha_cos > 0)
+                    output_hidden_states=hidden, output_attentions=attn)
     logits = out.logits.float()  # (batch, num_labels): losses in fp32 whatever the matmuls ran in
     terms = {"hard": hard_label_loss(logits, heads, batch)}
     if soft_targets is not None:
@@ -299,14 +372,23 @@ def _loss_terms(model: PreTrainedModel, heads: Sequence[Head], batch: Batch, idx
         if rows:
             stored = torch.from_numpy(np.stack([soft_targets[idx[r]] for r in rows])).to(device)  # (rows, logits)
             terms["soft"] = soft_loss(logits[rows], stored, teaching.soft_heads or heads, cfg.temperature)
+    if guide is None:
+        return terms
+    with torch.inference_mode(), autocast(cfg, device.type):
+        t_out = guide(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                      output_hidden_states=hidden, output_attentions=attn)
     if teacher is not None:
-        with torch.inference_mode(), autocast(cfg, device.type):
-            t_out = teacher(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                            output_hidden_states=cfg.alpha_cos > 0)
         terms["soft"] = soft_loss(logits, t_out.logits.float().clone(), heads, cfg.temperature)
         if cfg.alpha_cos > 0:
             terms["cos"] = hidden_cosine_loss(out.hidden_states[-1].float(),
                                               t_out.hidden_states[-1].float().clone(), batch.attention_mask)
+    pairs = layer_pairs(_shape(model)[2], _shape(guide)[2])
+    if cfg.alpha_hidden > 0:
+        terms["hidden"] = sum(hidden_cosine_loss(out.hidden_states[s].float(), t_out.hidden_states[t].float().clone(),
+                                                 batch.attention_mask) for s, t in pairs) / len(pairs)
+    if attn:
+        terms["attn"] = sum(attention_kl_loss(out.attentions[s - 1], t_out.attentions[t - 1].clone(),
+                                              batch.attention_mask) for s, t in pairs) / len(pairs)
     return terms
 
 

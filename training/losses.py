@@ -72,3 +72,21 @@ def hidden_cosine_loss(student_hidden: Tensor, teacher_hidden: Tensor, attention
         )
     cos = F.cosine_similarity(student_hidden, teacher_hidden, dim=-1)  # (batch, seq)
     return _masked_mean(1.0 - cos, attention_mask.to(cos.dtype))
+
+
+def attention_kl_loss(student_attn: Tensor, teacher_attn: Tensor, attention_mask: Tensor) -> Tensor:
+    """KL(teacher || student) between self-attention distributions, per head and real query token, as in
+    MiniLM's self-attention transfer.
+
+    attn: (batch, heads, seq, seq) probabilities (rows sum to 1 over the keys), the same heads for both;
+    padding queries excluded (padding keys carry no probability in either).
+    """
+    if student_attn.shape != teacher_attn.shape:
+        raise ValueError(
+            f"attention maps must match in shape, got student {tuple(student_attn.shape)} "
+            f"and teacher {tuple(teacher_attn.shape)}"
+        )
+    p, q = teacher_attn.float(), student_attn.float()
+    kl = (p * (p.clamp_min(1e-8).log() - q.clamp_min(1e-8).log())).sum(dim=-1)  # (batch, heads, seq)
+    mask = attention_mask.to(kl.dtype)[:, None, :].expand_as(kl)
+    return _masked_mean(kl, mask)

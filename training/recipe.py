@@ -155,6 +155,7 @@ def run_distill_from_labels(cfg: StageConfig, labels_path: Path, init_dir: Path,
                             family: str | None = None, soft_tasks: Sequence[str] | None = None,
                             init_heads: Sequence | None = None, repetitions: int | None = None,
                             vocab_size: int | None = None, groups: int | None = None,
+                            layer_teacher: Path | None = None,
                             on_step: Callable[[int, int, dict], None] | None = None) -> dict:
     """Distil a student initialised from ``init_dir`` (e.g. a shipped student, rebuilt) from a stored
     teacher's soft labels (``training/soft_labels.py``) plus the hard labels: a teacher of another size and
@@ -163,7 +164,10 @@ def run_distill_from_labels(cfg: StageConfig, labels_path: Path, init_dir: Path,
     ``repetitions``: an ALBERT student's passes through its shared layer, where they should change (more
     depth at no parameter cost, the ALBERT paper's trade). ``vocab_size``: the student's WordPiece vocabulary
     pruned to the pieces its training texts use most; ``groups``: an ALBERT student's layer groups, each
-    starting as a copy of its shared layer (``training/vocab.py``: the budget a pruned table frees)."""
+    starting as a copy of its shared layer (``training/vocab.py``: the budget a pruned table frees).
+    ``layer_teacher``: a model folder of the student's width, heads and vocabulary whose hidden states and
+    self-attention the student learns to follow, layer by layer (``cfg.train.alpha_hidden``, ``alpha_attn``):
+    the stored labels teach what to answer, the layer teacher how to get there."""
     from training.soft_labels import SoftLabels
 
     _setup(cfg)
@@ -191,11 +195,15 @@ def run_distill_from_labels(cfg: StageConfig, labels_path: Path, init_dir: Path,
     if vocab_size is not None or groups is not None:
         tokenizer, init["reshaped"] = _reshaped(student, init_dir, [ex.text for ex in examples], vocab_size, groups,
                                                 tokenizer)
+    guide = _layer_teacher(layer_teacher, tokenizer) if layer_teacher is not None else None
+    if guide is not None:
+        init["layer_teacher"] = str(layer_teacher)
     targets = labels.for_heads([ex.text for ex in examples], heads, soft_heads)
     covered = sum(t is not None for t in targets) / len(targets)
     out.mkdir(parents=True, exist_ok=True)
     result = train(student, heads, examples, tokenizer, cfg.train, log_path=out / "train_log.jsonl",
-                   on_step=on_step, soft_targets=targets, soft_heads=soft_heads, checkpoint=out / "checkpoint")
+                   on_step=on_step, soft_targets=targets, soft_heads=soft_heads, checkpoint=out / "checkpoint",
+                   layer_teacher=guide)
     record = {"stage": "distill", "family": family or student.config.model_type,
               "teacher": labels.meta.get("teacher", str(labels_path)), "soft_labels": str(labels_path),
               "soft_label_coverage": round(covered, 4), "soft_tasks": [h.task.value for h in soft_heads],
@@ -206,6 +214,15 @@ def run_distill_from_labels(cfg: StageConfig, labels_path: Path, init_dir: Path,
               "result": asdict(result), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     _save(student, tokenizer, out, record)
     return record
+
+
+def _layer_teacher(folder: Path, tokenizer) -> PreTrainedModel:
+    """The model in ``folder``, checked to read the student's token ids as the student does."""
+    theirs = AutoTokenizer.from_pretrained(folder).get_vocab()
+    if theirs != tokenizer.get_vocab():
+        raise ValueError(f"the layer teacher {folder} has another vocabulary ({len(theirs)} pieces, the student "
+                         f"{len(tokenizer.get_vocab())}): its layers cannot read the student's token ids")
+    return load_model(folder)
 
 
 def _reshaped(student: PreTrainedModel, init_dir: Path, texts: Sequence[str], vocab_size: int | None,

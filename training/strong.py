@@ -45,13 +45,17 @@ def run_strong(out: Path, store: Path, teacher_cfg: StageConfig, student_cfg: St
                families: Sequence[str] = ("distilbert", "albert"), promote: bool = False,
                soft_tasks: Sequence[str] | None = None, int8_tolerance: ExportTolerance = WARM_START_INT8,
                albert_repetitions: int | None = None, albert_vocab: int | None = None,
-               albert_groups: int | None = None, warm_start: Sequence[str] = (),
+               albert_groups: int | None = None, warm_start: Sequence[str] = (), layer_teacher: str | None = None,
                progress: Progress | None = None, say: Callable[[str], None] = print) -> dict:
     """Run the stages that are not done yet; returns the summary (also written to ``out/summary.json``).
 
     Each student starts from the stored model of its family named in ``warm_start`` (NAME@VERSION), else
-    from the one serving a task, else from the newest."""
+    from the one serving a task, else from the newest. ``layer_teacher`` (NAME@VERSION): a stored model of the
+    students' width, heads and vocabulary whose layers they learn to follow (``run_distill_from_labels``)."""
     from training.train_all import choose_defaults
+
+    if layer_teacher is not None and not (student_cfg.train.alpha_hidden > 0 or student_cfg.train.alpha_attn > 0):
+        raise ValueError("a layer teacher needs the student config's alpha_hidden or alpha_attn above 0")
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -67,6 +71,7 @@ def run_strong(out: Path, store: Path, teacher_cfg: StageConfig, student_cfg: St
     for family in families:
         card, artifact = _student(out, registry, family, labels, student_cfg, verify, version, soft_tasks,
                                   int8_tolerance, progress, say, current=chosen_init.get(family),
+                                  layer_teacher=layer_teacher,
                                   reshape=({"repetitions": albert_repetitions, "vocab_size": albert_vocab,
                                             "groups": albert_groups} if family == "albert" else {}))
         cards[card["name"]] = card
@@ -101,7 +106,7 @@ def _student(out: Path, registry: ModelRegistry, family: str, labels: Path, stud
              verify: list[str], version: str | None, soft_tasks: Sequence[str] | None,
              int8_tolerance: ExportTolerance, progress: Progress | None,
              say: Callable[[str], None], current: str | None = None,
-             reshape: dict | None = None) -> tuple[dict, Path]:
+             reshape: dict | None = None, layer_teacher: str | None = None) -> tuple[dict, Path]:
     """Steps 3 and 4 for one family: distil (unless done), evaluate, export (unless done); (card, artifact)."""
     from training.requantize import model_folder
     from training.train_all import student_card
@@ -111,10 +116,12 @@ def _student(out: Path, registry: ModelRegistry, family: str, labels: Path, stud
     if not (student_dir / "chatmod_run.json").is_file():
         say(f"[3/4] distilling the {family} student from {labels}, warm-started from {current}")
         with tempfile.TemporaryDirectory(prefix="chatmod-strong-") as tmp:
-            init, _ = model_folder(current, registry.store, Path(tmp))
+            init, _ = model_folder(current, registry.store, Path(tmp) / "init")
+            guide = model_folder(layer_teacher, registry.store, Path(tmp) / "layers")[0] if layer_teacher else None
             run_distill_from_labels(student_cfg, labels, init, student_dir, family=family, soft_tasks=soft_tasks,
                                     init_heads=read_manifest(registry.get(current)[1]).heads,
-                                    **(reshape or {}), on_step=progress(family) if progress else None)
+                                    **(reshape or {}), layer_teacher=guide,
+                                    on_step=progress(family) if progress else None)
     say(f"[4/4] evaluating and exporting the {family} student")
     record = json.loads((student_dir / "chatmod_run.json").read_text())
     torch_report = evaluate_folder(student_dir, student_cfg)
@@ -129,7 +136,8 @@ def _student(out: Path, registry: ModelRegistry, family: str, labels: Path, stud
         export_folder(student_dir, artifact, name, tag, torch_report, verify_texts=verify,
                       int8_tolerance=int8_tolerance)
     card = student_card(f"{name}@{tag}", record, artifact, student_cfg, torch_report, verify, warm_start=current,
-                        soft_labels=str(labels), soft_label_coverage=record.get("soft_label_coverage"))
+                        soft_labels=str(labels), soft_label_coverage=record.get("soft_label_coverage"),
+                        **({"layer_teacher": layer_teacher} if layer_teacher else {}))
     write_model_card(student_dir, card)
     return card, artifact
 

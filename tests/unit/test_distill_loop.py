@@ -101,6 +101,78 @@ def test_no_cosine_term_when_its_weight_is_zero(tokenizer) -> None:
     assert "loss_soft" in record and "loss_hard" in record and "loss_cos" not in record
 
 
+def tiny_albert(seed: int = 0, hidden: int = 32, heads: int = 2, passes: int = 2):
+    from transformers import AlbertConfig, AlbertForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = AlbertConfig(vocab_size=30522, embedding_size=16, hidden_size=hidden, num_hidden_layers=passes,
+                       num_attention_heads=heads, intermediate_size=64, max_position_embeddings=64,
+                       num_labels=N_LOGITS)
+    return AlbertForSequenceClassification(cfg).eval()
+
+
+def teacher_attention_kl(student, teacher, tokenizer, examples: list[Example]) -> float:
+    """The layer-wise attention KL of ``student`` to ``teacher`` over ``examples`` (eval mode, eager)."""
+    from training.distill import _eager_attention, layer_pairs
+    from training.losses import attention_kl_loss
+
+    encoded = tokenizer([ex.text for ex in examples], truncation=True, max_length=32)["input_ids"]
+    batch = collate(encoded, examples, tokenizer.pad_token_id)
+    restore = _eager_attention([student, teacher])
+    student.eval()
+    with torch.no_grad():
+        s = student(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_attentions=True)
+        t = teacher(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_attentions=True)
+    for m, impl in restore:
+        m.set_attn_implementation(impl)
+    pairs = layer_pairs(len(s.attentions), len(t.attentions))
+    return sum(float(attention_kl_loss(s.attentions[a - 1], t.attentions[b - 1], batch.attention_mask))
+               for a, b in pairs) / len(pairs)
+
+
+def test_a_layer_teacher_teaches_an_albert_student_its_attention(tokenizer) -> None:
+    """Beside stored soft targets, a BERT of the student's width and heads (4 layers against 2 passes of a
+    shared layer) teaches layer by layer: both terms are logged, and the student's attention moves to the
+    teacher's (the KL falls by more than half); the student is handed back with its own attention kernel."""
+    import numpy as np
+
+    examples = learnable_examples(64)
+    teacher, student = tiny_teacher(seed=3), tiny_albert(seed=4)
+    impl = student.config._attn_implementation
+    before = teacher_attention_kl(student, teacher, tokenizer, examples)
+    soft = [np.zeros(N_LOGITS, dtype=np.float32) for _ in examples]
+    cfg = TrainConfig(batch_size=16, max_steps=60, epochs=100, log_every=10, max_length=32, lr=3e-3,
+                      alpha_hard=0.0, alpha_soft=0.0, alpha_hidden=1.0, alpha_attn=1.0)
+    result = train(student, HEADS, examples, tokenizer, cfg, soft_targets=soft, layer_teacher=teacher)
+    assert {"loss_hidden", "loss_attn"} <= set(result.history[-1])
+    assert result.history[-1]["loss_total"] == pytest.approx(
+        result.history[-1]["loss_hidden"] + result.history[-1]["loss_attn"], abs=1e-4)
+    after = teacher_attention_kl(student, teacher, tokenizer, examples)
+    assert after < 0.5 * before, (before, after)
+    assert student.config._attn_implementation == impl
+
+
+def test_a_layer_teacher_must_match_the_students_width_and_heads(tokenizer) -> None:
+    import numpy as np
+
+    examples = learnable_examples(8)
+    soft = [np.zeros(N_LOGITS, dtype=np.float32) for _ in examples]
+    cfg = TrainConfig(batch_size=8, max_steps=1, max_length=32, alpha_attn=1.0)
+    with pytest.raises(ValueError, match=r"same width and attention heads.*\(32, 4\).*\(32, 2\)"):
+        train(tiny_albert(heads=4), HEADS, examples, tokenizer, cfg, soft_targets=soft, layer_teacher=tiny_teacher())
+    with pytest.raises(ValueError, match="needs alpha_hidden or alpha_attn"):
+        train(tiny_albert(), HEADS, examples, tokenizer, TrainConfig(max_length=32), soft_targets=soft,
+              layer_teacher=tiny_teacher())
+
+
+def test_layer_pairs_spread_the_student_over_the_teacher() -> None:
+    from training.distill import layer_pairs
+
+    assert layer_pairs(3, 3) == [(1, 1), (2, 2), (3, 3)]
+    assert layer_pairs(2, 4) == [(1, 2), (2, 4)]
+    assert layer_pairs(4, 2)[-1] == (4, 2) and layer_pairs(4, 2)[0] == (1, 1)
+
+
 def test_a_tiny_model_learns_a_trivial_task(tokenizer) -> None:
     examples = learnable_examples(64)
     model = tiny_teacher(seed=1)

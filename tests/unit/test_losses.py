@@ -8,7 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.losses import hidden_cosine_loss, multi_label_loss, single_label_loss, soft_target_loss
+from training.losses import (
+    attention_kl_loss,
+    hidden_cosine_loss,
+    multi_label_loss,
+    single_label_loss,
+    soft_target_loss,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -151,3 +157,43 @@ def test_hidden_cosine_loss_ignores_padding() -> None:
 def test_hidden_cosine_loss_refuses_mismatched_shapes() -> None:
     with pytest.raises(ValueError, match="must match in shape"):
         hidden_cosine_loss(torch.zeros(2, 4, 8), torch.zeros(2, 4, 16), torch.ones(2, 4))
+
+
+# ---------------------------------------------------------------- attention maps
+
+
+def _attention(gen: torch.Generator, mask: torch.Tensor, heads: int = 2) -> torch.Tensor:
+    """Random attention distributions over the real keys of each row (batch, heads, seq, seq)."""
+    batch, seq = mask.shape
+    scores = torch.randn(batch, heads, seq, seq, generator=gen)
+    scores = scores.masked_fill(mask[:, None, None, :] == 0, float("-inf"))
+    return scores.softmax(dim=-1)
+
+
+def test_attention_kl_loss_is_zero_for_identical_maps_and_positive_otherwise() -> None:
+    gen = torch.Generator().manual_seed(2)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    a, b = _attention(gen, mask), _attention(gen, mask)
+    assert attention_kl_loss(a, a.clone(), mask).item() == pytest.approx(0.0, abs=1e-6)
+    assert attention_kl_loss(a, b, mask).item() > 0.01
+
+
+def test_attention_kl_loss_is_the_mean_kl_over_heads_and_real_queries() -> None:
+    gen = torch.Generator().manual_seed(3)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    student, teacher = _attention(gen, mask), _attention(gen, mask)
+    kls = []
+    for row in range(2):
+        for head in range(2):
+            for query in range(int(mask[row].sum())):
+                p, q = teacher[row, head, query], student[row, head, query]
+                kls.append(sum(float(pi * (math.log(pi) - math.log(qi))) for pi, qi in zip(p, q) if pi > 0))
+    assert attention_kl_loss(student, teacher, mask).item() == pytest.approx(sum(kls) / len(kls), rel=1e-5)
+    scrambled = student.clone()
+    scrambled[0, :, 2] = torch.rand(2, 3, generator=gen)  # the padding query's row: not counted
+    assert attention_kl_loss(scrambled, teacher, mask).item() == pytest.approx(sum(kls) / len(kls), rel=1e-5)
+
+
+def test_attention_kl_loss_refuses_mismatched_heads() -> None:
+    with pytest.raises(ValueError, match="must match in shape"):
+        attention_kl_loss(torch.zeros(1, 2, 3, 3), torch.zeros(1, 4, 3, 3), torch.ones(1, 3))

@@ -121,3 +121,18 @@ def test_groups_are_an_albert_setting_from_one_shared_layer(tmp_path: Path) -> N
     with pytest.raises(ValueError, match="ALBERT setting"):
         reshape_albert(distil, groups=2)
     assert len(albert.albert.encoder.albert_layer_groups) == 1  # a refused reshape changes nothing
+
+
+def test_a_layer_teacher_must_read_the_students_token_ids(tmp_path: Path, wordpiece) -> None:
+    """A student on a pruned vocabulary numbers its pieces anew: a teacher on the full one cannot follow it."""
+    from transformers import PreTrainedTokenizerFast
+
+    from training.recipe import _layer_teacher
+
+    teacher = save_tiny_hf_model(tmp_path / "teacher", family="distilbert")
+    full = AutoTokenizer.from_pretrained(minilm_dir())
+    assert _layer_teacher(teacher, full).config.dim == 32
+    keep = chat_vocabulary(wordpiece, CHAT, 2000)
+    pruned = PreTrainedTokenizerFast(tokenizer_object=pruned_tokenizer(wordpiece, keep))
+    with pytest.raises(ValueError, match="another vocabulary"):
+        _layer_teacher(teacher, pruned)

@@ -119,7 +119,15 @@ def strong(out: Annotated[Path, typer.Option(help="Run folder (resumable).")] = 
                                                                  "as a copy of its shared layer.")] = None,
            warm_start: Annotated[list[str] | None, typer.Option(help="NAME@VERSION a student starts from, one per "
                                                                      "family (default: the serving one, else the "
-                                                                     "newest).")] = None) -> None:
+                                                                     "newest).")] = None,
+           layer_teacher: Annotated[str | None, typer.Option(help="NAME@VERSION of a stored model of the students' "
+                                                                  "width, heads and vocabulary whose hidden states "
+                                                                  "and attention they learn to follow, layer by "
+                                                                  "layer.")] = None,
+           alpha_hidden: Annotated[float, typer.Option(help="Weight of the layer-wise hidden-state cosine "
+                                                            "(with --layer-teacher).")] = 1.0,
+           alpha_attn: Annotated[float, typer.Option(help="Weight of the layer-wise attention KL "
+                                                          "(with --layer-teacher).")] = 1.0) -> None:
     """The strong-teacher recipe: teacher, soft labels, both students distilled from them, evaluated,
     exported and registered; resumable, and the same on a lent GPU."""
     from training.recipe import scaled
@@ -127,13 +135,16 @@ def strong(out: Annotated[Path, typer.Option(help="Run folder (resumable).")] = 
 
     teacher_cfg = stage_config(task, data_root, teacher_epochs, 32, teacher_lr, max_length, seed, threads, precision=precision)
     student_cfg = with_caps(scaled(stage_config(task, data_root, student_epochs, 32, student_lr, max_length, seed,
-                                                threads, precision=precision, alpha_cos=0.0), scale), cap)
+                                                threads, precision=precision, alpha_cos=0.0,
+                                                **({"alpha_hidden": alpha_hidden, "alpha_attn": alpha_attn}
+                                                   if layer_teacher else {})), scale), cap)
     bars = Bars()
     with bars.progress:
         summary = run_strong(out, store, teacher_cfg, student_cfg, base=base, labels=labels, version=version,
                              promote=promote_, soft_tasks=[Task(t).value for t in soft_task] if soft_task else None,
                              families=tuple(family or ("distilbert", "albert")), albert_repetitions=albert_repetitions,
                              albert_vocab=albert_vocab, albert_groups=albert_groups, warm_start=warm_start or (),
+                             layer_teacher=layer_teacher,
                              progress=bars, say=console.print)
     table = Table("model", "params", "MB", "ms/msg", "functional", *next(iter(summary["models"].values()))["headline"],
                   title="validation (served int8)")
