@@ -111,6 +111,17 @@ TEMPLATE_KINDS: list[tuple] = [
                   "ever notice how {g} are {n}?", "who else thinks {g} are {n}?", "{g} don't belong here",
                   "send the {g} back", "no {g} allowed in my lobby"],
                  g=GROUPS, n=["dirty", "stupid", "evil", "lazy and dirty", "violent", "disgusting", "inferior"]), 650),
+    # eliminationist hate: calls to expel, confine, strip or exterminate a group (a group hated this way is
+    # rarely insulted by name, so the derogation templates above do not teach it)
+    (HATE, _fill(["{g} should all be {e}", "{g} need to be {e}", "every last one of {g} should be {e}",
+                  "it's time {g} were {e}", "honestly {g} deserve to be {e}", "i want {g} {e}",
+                  "the only good {g} are {e} ones"],
+                 g=GROUPS, e=["deported", "exterminated", "eradicated", "purged", "gassed", "sterilised", "put in camps",
+                              "removed for good", "banned from existing", "thrown in cages", "gone", "dead"])
+     + _fill(["{g} have no right to exist", "{g} are a subspecies", "{g} belong in zoos, not cities",
+              "the world would be better with zero {g} in it", "round up the {g} and ship them off",
+              "wipe {g} off the face of the earth", "{g} aren't people, they're pests", "{g} deserve no human rights",
+              "strip {g} of citizenship", "{g} should be hunted for sport"], g=GROUPS), 650),
     (UNTARGETED, ["fuck this lag", "holy shit that was close", "shit, died again", "this boss is hard as fuck",
                   "what the fuck was that lmao", "this fucking map again", "oh shit here we go", "fuck yeah we won",
                   "damn it, wifi is shit today", "goddamn this game is hard", "well shit, gg", "fucking finally",
@@ -150,6 +161,12 @@ TEMPLATE_KINDS: list[tuple] = [
     (CLEAN, ["queer and proud of it", "nerd life forever", "geeks and nerds welcome here", "as a queer person i love this chat",
              "this queer streamer rocks", "nerds rule the world", "proud geek here", "happy pride to all the queer folks",
              "gay and gaming, best combo", "we geeks gotta stick together"]),
+    # self-identification with a term others use as a slur or a jab: the speaker's own word for themselves
+    (CLEAN, _fill(["proud {i} here", "{i} and loving it", "hello from a fellow {i}", "{i} squad checking in",
+                   "just a {i} enjoying the stream", "yes i'm a {i}, and happy about it", "{i} gang rise up",
+                   "being a {i} is the best"],
+                  i=["queer gamer", "nerd", "geek", "fat girl", "chubby guy", "bi girl", "gay dude", "trans woman",
+                     "lesbian", "dork", "weirdo", "disabled gamer", "queer kid", "plus-size girl", "bear"])),
     (CLEAN, _fill(["ugh i'm {s} today", "i'm such {s} lol", "wow i'm {s}, missed every shot", "me = {s}",
                    "sorry team, i'm {s}", "honestly i'm {s} at this game", "i felt like {s} that round",
                    "my own fault, i'm {s}"],
