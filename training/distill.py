@@ -62,6 +62,11 @@ class TrainConfig:
     # MPNet-base on a CPU with AMX, measured); "auto": bf16 where the hardware runs it natively.
     precision: str = "fp32"
 
+    @property
+    def layerwise(self) -> bool:
+        """Whether a teacher's layers teach (either layer-wise term weighs anything)."""
+        return self.alpha_hidden > 0 or self.alpha_attn > 0
+
     def validate(self) -> None:
         if self.epochs <= 0:
             raise ValueError(f"epochs must be > 0, got {self.epochs}")
@@ -257,13 +262,12 @@ def train(
 
 def _check_layer_transfer(model: PreTrainedModel, teaching: _Teaching, cfg: TrainConfig) -> bool:
     """Whether the layer-wise terms apply; a layer teacher they cannot pair with the student is an error."""
-    wanted = cfg.alpha_hidden > 0 or cfg.alpha_attn > 0
-    if teaching.layer_teacher is not None and not wanted:
+    if teaching.layer_teacher is not None and not cfg.layerwise:
         raise ValueError("a layer teacher needs alpha_hidden or alpha_attn above 0")
     if teaching.layer_teacher is not None and teaching.soft_targets is None:
         raise ValueError("a layer teacher goes with stored soft targets; a live teacher is its own layer teacher")
     guide = teaching.guide
-    if guide is None or not wanted:
+    if guide is None or not cfg.layerwise:
         return False
     ours, theirs = _shape(model), _shape(guide)
     if ours[:2] != theirs[:2]:
@@ -273,12 +277,9 @@ def _check_layer_transfer(model: PreTrainedModel, teaching: _Teaching, cfg: Trai
 
 
 def _shape(model: PreTrainedModel) -> tuple[int, int, int]:
-    """(width, attention heads, layers) of a BERT-like encoder's config (DistilBERT names them its own way)."""
+    """(width, attention heads, layers) of an encoder (DistilBERT's config maps these names to its own)."""
     c = model.config
-    width = getattr(c, "hidden_size", None) or c.dim
-    heads = getattr(c, "num_attention_heads", None) or c.n_heads
-    layers = getattr(c, "num_hidden_layers", None) or c.n_layers
-    return int(width), int(heads), int(layers)
+    return c.hidden_size, c.num_attention_heads, c.num_hidden_layers
 
 
 def layer_pairs(student_layers: int, teacher_layers: int) -> list[tuple[int, int]]:

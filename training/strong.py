@@ -54,7 +54,7 @@ def run_strong(out: Path, store: Path, teacher_cfg: StageConfig, student_cfg: St
     students' width, heads and vocabulary whose layers they learn to follow (``run_distill_from_labels``)."""
     from training.train_all import choose_defaults
 
-    if layer_teacher is not None and not (student_cfg.train.alpha_hidden > 0 or student_cfg.train.alpha_attn > 0):
+    if layer_teacher is not None and not student_cfg.train.layerwise:  # before any teacher or labeling work
         raise ValueError("a layer teacher needs the student config's alpha_hidden or alpha_attn above 0")
 
     out = Path(out)
