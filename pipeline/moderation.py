@@ -238,8 +238,7 @@ class Moderator:
         misses = sorted({p.content_key: p.text for i, p in enumerate(pending)
                          if i not in batch.replay and p.content_key not in scores}.items())
         # Single flight: a text another in-flight batch is classifying right now is awaited, not classified
-        # again. The scores then match whatever the cache will hold (int8 scores move a little with a
-        # text's batch neighbours), and the model does the work once.
+        # again, so the model does the work once (scores are batch-independent: per-token int8).
         borrowed = {key: self._inflight[key] for key, _ in misses if key in self._inflight}
         todo = [(key, text) for key, text in misses if key not in borrowed]
         if todo:

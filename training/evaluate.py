@@ -200,6 +200,8 @@ def write_model_card(folder: Path, card: dict) -> None:
     for key in ("parameters", "size_bytes", "teacher", "latency_ms_per_msg"):
         if key in card:
             lines.append(f"- {key}: {card[key]}")
+    if card.get("soup_of"):  # training/soup.py: an average of these models' weights
+        lines.append(f"- soup of: {', '.join(card['soup_of'])}")
     if "headline" in card:
         lines += ["", "## Validation headline metrics", "", "| metric | value |", "| --- | --- |"]
         lines += [f"| {k} | {v:.4f} |" for k, v in card["headline"].items()]

@@ -109,7 +109,6 @@ def _student(out: Path, registry: ModelRegistry, family: str, labels: Path, stud
              reshape: dict | None = None, layer_teacher: str | None = None) -> tuple[dict, Path]:
     """Steps 3 and 4 for one family: distil (unless done), evaluate, export (unless done); (card, artifact)."""
     from training.requantize import model_folder
-    from training.train_all import student_card
 
     current = current or _current_of(registry, family)
     student_dir = out / family
@@ -124,21 +123,31 @@ def _student(out: Path, registry: ModelRegistry, family: str, labels: Path, stud
                                     on_step=progress(family) if progress else None)
     say(f"[4/4] evaluating and exporting the {family} student")
     record = json.loads((student_dir / "chatmod_run.json").read_text())
-    torch_report = evaluate_folder(student_dir, student_cfg)
     name = read_manifest(registry.get(current)[1]).name
-    tag = version or time.strftime("%Y%m%d")
-    artifact = out / "artifacts" / f"{name}@{tag}"
+    return finish_student(student_dir, out / "artifacts", name, version or time.strftime("%Y%m%d"), student_cfg,
+                          verify, int8_tolerance, warm_start=current, soft_labels=str(labels),
+                          soft_label_coverage=record.get("soft_label_coverage"),
+                          **({"layer_teacher": layer_teacher} if layer_teacher else {}))
+
+
+def finish_student(model_dir: Path, artifacts: Path, name: str, tag: str, cfg: StageConfig, verify: list[str],
+                   int8_tolerance: ExportTolerance = WARM_START_INT8, **extra: object) -> tuple[dict, Path]:
+    """A trained model folder evaluated (torch, for its thresholds), exported to ``artifacts/NAME@TAG`` (unless
+    there already) and judged as served in its model card; (card, artifact)."""
+    from training.train_all import student_card
+
+    record = json.loads((model_dir / "chatmod_run.json").read_text())
+    torch_report = evaluate_folder(model_dir, cfg)
+    artifact = Path(artifacts) / f"{name}@{tag}"
     if not (artifact / "manifest.json").is_file():
         # A student warm-started from an int8 artifact and fine-tuned again drifts a little further from
         # int8 (measured: 0.58 at most over 400 validation texts, 99.9% of decisions agreeing, with every
         # feed-forward output in fp32); the served model is what is judged below, on validation and
         # the functional suite, so decisions must agree (98%) and logits may move up to 1.0.
-        export_folder(student_dir, artifact, name, tag, torch_report, verify_texts=verify,
+        export_folder(model_dir, artifact, name, tag, torch_report, verify_texts=verify,
                       int8_tolerance=int8_tolerance)
-    card = student_card(f"{name}@{tag}", record, artifact, student_cfg, torch_report, verify, warm_start=current,
-                        soft_labels=str(labels), soft_label_coverage=record.get("soft_label_coverage"),
-                        **({"layer_teacher": layer_teacher} if layer_teacher else {}))
-    write_model_card(student_dir, card)
+    card = student_card(f"{name}@{tag}", record, artifact, cfg, torch_report, verify, **extra)
+    write_model_card(model_dir, card)
     return card, artifact
 
 

@@ -157,6 +157,54 @@ def strong(out: Annotated[Path, typer.Option(help="Run folder (resumable).")] = 
                     + (" (promoted)" if summary["promoted"] else " (not promoted: --promote)"))
 
 
+@app.command()
+def soup(members: Annotated[list[str], typer.Argument(help="Two or more models of one shape: NAME@VERSION in the "
+                                                           "store, artifact folders or trained model folders.")],
+         version: Annotated[str, typer.Option(help="Version of the soup's artifact.")],
+         out: Annotated[Path, typer.Option(help="Run folder: the averaged model, its card and artifact.")] = Path("runs/soup"),
+         store: StoreOpt = Path("model-store"),
+         weight: Annotated[list[float] | None, typer.Option(help="One weight per member, in order (default: "
+                                                                 "uniform).")] = None,
+         promote_: PromoteOpt = False, data_root: DataOpt = None, seed: int = 13, threads: int | None = None) -> None:
+    """Average the weights of models of one shape (a model soup: rounds warm-started from one model), then
+    evaluate, export and register the average like any student, with its card and functional suite."""
+    import tempfile
+
+    from models.artifact import read_manifest
+    from models.registry import ModelRegistry
+    from training.recipe import check_texts, training_examples, validation_config
+    from training.requantize import model_folder
+    from training.soup import heads_of_artifact, make_soup
+    from training.strong import finish_student
+
+    registry = ModelRegistry(store)
+    stored = [registry.get(m)[1] if not Path(m).is_dir() else Path(m) for m in members]
+    artifacts = [p for p in stored if (p / "manifest.json").is_file()]
+    if not artifacts:
+        raise typer.BadParameter("name at least one stored model or artifact: the soup takes its name from it")
+    manifest = read_manifest(artifacts[0])
+    cfg = StageConfig(tasks=[str(t) for t in manifest.tasks], data_root=str(data_root) if data_root else None,
+                      seed=seed, threads=threads)
+    _, validation, _ = training_examples(validation_config(cfg))
+    if not validation:
+        raise typer.BadParameter("no validation data: a soup's thresholds are fitted on it (--data-root)")
+    with tempfile.TemporaryDirectory(prefix="chatmod-soup-") as tmp:
+        folders = [model_folder(p, registry.store, Path(tmp) / str(i))[0] for i, p in enumerate(stored)]
+        console.print(f"averaging {len(members)} models: {', '.join(members)}")
+        make_soup(folders, members, out / "soup", weight, heads=heads_of_artifact(artifacts[0]),
+                  family=manifest.family)
+    console.print("evaluating, exporting and judging the soup as served (int8)")
+    card, artifact = finish_student(out / "soup", out / "artifacts", manifest.name, version, cfg,
+                                    check_texts(validation), soup_of=members)
+    added = registry.add(artifact, version=version)
+    functional = card.get("functional") or {"overall": float("nan"), "worst": {"name": "-", "pass_rate": float("nan")}}
+    console.print(f"registered {added.ref}: validation {card['headline']}; functional suite "
+                  f"{functional['overall']:.1%} (worst {functional['worst']['name']} "
+                  f"{functional['worst']['pass_rate']:.0%})")
+    if promote_:
+        promote_like_source(registry, added)
+
+
 @app.command("all")
 def all_(out: Annotated[Path, typer.Option(help="Run folder (resumable).")] = Path("runs/latest"),
          store: Annotated[Path | None, typer.Option(help="Model store to register into.")] = Path("model-store"),
