@@ -104,8 +104,8 @@ def toxicity_metrics(probs: np.ndarray, targets: np.ndarray, thresholds: dict[st
 
 
 def sentiment_metrics(probs: np.ndarray, targets: np.ndarray, classes: np.ndarray) -> dict[str, float]:
-    pred = np.argmax(np.where(classes > 0, probs, -1.0), axis=1)  # argmax over the classes the set has
-    labels = sorted({int(c) for c in np.nonzero(classes[0])[0]})
+    pred = np.argmax(np.where(classes > 0, probs, -1.0), axis=1)  # the served argmax, over the set's classes
+    labels = [int(c) for c in np.nonzero(classes[0])[0] if (targets == c).any()]  # macro over classes it holds
     out = {"accuracy": float((pred == targets).mean())}
     out["macro_recall"] = float(recall_score(targets, pred, labels=labels, average="macro", zero_division=0))
     out["macro_f1"] = float(f1_score(targets, pred, labels=labels, average="macro", zero_division=0))
@@ -121,32 +121,49 @@ BIAS_GRID = np.round(np.arange(-3.0, 3.0001, 0.05), 2)
 
 def fit_logit_bias(head: Head, sets: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, float]:
     """Per-label logit offsets maximising the summed headline metric of the single-label ``sets``
-    (``{source: (logits, targets, classes)}``). The first label stays at 0 (only differences count); the
-    others move by coordinate ascent over ``BIAS_GRID`` from 0, a move kept only where it helps."""
+    (``{source: (logits, targets, classes)}``), each set scored as served (its argmax over its classes).
+    The first label stays at 0 (only differences count). With two free offsets (three labels) every pair
+    on ``BIAS_GRID`` is tried, ties keeping the smallest offsets: coordinate ascent stopped short there
+    (DistilBERT v27: SemEval 0.7110 / SST-2 0.9144 where a pair it never tried gives 0.7147 / 0.9151).
+    Wider heads move one offset at a time from 0, a move kept only where it helps."""
     cols = {source: (logits[:, head.offset : head.offset + head.width], y, c) for source, (logits, y, c) in sets.items()}
 
-    def objective(bias: np.ndarray) -> float:  # the argmax is all the metrics read: no softmax, no sklearn
-        total = 0.0
+    def objective(biases: np.ndarray) -> np.ndarray:  # (m, width) -> (m,); the argmax is all the metrics read
+        total = np.zeros(len(biases))
         for source, (z, y, c) in cols.items():
-            pred = np.argmax(np.where(c > 0, z + bias, -np.inf), axis=1)
+            shifted = np.where(c[None] > 0, z[None] + biases[:, None, :], -np.inf)  # (m, rows, width)
+            pred = np.argmax(shifted, axis=2)  # (m, rows)
             if HEADLINE.get(source) == "accuracy":
-                total += float((pred == y).mean())
-            else:  # macro recall over the classes the set has (sklearn's, zero_division=0)
-                labels = np.nonzero(c[0])[0]
-                total += float(np.mean([(pred[y == k] == k).mean() if (y == k).any() else 0.0 for k in labels]))
+                total += (pred == y[None]).mean(axis=1)
+            else:  # macro recall over the classes the set holds
+                labels = [k for k in np.nonzero(c[0])[0] if (y == k).any()]
+                total += np.mean([(pred[:, y == k] == k).mean(axis=1) for k in labels], axis=0)
         return total
 
+    grid = np.array(sorted(BIAS_GRID, key=abs))  # ties keep the smallest offset: the first best wins
+    if head.width == 3:
+        best_score, bias = -np.inf, np.zeros(3)
+        for a in grid:
+            trials = np.zeros((len(grid), 3))
+            trials[:, 1], trials[:, 2] = a, grid
+            scores = objective(trials)
+            i = int(np.argmax(scores))  # the first maximum: the smallest second offset
+            better = scores[i] > best_score + 1e-9
+            tie_smaller = abs(scores[i] - best_score) <= 1e-9 and abs(a) + abs(grid[i]) < np.abs(bias).sum()
+            if better or tie_smaller:
+                best_score, bias = max(best_score, float(scores[i])), trials[i].copy()
+        return {label: float(b) for label, b in zip(head.labels, bias, strict=True) if b}
     bias = np.zeros(head.width)
-    best = objective(bias)
+    best = float(objective(bias[None])[0])
     for _ in range(4):  # passes until no coordinate moves
         moved = False
         for col in range(1, head.width):
-            for value in sorted(BIAS_GRID, key=abs):  # ties keep the smallest offset
-                trial = bias.copy()
-                trial[col] = value
-                score = objective(trial)
-                if score > best + 1e-9:
-                    best, bias, moved = score, trial, True
+            trials = np.repeat(bias[None], len(grid), axis=0)
+            trials[:, col] = grid
+            scores = objective(trials)
+            i = int(np.argmax(scores))
+            if scores[i] > best + 1e-9:
+                best, bias, moved = float(scores[i]), trials[i].copy(), True
         if not moved:
             break
     return {label: float(b) for label, b in zip(head.labels, bias, strict=True) if b}

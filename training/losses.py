@@ -49,10 +49,9 @@ def multi_label_loss(logits: Tensor, targets: Tensor, mask: Tensor, pos_weight: 
 
 
 def single_label_loss(logits: Tensor, targets: Tensor, allowed: Tensor, row_mask: Tensor) -> Tensor:
-    """Cross-entropy restricted to the classes a data set can express (``allowed`` is (batch, classes)).
-
-    SST-2 has no neutral: its rows are a softmax over negative/positive only, so it never teaches the
-    model that a phrase is "not neutral".
+    """Cross-entropy restricted to the classes a data set's annotation speaks for (``allowed`` is
+    (batch, classes)): a class a set says nothing about is masked out of its rows' softmax rather than
+    taught as wrong.
     """
     masked = logits.masked_fill(allowed == 0, float("-inf"))
     ce = F.cross_entropy(masked, targets.clamp(min=0), reduction="none")  # (batch,)

@@ -22,7 +22,7 @@ from models.artifact import (
 )
 from models.labels import ProblemType, Task
 from models.runtime import TextClassifier, head_probabilities, softmax
-from training.data import Example
+from training.data import SENT, Example
 from training.evaluate import evaluate, fit_logit_bias, sentiment_metrics
 from training.requantize import recalibrate_artifact
 
@@ -71,6 +71,25 @@ def test_fitted_offsets_undo_a_learned_prior_and_raise_balanced_recall() -> None
         return sentiment_metrics(head_probabilities(head, logits), y, classes)["macro_recall"]
 
     assert recall(SENTIMENT.model_copy(update={"logit_bias": bias})) > recall(SENTIMENT) + 0.1
+
+
+def test_offsets_trade_neutral_tweets_against_sst2_texts_served_as_neutral() -> None:
+    """SST-2 counts a neutral answer as wrong; SemEval needs neutral: the fit weighs both as served."""
+    logits, y = _skewed(900, neutral_boost=1.5)
+    classes = np.ones((len(y), 3), dtype=int)
+    rng = np.random.default_rng(3)
+    y2 = rng.choice([SENT["negative"], SENT["positive"]], 600)  # SST-2: no neutral texts
+    sst2 = 2.0 * np.eye(3)[y2] + rng.normal(0.0, 1.0, (600, 3))
+    sst2[:, 1] += 1.5  # the same learned prior towards neutral
+    alone = fit_logit_bias(SENTIMENT, {"semeval": (logits, y, classes)})
+    both = fit_logit_bias(SENTIMENT, {"semeval": (logits, y, classes), "sst2": (sst2, y2, np.ones((600, 3), int))})
+    assert both["neutral"] < alone["neutral"]  # SST-2's texts pull the neutral offset further down
+
+    def served_accuracy(bias: dict) -> float:
+        head = SENTIMENT.model_copy(update={"logit_bias": bias})
+        return sentiment_metrics(head_probabilities(head, sst2), y2, np.ones((600, 3), int))["accuracy"]
+
+    assert served_accuracy(both) > served_accuracy(alone)
 
 
 def test_evaluate_fits_the_offsets_only_when_calibrating() -> None:

@@ -188,7 +188,8 @@ def test_sentiment_mapping(data_root: Path) -> None:
     sst2 = list(read_sst2(data_root))
     assert [(ex.text, ex.sentiment) for ex in sst2] == [("a gorgeous film", SENT["positive"]),
                                                        ("dull and tedious", SENT["negative"])]
-    assert all(ex.sentiment_classes[SENT["neutral"]] == 0 and ex.toxicity is None for ex in sst2)
+    # SST-2 has no neutral label because its annotators left neutral phrases out: neutral is a wrong answer
+    assert all(ex.sentiment_classes == (1, 1, 1) and ex.toxicity is None for ex in sst2)
 
 
 def test_tox_refuses_unknown_labels() -> None:
