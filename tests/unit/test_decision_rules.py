@@ -23,7 +23,7 @@ from models.artifact import (
 from models.labels import ProblemType, Task
 from models.runtime import TextClassifier, head_probabilities, softmax
 from training.data import SENT, Example
-from training.evaluate import evaluate, fit_logit_bias, sentiment_metrics
+from training.evaluate import BIAS_GRID, evaluate, fit_logit_bias, sentiment_metrics
 from training.requantize import recalibrate_artifact
 
 pytestmark = pytest.mark.unit
@@ -90,6 +90,29 @@ def test_offsets_trade_neutral_tweets_against_sst2_texts_served_as_neutral() -> 
         return sentiment_metrics(head_probabilities(head, sst2), y2, np.ones((600, 3), int))["accuracy"]
 
     assert served_accuracy(both) > served_accuracy(alone)
+
+
+def test_the_fitted_pair_is_the_best_pair_on_the_grid() -> None:
+    """No local optimum: on these logits one offset at a time stops at 1.639 (summed served metric) where
+    moving both reaches 1.642; the fit must find the grid's best pair, checked here by brute force."""
+    logits, y = _skewed(600, neutral_boost=1.0, seed=4)
+    rng = np.random.default_rng(5)
+    y2 = rng.choice([SENT["negative"], SENT["positive"]], 300)
+    sst2 = 1.5 * np.eye(3)[y2] + rng.normal(0.0, 1.2, (300, 3))
+    sst2[:, 1] += 1.0
+
+    def summed(neutral: np.ndarray, positive: np.ndarray) -> np.ndarray:  # offsets (m,) -> metric (m,)
+        bias = np.stack([np.zeros_like(neutral), neutral, positive], axis=1)[:, None, :]  # (m, 1, 3)
+        pred, pred2 = (logits[None] + bias).argmax(2), (sst2[None] + bias).argmax(2)  # (m, rows)
+        recall = np.mean([(pred[:, y == k] == k).mean(axis=1) for k in range(3)], axis=0)
+        return recall + (pred2 == y2[None]).mean(axis=1)
+
+    grid = BIAS_GRID
+    best = max(float(summed(np.full(len(grid), a), grid).max()) for a in grid)
+    fitted = fit_logit_bias(SENTIMENT, {"semeval": (logits, y, np.ones((600, 3), int)),
+                                        "sst2": (sst2, y2, np.ones((300, 3), int))})
+    got = float(summed(np.array([fitted.get("neutral", 0.0)]), np.array([fitted.get("positive", 0.0)]))[0])
+    assert got == pytest.approx(best) and best > 1.64
 
 
 def test_evaluate_fits_the_offsets_only_when_calibrating() -> None:
