@@ -219,6 +219,8 @@ def write_model_card(folder: Path, card: dict) -> None:
             lines.append(f"- {key}: {card[key]}")
     if card.get("soup_of"):  # training/soup.py: an average of these models' weights
         lines.append(f"- soup of: {', '.join(card['soup_of'])}")
+    if card.get("recalibrated_from"):  # chatmod train recalibrate: the same weights, decision rules refitted
+        lines.append(f"- weights of: {card['recalibrated_from']} (decision rules fitted again, as served)")
     if "headline" in card:
         lines += ["", "## Validation headline metrics", "", "| metric | value |", "| --- | --- |"]
         lines += [f"| {k} | {v:.4f} |" for k, v in card["headline"].items()]
