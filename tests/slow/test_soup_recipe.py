@@ -10,15 +10,13 @@ import pytest
 
 from models.registry import ModelRegistry
 from tests.e2e.test_cli import chatmod
+from tests.slow import needs_labeled_data
 from tests.tiny_models import build_tiny_artifact
-from training.data import default_data_root
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
-DATA_ROOT = default_data_root()
 
 
-@pytest.mark.skipif(not (DATA_ROOT / "toxicity/olid/train.tsv").is_file(),
-                    reason=f"needs the labeled sets at {DATA_ROOT} (../shared/data; see its README.md)")
+@needs_labeled_data
 def test_two_versions_make_a_third_that_is_evaluated_and_registered(tmp_path: Path) -> None:
     store = ModelRegistry(tmp_path / "store")
     for version, seed in (("1", 0), ("2", 1)):

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from models.registry import ModelRegistry
+from tests.slow import needs_labeled_data
 from tests.tiny_models import build_tiny_artifact, save_tiny_hf_model
-from training.data import default_data_root
 from training.distill import TrainConfig
 from training.export_check import ExportTolerance
 from training.recipe import StageConfig, scaled
@@ -19,11 +19,9 @@ from training.soft_labels import SoftLabels
 from training.strong import run_strong
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
-DATA_ROOT = default_data_root()
 
 
-@pytest.mark.skipif(not (DATA_ROOT / "toxicity/olid/train.tsv").is_file(),
-                    reason=f"needs the labeled sets at {DATA_ROOT} (../shared/data; see its README.md)")
+@needs_labeled_data
 def test_strong_recipe_runs_every_stage_and_resumes(tmp_path: Path) -> None:
     store = ModelRegistry(tmp_path / "store")
     build_tiny_artifact(tmp_path / "build", family="distilbert", seed=0, name="tiny-student")
