@@ -232,7 +232,11 @@ class BatchingSettings(_Group):
     """Micro-batching and the bounds on every buffer and input."""
 
     max_batch: int = Field(128, ge=1)  # records per micro-batch; more sort into less padding (bench: 64 -> 128 = +15%)
-    max_wait_ms: float = Field(5.0, gt=0)  # longest a message waits for company when the model is idle
+    # Longest a message waits for company when the model is idle. Bigger batches cost less CPU per message
+    # at moderate loads, where per-call and per-request costs dominate: 5 -> 25 ms raised the capacity at p99
+    # <= 150 ms from 371 and 370 to 435 and 473 msgs/s (two bench pairs, Zen 4 EPYC), at +10-20 ms of p50
+    # and p99 under light load (p99 43 -> 64 ms at 90 msgs/s).
+    max_wait_ms: float = Field(25.0, gt=0)
     max_text_chars: int = Field(2000, ge=1)  # longer texts are truncated for the model, never rejected
     max_message_bytes: int = Field(65536, ge=1)  # bigger raw values go to the DLQ
     stream_buffer_maxsize: int = Field(4096, ge=1)  # Faust's per-topic buffer, before the batcher's own

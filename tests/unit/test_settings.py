@@ -22,7 +22,7 @@ def test_defaults_without_environment():
     assert s.kafka.bootstrap == "127.0.0.1:9092"
     assert s.redis.url == "redis://127.0.0.1:6379/0"
     assert s.topics.messages == "chat.messages.v1" and s.topics.dlq == "chat.messages.dlq.v1"
-    assert s.batching.max_batch == 128 and s.batching.max_wait_ms == 5
+    assert s.batching.max_batch == 128 and s.batching.max_wait_ms == 25
     assert s.models.store == Path("model-store") and s.models.tasks == [Task.TOXICITY, Task.SENTIMENT]
     assert s.policy.default_threshold == 0.5 and s.policy.default_block_threshold == 0.9
     assert s.worker.web_port == 6066 and s.worker.log_json is True
