@@ -87,8 +87,9 @@ def make_soup(folders: Sequence[Path], names: Sequence[str], out: Path, weights:
             raise ValueError(f"{name} has other heads ({[_head_key(h) for h in theirs]}) than the soup "
                              f"({[_head_key(h) for h in heads]})")
     models = [AutoModelForSequenceClassification.from_pretrained(f).eval() for f in folders]
+    tokenizers = [AutoTokenizer.from_pretrained(f) for f in folders]
     _check_configs(models, names)
-    _check_vocab(folders, names)
+    _check_vocab(tokenizers, names)
     state = averaged_state([m.state_dict() for m in models], weights, names)
     soup = models[0]
     soup.load_state_dict(state)
@@ -104,7 +105,7 @@ def make_soup(folders: Sequence[Path], names: Sequence[str], out: Path, weights:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     soup.save_pretrained(out, safe_serialization=True)
-    AutoTokenizer.from_pretrained(folders[0]).save_pretrained(out)
+    tokenizers[0].save_pretrained(out)
     (out / "chatmod_run.json").write_text(json.dumps(record, indent=2, default=str))
     return record
 
@@ -134,10 +135,10 @@ def _check_configs(models: Sequence, names: Sequence[str]) -> None:
                                  "architecture")
 
 
-def _check_vocab(folders: Sequence[Path], names: Sequence[str]) -> None:
-    first = AutoTokenizer.from_pretrained(folders[0]).get_vocab()
-    for name, folder in zip(names[1:], folders[1:]):
-        if AutoTokenizer.from_pretrained(folder).get_vocab() != first:
+def _check_vocab(tokenizers: Sequence, names: Sequence[str]) -> None:
+    first = tokenizers[0].get_vocab()
+    for name, tokenizer in zip(names[1:], tokenizers[1:]):
+        if tokenizer.get_vocab() != first:
             raise ValueError(f"{name} has another vocabulary than {names[0]}: its embedding rows mean other pieces")
 
 
