@@ -95,11 +95,12 @@ def requantize_artifact(
 
 
 def recalibrate_artifact(artifact: Path, out: Path, version: str, validation: dict, *,
-                         thresholds: bool = False) -> Manifest:
+                         thresholds: bool = False) -> tuple[Manifest, dict]:
     """``name@version`` at ``out``: ``artifact``'s files as they are, with the sentiment head's logit offsets
     fitted on ``validation`` (``{source: [Example]}``) through the served runtime, and, with ``thresholds``,
     the toxicity thresholds too (otherwise they are kept). The metrics recorded are the served model's with
-    the rules it ships (the source's are kept as ``metrics.validation_source``)."""
+    the rules it ships (the source's are kept as ``metrics.validation_source``). Returns the manifest and
+    the served evaluation report (headline and per-set figures), for the model card."""
     from models.runtime import TextClassifier
     from training.evaluate import evaluate
 
@@ -141,4 +142,31 @@ def recalibrate_artifact(artifact: Path, out: Path, version: str, validation: di
         verify_artifact(staging)
         staging.rename(out)
     log.info("recalibrated %s as %s", source.ref, manifest.ref, extra={"validation": headline})
-    return manifest
+    return manifest, served
+
+
+def recalibration_card(artifact: Path, served: dict, latency_texts: list[str], threads: int | None = None) -> dict:
+    """The model card of a recalibrated artifact: its served figures (``served``, from
+    ``recalibrate_artifact``), the rules it ships, its size and latency, the functional suite, and the
+    model whose weights it keeps (the card's "weights of" line)."""
+    from training.functional import evaluate_if_available
+    from training.recipe import measure_latency
+
+    artifact = Path(artifact)
+    manifest = read_manifest(artifact)
+    tox = next((h for h in manifest.heads if h.task == Task.TOXICITY), None)
+    sentiment = next((h for h in manifest.heads if h.task == Task.SENTIMENT), None)
+    card = {
+        "name": manifest.ref, "family": manifest.family, "parameters": manifest.num_parameters,
+        "size_bytes": sum(p.stat().st_size for p in artifact.iterdir() if p.is_file()),
+        "latency_ms_per_msg": round(measure_latency(artifact, latency_texts, threads), 3),
+        "headline": served["headline"], "sets": served["sets"],
+        "thresholds": tox.thresholds if tox else {}, "block_thresholds": tox.block_thresholds if tox else {},
+        "logit_bias": sentiment.logit_bias if sentiment else {},
+        "recalibrated_from": manifest.training.get("recalibrated_from"), "base_model": manifest.base_model,
+        "versions": manifest.training.get("versions", {}), "data": manifest.training.get("data", {}),
+    }
+    functional = evaluate_if_available(artifact, manifest.tasks, threads)
+    if functional is not None:
+        card["functional"] = functional
+    return card

@@ -1,5 +1,6 @@
 """The sentiment head's logit offsets: validated, applied by the runtime, fitted for balanced recall on
-validation only when calibrating, and a recalibrated artifact keeps its weights byte for byte."""
+validation only when calibrating, and a recalibrated artifact keeps its weights byte for byte and gets a
+model card that judges it as served."""
 
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ from models.artifact import (
 from models.labels import ProblemType, Task
 from models.runtime import TextClassifier, head_probabilities, softmax
 from training.data import SENT, Example
-from training.evaluate import BIAS_GRID, evaluate, fit_logit_bias, sentiment_metrics
-from training.requantize import recalibrate_artifact
+from training.evaluate import BIAS_GRID, evaluate, fit_logit_bias, sentiment_metrics, write_model_card
+from training.requantize import recalibrate_artifact, recalibration_card
 
 pytestmark = pytest.mark.unit
 
@@ -136,7 +137,7 @@ def test_a_recalibrated_artifact_keeps_its_weights_and_serves_its_offsets(tiny_a
     validation = {"semeval": [Example(t, "semeval", sentiment=int(rng.integers(0, 3))) for t in texts]}
     with pytest.raises(ValueError, match="already has version 1"):
         recalibrate_artifact(tiny_artifact, tmp_path / "same", "1", validation)
-    manifest = recalibrate_artifact(tiny_artifact, tmp_path / "v2", "2", validation)
+    manifest, _ = recalibrate_artifact(tiny_artifact, tmp_path / "v2", "2", validation)
     source = read_manifest(tiny_artifact)
     assert manifest.ref == "tiny-distilbert@2" and manifest.format_version == FORMAT_VERSION
     assert manifest.training["recalibrated_from"] == "tiny-distilbert@1"
@@ -153,6 +154,25 @@ def test_a_recalibrated_artifact_keeps_its_weights_and_serves_its_offsets(tiny_a
     np.testing.assert_allclose(got, expected, rtol=1e-6)
     if bias:  # a random tiny model may need none; when it has some, they change the probabilities
         assert not np.allclose(expected, head_probabilities(source.head(Task.SENTIMENT), logits))
+
+
+def test_a_recalibrated_artifact_has_a_card_of_its_served_figures(tiny_artifact: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    texts = [f"chat line {i} {'lovely' if i % 2 else 'dreadful'}" for i in range(60)]
+    validation = {"semeval": [Example(t, "semeval", sentiment=int(rng.integers(0, 3))) for t in texts]}
+    manifest, served = recalibrate_artifact(tiny_artifact, tmp_path / "v3", "3", validation)
+    card = recalibration_card(tmp_path / "v3", served, texts[:20])
+    write_model_card(tmp_path / "card", card)
+    assert card["name"] == "tiny-distilbert@3" and card["recalibrated_from"] == "tiny-distilbert@1"
+    assert card["headline"] == manifest.metrics["validation"] == served["headline"]
+    assert card["logit_bias"] == manifest.head(Task.SENTIMENT).logit_bias
+    assert card["thresholds"] == manifest.head(Task.TOXICITY).thresholds
+    assert card["parameters"] == manifest.num_parameters and card["latency_ms_per_msg"] > 0
+    assert set(card["functional"]["behaviours"]) >= {"counter_speech_quote", "evasion_spaced"}
+    markdown = (tmp_path / "card" / "MODEL_CARD.md").read_text()
+    assert "weights of: tiny-distilbert@1" in markdown and "semeval_macro_recall" in markdown
+    assert "## Functional suite" in markdown
+    assert json.loads((tmp_path / "card" / "model_card.json").read_text())["name"] == "tiny-distilbert@3"
 
 
 def test_older_formats_are_read_and_newer_ones_refused(artifact_copy: Path) -> None:

@@ -73,24 +73,35 @@ def recalibrate(ref: RefArg, version: Annotated[str, typer.Option(help="Version 
                 store: StoreOpt = Path("model-store"),
                 thresholds: Annotated[bool, typer.Option("--thresholds/--keep-thresholds",
                                                          help="Fit the toxicity thresholds again too.")] = False,
-                promote_: PromoteOpt = False, data_root: DataOpt = None, seed: int = 13) -> None:
+                promote_: PromoteOpt = False, data_root: DataOpt = None, seed: int = 13,
+                card: Annotated[Path | None, typer.Option(help="Folder for the model card "
+                                                          "(default: runs/NAME@VERSION).")] = None,
+                threads: int | None = None) -> None:
     """Fit a model's decision rules again on validation, as served (int8): the sentiment head's logit
-    offsets (balanced recall), and with --thresholds the toxicity thresholds. Same weights, new version."""
+    offsets (balanced recall), and with --thresholds the toxicity thresholds. Same weights, new version,
+    and a model card judging it as served (validation and the functional suite)."""
     import tempfile
 
-    from training.recipe import training_examples, validation_config
-    from training.requantize import recalibrate_artifact
+    from training.evaluate import write_model_card
+    from training.recipe import check_texts, training_examples, validation_config
+    from training.requantize import recalibrate_artifact, recalibration_card
 
     registry, source, cfg, root = derived_from(ref, store, data_root, seed)
     if not root.is_dir():
         raise typer.BadParameter(f"{root} is missing: recalibration fits on the validation sets made from it")
     _, validation, _ = training_examples(validation_config(cfg))
     with tempfile.TemporaryDirectory(prefix="chatmod-recalibrate-") as tmp:
-        manifest = recalibrate_artifact(source, Path(tmp) / "artifact", version, validation, thresholds=thresholds)
+        manifest, served = recalibrate_artifact(source, Path(tmp) / "artifact", version, validation,
+                                                thresholds=thresholds)
         stored = registry.add(Path(tmp) / "artifact", version=str(version))
     sentiment = next((h for h in manifest.heads if h.task == Task.SENTIMENT), None)
     console.print(f"registered {stored.ref}; sentiment offsets {sentiment.logit_bias if sentiment else '-'}; "
                   f"validation {manifest.metrics['validation']} (was {manifest.metrics['validation_source']})")
+    console.print("judging it as served for its model card (latency, the functional suite)")
+    card_dir = card or Path("runs") / stored.ref
+    write_model_card(card_dir, recalibration_card(registry.get(stored.ref)[1], served, check_texts(validation),
+                                                  threads))
+    console.print(f"model card: {card_dir / 'MODEL_CARD.md'}")
     if promote_:
         promote_like_source(registry, stored)
 
