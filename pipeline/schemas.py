@@ -126,10 +126,14 @@ class Feedback(BaseModel):
 
 def _canonical(value: Any) -> Any:
     """Floats rounded to 4 places (no -0.0), dict keys sorted: equal results give equal bytes."""
+    kind = type(value)
+    if kind is str or value is None or kind is bool or kind is int:  # most fields: nothing to do
+        return value
     if isinstance(value, float):
         return round(value, 4) + 0.0
     if isinstance(value, dict):
-        return {k: _canonical(value[k]) for k in sorted(value)}
+        # a result's scores are flat maps of floats: rounded here without a call per value
+        return {k: round(v, 4) + 0.0 if type(v) is float else _canonical(v) for k, v in sorted(value.items())}
     if isinstance(value, list | tuple):
         return [_canonical(v) for v in value]
     return value
