@@ -202,7 +202,7 @@ def write_model_card(folder: Path, card: dict) -> None:
     dump_json(folder / "model_card.json", card)
     lines = [f"# {card.get('name', 'model')} ({card.get('family', '?')})", ""]
     for key in ("parameters", "size_bytes", "teacher", "latency_ms_per_msg"):
-        if key in card:
+        if card.get(key) is not None:  # a soup or a recalibration has no teacher of its own
             lines.append(f"- {key}: {card[key]}")
     if card.get("soup_of"):  # training/soup.py: an average of these models' weights
         lines.append(f"- soup of: {', '.join(card['soup_of'])}")
