@@ -98,9 +98,10 @@ def recalibrate_artifact(artifact: Path, out: Path, version: str, validation: di
                          thresholds: bool = False) -> tuple[Manifest, dict]:
     """``name@version`` at ``out``: ``artifact``'s files as they are, with the sentiment head's logit offsets
     fitted on ``validation`` (``{source: [Example]}``) through the served runtime, and, with ``thresholds``,
-    the toxicity thresholds too (otherwise they are kept). The metrics recorded are the served model's with
-    the rules it ships (the source's are kept as ``metrics.validation_source``). Returns the manifest and
-    the served evaluation report (headline and per-set figures), for the model card."""
+    the toxicity thresholds too (otherwise they are kept; a head that has none gets them fitted). The
+    metrics recorded are the served model's with the rules it ships (the source's are kept as
+    ``metrics.validation_source``). Returns the manifest and the served evaluation report (headline and
+    per-set figures), for the model card."""
     from models.runtime import TextClassifier
     from training.evaluate import evaluate
 
@@ -122,7 +123,7 @@ def recalibrate_artifact(artifact: Path, out: Path, version: str, validation: di
     for head in source.heads:
         if head.task == Task.SENTIMENT and "logit_bias" in fitted:
             head = head.model_copy(update={"logit_bias": fitted["logit_bias"]})
-        if head.task == Task.TOXICITY and thresholds:
+        if head.task == Task.TOXICITY and (thresholds or not head.thresholds):  # none to keep: fitted
             head = head.model_copy(update={"thresholds": fitted["thresholds"],
                                            "block_thresholds": fitted["block_thresholds"]})
         heads.append(head)
