@@ -285,6 +285,20 @@ def evaluate_folder(folder: Path, cfg: StageConfig, thresholds: tuple[dict, dict
     return report
 
 
+def served_facts(artifact: Path, latency_texts: list[str], tasks, threads: int | None = None) -> dict:
+    """What a model card says of a served artifact besides its validation scores: its size on disk, its
+    latency per message, and the functional suite's report (where it serves toxicity and the suite is there)."""
+    from training.functional import evaluate_if_available
+
+    artifact = Path(artifact)
+    facts = {"size_bytes": sum(p.stat().st_size for p in artifact.iterdir() if p.is_file()),
+             "latency_ms_per_msg": round(measure_latency(artifact, latency_texts, threads), 3)}
+    functional = evaluate_if_available(artifact, tasks, threads)
+    if functional is not None:
+        facts["functional"] = functional
+    return facts
+
+
 def measure_latency(artifact: Path, texts: list[str], threads: int | None = None, batch: int = 32) -> float:
     """Milliseconds per message through the served runtime (int8 ONNX), batches of ``batch``."""
     from models.runtime import TextClassifier

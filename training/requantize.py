@@ -150,24 +150,18 @@ def recalibration_card(artifact: Path, served: dict, latency_texts: list[str], t
     """The model card of a recalibrated artifact: its served figures (``served``, from
     ``recalibrate_artifact``), the rules it ships, its size and latency, the functional suite, and the
     model whose weights it keeps (the card's "weights of" line)."""
-    from training.functional import evaluate_if_available
-    from training.recipe import measure_latency
+    from training.recipe import served_facts
 
     artifact = Path(artifact)
     manifest = read_manifest(artifact)
     tox = next((h for h in manifest.heads if h.task == Task.TOXICITY), None)
     sentiment = next((h for h in manifest.heads if h.task == Task.SENTIMENT), None)
-    card = {
+    return {
         "name": manifest.ref, "family": manifest.family, "parameters": manifest.num_parameters,
-        "size_bytes": sum(p.stat().st_size for p in artifact.iterdir() if p.is_file()),
-        "latency_ms_per_msg": round(measure_latency(artifact, latency_texts, threads), 3),
+        **served_facts(artifact, latency_texts, manifest.tasks, threads),
         "headline": served["headline"], "sets": served["sets"],
         "thresholds": tox.thresholds if tox else {}, "block_thresholds": tox.block_thresholds if tox else {},
         "logit_bias": sentiment.logit_bias if sentiment else {},
         "recalibrated_from": manifest.training.get("recalibrated_from"), "base_model": manifest.base_model,
         "versions": manifest.training.get("versions", {}), "data": manifest.training.get("data", {}),
     }
-    functional = evaluate_if_available(artifact, manifest.tasks, threads)
-    if functional is not None:
-        card["functional"] = functional
-    return card

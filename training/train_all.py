@@ -20,9 +20,9 @@ from training.recipe import (
     StageConfig,
     evaluate_folder,
     export_folder,
-    measure_latency,
     run_distill,
     run_teacher,
+    served_facts,
     training_examples,
     validation_config,
 )
@@ -39,24 +39,17 @@ def student_card(name: str, record: dict, artifact: Path, cfg: StageConfig, torc
                  latency_texts: list[str], **extra: object) -> dict:
     """A student's model card: the served artifact judged on validation (with the thresholds calibrated on
     the torch model) and the functional suite, its size, latency and training record; ``extra`` adds to it."""
-    from training.functional import evaluate_if_available
-
     served = evaluate_folder(artifact, cfg, (torch_report["thresholds"], torch_report["block_thresholds"]))
-    card = {
+    return {
         "name": name, "family": record.get("family"), "parameters": record["parameters"],
         "teacher": record.get("teacher"), "teacher_parameters": record.get("teacher_parameters"),
-        "size_bytes": sum(p.stat().st_size for p in artifact.iterdir() if p.is_file()),
-        "latency_ms_per_msg": round(measure_latency(artifact, latency_texts, cfg.threads), 3),
+        **served_facts(artifact, latency_texts, cfg.tasks, cfg.threads),
         "headline": served["headline"], "headline_fp32": torch_report["headline"],
         "thresholds": torch_report["thresholds"], "block_thresholds": torch_report["block_thresholds"],
         "logit_bias": torch_report.get("logit_bias", {}),
         "sets": served["sets"], "init": record.get("init", {}), "data": record["data"],
         "train_seconds": record["result"]["seconds"], "versions": record["versions"], **extra,
     }
-    functional = evaluate_if_available(artifact, cfg.tasks, cfg.threads)
-    if functional is not None:
-        card["functional"] = functional
-    return card
 
 
 def task_score(headline: dict[str, float], task: Task) -> float:
