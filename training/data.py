@@ -24,6 +24,7 @@ SENT = {name: i for i, name in enumerate(SENTIMENT_LABELS)}
 ALL_SENTIMENT = (1, 1, 1)
 
 csv.field_size_limit(10_000_000)
+STRATUM_LABELS = 7  # toxic .. identity_hate and targeted: the contract when today's splits were drawn
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +43,12 @@ class Example:
 
     @property
     def stratum(self) -> str:
-        return f"{self.source}|{self.toxicity}|{self.sentiment}"
+        # The labels the splits were drawn on, and only those: the contract grows by appending labels, and a
+        # longer tuple here would reshuffle every split, moving rows that shipped models trained on into
+        # validation. That happened once (the targeted signal, 2026-12-03: 90% of today's OLID validation
+        # had trained the models of 2026-12-02, which later models were warm-started from).
+        labels = None if self.toxicity is None else self.toxicity[:STRATUM_LABELS]
+        return f"{self.source}|{labels}|{self.sentiment}"
 
 
 TARGET_LABELS = ("threat", "insult", "identity_hate")  # each is aimed at someone by definition
@@ -99,6 +105,24 @@ def read_jigsaw(root: Path) -> Iterator[Example]:
 
 def read_jigsaw_natural(root: Path) -> Iterator[Example]:
     return _jigsaw(root / "toxicity/jigsaw/train_random5k.csv", "jigsaw")
+
+
+# The withheld Jigsaw test is a balanced sample, and a natural-rate split (90% clean comments) rates every
+# label against mostly clean negatives: it read 0.97 where version 2 scored 0.893 on the test. This set is
+# shaped like the test instead: rows of the enriched file that no shipped model or ancestor trained on, scored
+# with toxic and non-toxic weighted 1:1. On it version 3 read 0.900 (threat 0.774, identity_hate 0.847)
+# against its test's 0.893 (0.77, 0.87).
+JIGSAW_BALANCED = "jigsaw_balanced"
+JIGSAW_BALANCED_ROWS = Path(__file__).with_name("splits") / "jigsaw_balanced.txt"
+
+
+def text_digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def jigsaw_balanced_digests() -> frozenset[str]:
+    lines = JIGSAW_BALANCED_ROWS.read_text(encoding="utf-8").splitlines()
+    return frozenset(line for line in lines if line and not line.startswith("#"))
 
 
 def read_davidson(root: Path) -> Iterator[Example]:
@@ -272,7 +296,8 @@ SOURCES: dict[str, Source] = {
                "OFF+TIN -> targeted 1, other subtypes masked (OLID does not separate them)", files=("toxicity/olid/train.tsv",)),
         Source("jigsaw", Task.TOXICITY, read_jigsaw,
                "all six labels annotated directly (the contract's origin); validation is a natural-rate "
-               "split of the random 5k file, never seen in training", validation=None, val_fraction=0.2,
+               "split of the random 5k file, never seen in training, and a test-shaped balanced set of "
+               "1,566 enriched rows no model has trained on (jigsaw_balanced)", validation=None, val_fraction=0.2,
                files=("toxicity/jigsaw/train_enriched.csv", "toxicity/jigsaw/train_random5k.csv")),
         Source("davidson", Task.TOXICITY, read_davidson,
                "hate -> toxic + identity_hate; offensive -> toxic, identity_hate 0; neither -> all 0",
@@ -382,6 +407,12 @@ def load_splits(
         tr = [ex for ex in tr if ex.text not in val_texts]  # no exact-text leakage into validation
         if max_train_per_source is not None and len(tr) > max_train_per_source:
             _, tr = stratified_split(tr, max_train_per_source / len(tr), seed)  # a stratified subsample
+        if name == "jigsaw":  # held out after the cap, so that the capped subsets stay what they were
+            held = jigsaw_balanced_digests()
+            tr = [ex for ex in tr if text_digest(ex.text) not in held]
+            balanced = [ex for ex in src.read(root) if text_digest(ex.text) in held]
+            if balanced:
+                validation[JIGSAW_BALANCED] = balanced
         train.extend(tr)
         validation[name] = val
     random.Random(seed).shuffle(train)

@@ -2,8 +2,9 @@
 and model cards (JSON + Markdown).
 
 Headline metrics follow the published benchmarks: OLID offensive macro-F1 (the ``toxic`` label),
-SemEval-2017 sentiment macro-recall, SST-2 accuracy (negative vs positive), Jigsaw mean ROC-AUC.
-Thresholds are calibrated on the pooled validation sets (F1-optimal for review; the lowest score with
+SemEval-2017 sentiment macro-recall, SST-2 accuracy (negative vs positive), Jigsaw mean ROC-AUC, both on
+the natural-rate split and on the test-shaped balanced set (``jigsaw_balanced``: toxic and non-toxic rows
+weighted 1:1, as the withheld test is sampled). Thresholds are calibrated on the pooled validation sets (F1-optimal for review; the lowest score with
 precision >= ``BLOCK_PRECISION`` and at least ``BLOCK_FLOOR`` for block), and the sentiment head's logit
 offsets on the sentiment sets (``fit_logit_bias``); the metrics are reported with both.
 """
@@ -20,10 +21,14 @@ from sklearn.metrics import f1_score, precision_recall_curve, recall_score, roc_
 from models.artifact import Head, dump_json
 from models.labels import TOXICITY_SIGNALS, Task
 from models.runtime import head_probabilities
-from training.data import TOX, Example
+from training.data import JIGSAW_BALANCED, TOX, Example
 
 PredictFn = Callable[[list[str]], np.ndarray]  # texts -> logits (n, columns)
-HEADLINE = {"olid": "macro_f1", "semeval": "macro_recall", "sst2": "accuracy", "jigsaw": "mean_roc_auc"}
+HEADLINE = {"olid": "macro_f1", "semeval": "macro_recall", "sst2": "accuracy", "jigsaw": "mean_roc_auc",
+            JIGSAW_BALANCED: "mean_roc_auc"}
+# Sets sampled to be balanced rather than at a natural rate: scored with toxic and non-toxic weighted 1:1,
+# and kept out of threshold calibration (an enriched set would pull the thresholds down).
+BALANCED_SETS = frozenset({JIGSAW_BALANCED})
 
 
 def best_f1_threshold(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
@@ -75,9 +80,14 @@ def _scored(probs: np.ndarray, targets: np.ndarray) -> list[tuple[str, int]]:
     return [(label, col) for label, col in TOX.items() if col < min(probs.shape[1], targets.shape[1])]
 
 
-def toxicity_metrics(probs: np.ndarray, targets: np.ndarray, thresholds: dict[str, float]) -> dict[str, float]:
+def toxicity_metrics(probs: np.ndarray, targets: np.ndarray, thresholds: dict[str, float],
+                     balanced: bool = False) -> dict[str, float]:
+    """Per-label F1 and ROC-AUC, their means over the harm labels, and the offensive/not macro-F1.
+    ``balanced``: every ROC-AUC weights the toxic and the non-toxic rows 1:1 (``min_roc_auc`` then names the
+    worst label's, which the Jigsaw test's floor also bounds)."""
     out: dict[str, float] = {}
     f1s, aucs = [], []
+    weights = _balance_weights(targets) if balanced else None
     for label, col in _scored(probs, targets):
         known = targets[:, col] >= 0
         y = targets[known, col]
@@ -89,19 +99,29 @@ def toxicity_metrics(probs: np.ndarray, targets: np.ndarray, thresholds: dict[st
         if label not in TOXICITY_SIGNALS:
             f1s.append(out[f"f1_{label}"])
         if 0 < y.sum() < len(y):
-            out[f"roc_auc_{label}"] = float(roc_auc_score(y, probs[known, col]))
+            w = weights[known] if weights is not None else None
+            out[f"roc_auc_{label}"] = float(roc_auc_score(y, probs[known, col], sample_weight=w))
             if label not in TOXICITY_SIGNALS:  # the benchmarks' mean is over the harm labels
                 aucs.append(out[f"roc_auc_{label}"])
     if f1s:
         out["label_macro_f1"] = float(np.mean(f1s))
     if aucs:
         out["mean_roc_auc"] = float(np.mean(aucs))
+        out["min_roc_auc"] = float(np.min(aucs))
     known = targets[:, TOX["toxic"]] >= 0
     y = targets[known, TOX["toxic"]]
     if known.sum() and 0 < y.sum() < len(y):  # the binary offensive/not task, both classes' F1 averaged
         pred = probs[known, TOX["toxic"]] >= thresholds["toxic"]
         out["macro_f1"] = float(f1_score(y, pred, average="macro"))
     return out
+
+
+def _balance_weights(targets: np.ndarray) -> np.ndarray:
+    """Row weights under which the toxic and the non-toxic rows count equally."""
+    toxic = targets[:, TOX["toxic"]] == 1
+    if toxic.all() or not toxic.any():
+        raise ValueError("a balanced set needs both toxic and non-toxic rows")
+    return np.where(toxic, 0.5 / toxic.sum(), 0.5 / (~toxic).sum()) * len(toxic)
 
 
 def sentiment_metrics(probs: np.ndarray, targets: np.ndarray, classes: np.ndarray) -> dict[str, float]:
@@ -175,10 +195,13 @@ def evaluate(predict: PredictFn, heads: Sequence[Head], validation: dict[str, li
                             np.array([ex.sentiment_classes for ex in examples]))
     report: dict = {"sets": {}, "thresholds": {}, "block_thresholds": {}}
     if tox_probs:
-        review, block = thresholds or calibrate(tox_probs, tox_targets, block_precision)
+        natural = [s for s in tox_probs if s not in BALANCED_SETS] or list(tox_probs)
+        review, block = thresholds or calibrate({s: tox_probs[s] for s in natural},
+                                                {s: tox_targets[s] for s in natural}, block_precision)
         report["thresholds"], report["block_thresholds"] = review, block
         for source in tox_probs:
-            report["sets"][source] = toxicity_metrics(tox_probs[source], tox_targets[source], review)
+            report["sets"][source] = toxicity_metrics(tox_probs[source], tox_targets[source], review,
+                                                      balanced=source in BALANCED_SETS)
     sentiment = by_task.get(Task.SENTIMENT)
     if sent and thresholds is None:  # calibrating: the sentiment decision rule is fitted with the thresholds
         report["logit_bias"] = fit_logit_bias(sentiment, sent)

@@ -27,7 +27,7 @@ from training.recipe import (
     validation_config,
 )
 
-TASK_METRICS = {Task.TOXICITY: ("olid_macro_f1", "jigsaw_mean_roc_auc"),
+TASK_METRICS = {Task.TOXICITY: ("olid_macro_f1", "jigsaw_balanced_mean_roc_auc"),
                 Task.SENTIMENT: ("semeval_macro_recall", "sst2_accuracy")}
 
 

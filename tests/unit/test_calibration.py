@@ -123,8 +123,43 @@ def test_evaluate_reports_headlines_per_set() -> None:
     assert 0.05 <= report["thresholds"]["toxic"] <= report["block_thresholds"]["toxic"]
 
 
+def test_balanced_sets_weigh_toxic_and_clean_rows_equally_and_stay_out_of_calibration() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    # 2 toxic rows (one of them a threat) and 8 clean; a threat score that ranks the other toxic row above the
+    # clean ones: its AUC against mostly clean rows looks better than against a balanced mix
+    targets = np.array([tox(toxic=1, threat=1), tox(toxic=1, threat=0)] + [CLEAN] * 8)
+    probs = np.full((10, len(TOXICITY_LABELS)), 0.1)
+    probs[:, TOX["toxic"]] = [0.9, 0.8] + [0.2] * 8
+    probs[:, TOX["threat"]] = [0.6, 0.7] + list(np.linspace(0.05, 0.65, 8))
+    thresholds = dict.fromkeys(TOXICITY_LABELS, 0.5)
+    natural = toxicity_metrics(probs, targets, thresholds)
+    balanced = toxicity_metrics(probs, targets, thresholds, balanced=True)
+    weights = np.array([2.5, 2.5] + [0.625] * 8)  # toxic and clean halves of the weight
+    assert balanced["roc_auc_threat"] == pytest.approx(
+        roc_auc_score(targets[:, TOX["threat"]], probs[:, TOX["threat"]], sample_weight=weights))
+    assert balanced["roc_auc_threat"] < natural["roc_auc_threat"]
+    harm = [balanced[f"roc_auc_{label}"] for label in BASE_TOXICITY_LABELS if f"roc_auc_{label}" in balanced]
+    assert balanced["min_roc_auc"] == min(harm)
+
+    heads = contract_heads([Task.TOXICITY])
+    olid = [Example("you idiot", "olid", tox(toxic=1)), Example("nice day", "olid", CLEAN)] * 5
+    enriched = [Example(f"idiot {i}", "jigsaw", tox(toxic=1)) for i in range(6)] + [Example("ok", "jigsaw", CLEAN)]
+
+    def predict(texts: list[str]) -> np.ndarray:
+        out = np.full((len(texts), N_LOGITS), -4.0)
+        for i, text in enumerate(texts):
+            out[i, 0] = 4.0 if text == "you idiot" else (0.5 if "idiot" in text else -4.0)
+        return out
+
+    alone = evaluate(predict, heads, {"olid": olid})
+    both = evaluate(predict, heads, {"olid": olid, "jigsaw_balanced": enriched})
+    assert both["thresholds"] == alone["thresholds"]
+    assert both["headline"]["jigsaw_balanced_mean_roc_auc"] == pytest.approx(1.0)
+
+
 def _card(olid: float, jigsaw: float, latency: float) -> dict:
-    return {"headline": {"olid_macro_f1": olid, "jigsaw_mean_roc_auc": jigsaw, "semeval_macro_recall": 0.6,
+    return {"headline": {"olid_macro_f1": olid, "jigsaw_balanced_mean_roc_auc": jigsaw, "semeval_macro_recall": 0.6,
                          "sst2_accuracy": 0.8}, "latency_ms_per_msg": latency}
 
 

@@ -31,6 +31,7 @@ from training.data import (
     read_semeval,
     read_sst2,
     stratified_split,
+    text_digest,
     tox,
 )
 
@@ -269,6 +270,27 @@ def test_recipe_repeats_a_source_and_leaves_validation_alone(data_root: Path, mo
     assert val_twice == val_once
 
 
+def test_jigsaw_balanced_rows_are_validated_and_never_trained(data_root: Path, tmp_path: Path, monkeypatch) -> None:
+    from training import data
+
+    held = ["enriched toxic comment 3", "enriched toxic comment 7", "natural comment 5"]
+    listing = tmp_path / "held.txt"
+    listing.write_text("# a comment line\n" + "\n".join(text_digest(t) for t in held) + "\n", encoding="utf-8")
+    monkeypatch.setattr(data, "JIGSAW_BALANCED_ROWS", listing)
+    for cap in (None, 12, 3):
+        splits = load_splits(data_root, ["jigsaw"], seed=1, max_train_per_source=cap)
+        assert sorted(ex.text for ex in splits.validation["jigsaw_balanced"]) == sorted(held)
+        assert not {ex.text for ex in splits.train} & set(held)
+    # listed rows are dropped after the cap: a capped subset holds what it held before, less the listed rows
+    monkeypatch.setattr(data, "JIGSAW_BALANCED_ROWS", tmp_path / "empty.txt")
+    (tmp_path / "empty.txt").write_text("", encoding="utf-8")
+    before = load_splits(data_root, ["jigsaw"], seed=1, max_train_per_source=12)
+    assert "jigsaw_balanced" not in before.validation
+    monkeypatch.setattr(data, "JIGSAW_BALANCED_ROWS", listing)
+    after = load_splits(data_root, ["jigsaw"], seed=1, max_train_per_source=12)
+    assert sorted(ex.text for ex in after.train) == sorted(ex.text for ex in before.train if ex.text not in held)
+
+
 def test_load_splits_refuses_unknown_sources_and_missing_roots(data_root: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown data set 'reddit'"):
         load_splits(data_root, ["reddit"])
@@ -301,6 +323,49 @@ def test_every_real_source_reads_with_contract_labels(name: str) -> None:
             else:
                 assert ex.sentiment in (0, 1, 2) and ex.sentiment_classes[ex.sentiment] == 1
         assert any(ex.toxicity is not None for ex in examples) == (src.task.value == "toxicity")
+
+
+@needs_real_data
+def test_real_jigsaw_balanced_set_is_whole_and_outside_every_capped_training_subset() -> None:
+    import numpy as np
+
+    capped = load_splits(REAL_ROOT, ["jigsaw"], max_train_per_source=6000)  # the largest cap any recipe used
+    balanced = capped.validation["jigsaw_balanced"]
+    y = np.array([ex.toxicity[:len(BASE_TOXICITY_LABELS)] for ex in balanced])
+    assert len(balanced) == 1566 and y.sum(axis=0).tolist() == [405, 45, 222, 9, 209, 34]
+    assert len(capped.train) == 6000  # none of its rows was in the capped subset the shipped models drew from
+    whole = load_splits(REAL_ROOT, ["jigsaw"])
+    assert not {ex.text for ex in balanced} & {ex.text for ex in whole.train}
+
+
+# Every validation split, pinned. Shipped models are warm-started from earlier ones, so a split that moves puts
+# rows the lineage trained on into validation, and its figures stop predicting the tests: once, a longer
+# stratum key moved 90% of OLID's validation rows. If a change must move a split, every model trained before
+# it has to be re-judged on rows none of its ancestors saw (the README's "Validation that predicts the tests").
+VALIDATION_DIGESTS = {
+    "olid": "596b0afbd195555e", "jigsaw": "9cf43fe9f561768e", "jigsaw_balanced": "294dcdb5710abdb5",
+    "davidson": "2fbe6968c6eaef6b", "conda": "ee12097ba163f7ca", "convabuse": "2f65f91787197469",
+    "kaggle_insults": "f6b908d79b0a4ce9", "hateval": "c3be883b6ee927c6", "semeval": "94c3d2b82c514f1f",
+    "sst2": "4edc61d4e0ece71c",
+}
+
+
+@needs_real_data
+def test_real_validation_splits_do_not_move() -> None:
+    import hashlib
+
+    splits = load_splits(REAL_ROOT, sorted(SOURCES))
+    digests = {name: hashlib.sha256("\n".join(sorted(ex.text for ex in val)).encode()).hexdigest()[:16]
+               for name, val in splits.validation.items()}
+    assert digests == VALIDATION_DIGESTS
+
+
+def test_appended_labels_leave_the_strata_alone() -> None:
+    from training.data import STRATUM_LABELS
+
+    today = Example("x", "olid", tox(toxic=1, targeted=1))
+    grown = Example("x", "olid", today.toxicity + (NOT_ANNOTATED,))  # a label appended to the contract later
+    assert len(today.toxicity) == STRATUM_LABELS and grown.stratum == today.stratum
 
 
 @needs_real_data
