@@ -32,7 +32,8 @@ def test_a_recalibration_is_registered_promoted_and_carded(tmp_path: Path) -> No
     assert store.current("toxicity") == store.current("sentiment") == "tiny-r@2"
     card = json.loads((tmp_path / "card" / "model_card.json").read_text())
     assert card["name"] == "tiny-r@2" and card["headline"] == manifest.metrics["validation"]
-    assert set(card["headline"]) >= {"olid_macro_f1", "semeval_macro_recall", "sst2_accuracy", "jigsaw_mean_roc_auc"}
+    assert set(card["headline"]) >= {"olid_macro_f1", "semeval_macro_recall", "sst2_accuracy", "jigsaw_mean_roc_auc",
+                                     "jigsaw_balanced_mean_roc_auc"}
     assert card["logit_bias"] == manifest.head(Task.SENTIMENT).logit_bias and card["functional"]["cases"] > 500
     assert "weights of: tiny-r@1" in (tmp_path / "card" / "MODEL_CARD.md").read_text()
     assert "model card:" in done.stderr and "registered tiny-r@2" in done.stderr

@@ -291,6 +291,20 @@ def test_jigsaw_balanced_rows_are_validated_and_never_trained(data_root: Path, t
     assert sorted(ex.text for ex in after.train) == sorted(ex.text for ex in before.train if ex.text not in held)
 
 
+def test_cli_caps_and_repeats_override_the_recipe_per_source() -> None:
+    import typer
+
+    from training.cli.common import with_caps
+    from training.recipe import DEFAULT_CAPS, StageConfig
+
+    cfg = with_caps(StageConfig(), ["jigsaw=9000"], ["jigsaw=3"])
+    assert cfg.caps == DEFAULT_CAPS | {"jigsaw": 9000} and cfg.repeats == {"olid": 2, "jigsaw": 3}
+    assert with_caps(StageConfig(), None).repeats == {"olid": 2}
+    for bad in (["reddit=2"], ["jigsaw"], ["jigsaw=0"], ["jigsaw=x"]):
+        with pytest.raises(typer.BadParameter, match="--repeat takes SOURCE=N"):
+            with_caps(StageConfig(), None, bad)
+
+
 def test_load_splits_refuses_unknown_sources_and_missing_roots(data_root: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown data set 'reddit'"):
         load_splits(data_root, ["reddit"])

@@ -34,6 +34,8 @@ StoreOpt = Annotated[Path, typer.Option(help="Model store.")]
 PromoteOpt = Annotated[bool, typer.Option("--promote/--no-promote", help="Make it current for the tasks its source serves.")]
 CapOpt = Annotated[list[str] | None, typer.Option(help="SOURCE=N: a set's cap, after --scale (repeatable), "
                                                        "e.g. semeval=30000.")]
+RepeatOpt = Annotated[list[str] | None, typer.Option(help="SOURCE=N: times a set's training split is seen per epoch "
+                                                          "(repeatable; OLID's default is 2), e.g. jigsaw=3.")]
 
 
 def tasks_of(values: list[str]) -> list[str]:
@@ -51,15 +53,19 @@ def stage_config(tasks: list[str], data_root: Path | None, epochs: float, batch_
                        threads=threads, train=train)
 
 
-def with_caps(cfg: StageConfig, items: list[str] | None) -> StageConfig:
-    """``cfg`` with the ``SOURCE=N`` caps of ``--cap`` over its own."""
-    caps = dict(cfg.caps)
+def with_caps(cfg: StageConfig, items: list[str] | None, repeats: list[str] | None = None) -> StageConfig:
+    """``cfg`` with the ``SOURCE=N`` caps of ``--cap`` and repeats of ``--repeat`` over its own."""
+    return replace(cfg, caps=_per_source(cfg.caps, items, "--cap"), repeats=_per_source(cfg.repeats, repeats, "--repeat"))
+
+
+def _per_source(base: dict[str, int], items: list[str] | None, option: str) -> dict[str, int]:
+    out = dict(base)
     for item in items or []:
         source, sep, n = item.partition("=")
         if not sep or source not in SOURCES or not n.isdigit() or int(n) < 1:
-            raise typer.BadParameter(f"--cap takes SOURCE=N with a source of {sorted(SOURCES)}, got {item!r}")
-        caps[source] = int(n)
-    return replace(cfg, caps=caps)
+            raise typer.BadParameter(f"{option} takes SOURCE=N with a source of {sorted(SOURCES)}, got {item!r}")
+        out[source] = int(n)
+    return out
 
 
 class Bars:

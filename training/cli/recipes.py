@@ -17,6 +17,7 @@ from training.cli.common import (
     DataOpt,
     PromoteOpt,
     RefArg,
+    RepeatOpt,
     StoreOpt,
     TasksOpt,
     console,
@@ -121,7 +122,7 @@ def strong(out: Annotated[Path, typer.Option(help="Run folder (resumable).")] = 
            soft_task: Annotated[list[str] | None, typer.Option(help="Tasks the soft labels teach (default all): "
                                                                     "those where the teacher beats the students.")] = None,
            family: Annotated[list[str] | None, typer.Option(help="Students to make (default distilbert and albert).")] = None,
-           cap: CapOpt = None,
+           cap: CapOpt = None, repeat: RepeatOpt = None,
            albert_repetitions: Annotated[int | None, typer.Option(help="Passes through the ALBERT student's shared "
                                                                       "layer (default: as the model it starts from).")] = None,
            albert_vocab: Annotated[int | None, typer.Option(help="Prune the ALBERT student's WordPiece vocabulary to "
@@ -148,7 +149,7 @@ def strong(out: Annotated[Path, typer.Option(help="Run folder (resumable).")] = 
     student_cfg = with_caps(scaled(stage_config(task, data_root, student_epochs, 32, student_lr, max_length, seed,
                                                 threads, precision=precision, alpha_cos=0.0,
                                                 **({"alpha_hidden": alpha_hidden, "alpha_attn": alpha_attn}
-                                                   if layer_teacher else {})), scale), cap)
+                                                   if layer_teacher else {})), scale), cap, repeat)
     bars = Bars()
     with bars.progress:
         summary = run_strong(out, store, teacher_cfg, student_cfg, base=base, labels=labels, version=version,
