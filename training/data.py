@@ -398,7 +398,8 @@ def load_splits(
         if name == "jigsaw":
             natural_train, val = stratified_split(list(read_jigsaw_natural(root)), src.val_fraction, seed)
             held_out = {ex.text for ex in val}
-            tr = [ex for ex in src.read(root) if ex.text not in held_out]
+            enriched = list(src.read(root))
+            tr = [ex for ex in enriched if ex.text not in held_out]
         elif src.validation is not None:
             tr, val = list(src.read(root)), list(src.validation(root))
         else:
@@ -409,8 +410,9 @@ def load_splits(
             _, tr = stratified_split(tr, max_train_per_source / len(tr), seed)  # a stratified subsample
         if name == "jigsaw":  # held out after the cap, so that the capped subsets stay what they were
             held = jigsaw_balanced_digests()
-            tr = [ex for ex in tr if text_digest(ex.text) not in held]
-            balanced = [ex for ex in src.read(root) if text_digest(ex.text) in held]
+            balanced = [ex for ex in enriched if text_digest(ex.text) in held]
+            held_texts = {ex.text for ex in balanced}
+            tr = [ex for ex in tr if ex.text not in held_texts]
             if balanced:
                 validation[JIGSAW_BALANCED] = balanced
         train.extend(tr)

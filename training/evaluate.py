@@ -4,7 +4,8 @@ and model cards (JSON + Markdown).
 Headline metrics follow the published benchmarks: OLID offensive macro-F1 (the ``toxic`` label),
 SemEval-2017 sentiment macro-recall, SST-2 accuracy (negative vs positive), Jigsaw mean ROC-AUC, both on
 the natural-rate split and on the test-shaped balanced set (``jigsaw_balanced``: toxic and non-toxic rows
-weighted 1:1, as the withheld test is sampled). Thresholds are calibrated on the pooled validation sets (F1-optimal for review; the lowest score with
+weighted 1:1, as the withheld test is sampled). Thresholds are calibrated on the pooled natural-rate validation
+sets (F1-optimal for review; the lowest score with
 precision >= ``BLOCK_PRECISION`` and at least ``BLOCK_FLOOR`` for block), and the sentiment head's logit
 offsets on the sentiment sets (``fit_logit_bias``); the metrics are reported with both.
 """
@@ -121,7 +122,7 @@ def _balance_weights(targets: np.ndarray) -> np.ndarray:
     toxic = targets[:, TOX["toxic"]] == 1
     if toxic.all() or not toxic.any():
         raise ValueError("a balanced set needs both toxic and non-toxic rows")
-    return np.where(toxic, 0.5 / toxic.sum(), 0.5 / (~toxic).sum()) * len(toxic)
+    return np.where(toxic, 0.5 / toxic.sum(), 0.5 / (~toxic).sum())
 
 
 def sentiment_metrics(probs: np.ndarray, targets: np.ndarray, classes: np.ndarray) -> dict[str, float]:
