@@ -177,6 +177,7 @@ class TextClassifier:
         threads: int | None = None,
         max_batch: int = DEFAULT_SUB_BATCH,
         device: str | None = None,
+        spin: bool = True,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
@@ -197,7 +198,7 @@ class TextClassifier:
         else:
             fmt = "onnx_int8" if self.backend == "onnx_int8" else "onnx"
             self._model = OnnxBackend(
-                self.folder / self.manifest.weights[fmt], threads or os.cpu_count() or 1
+                self.folder / self.manifest.weights[fmt], threads or os.cpu_count() or 1, spin=spin
             )
             self.device = "cpu"
         outputs = self._model.num_outputs
@@ -286,6 +287,7 @@ class ModelSet:
         backend: str = "auto",
         threads: int | None = None,
         max_batch: int = DEFAULT_SUB_BATCH,
+        spin: bool = True,
     ) -> None:
         if not paths_by_task:
             raise ValueError("ModelSet needs at least one task -> artifact path")
@@ -300,7 +302,7 @@ class ModelSet:
                 manifest = read_manifest(folder)
                 clf = by_ref.get(manifest.ref)
                 if clf is None:
-                    clf = TextClassifier(folder, backend=backend, threads=threads, max_batch=max_batch)
+                    clf = TextClassifier(folder, backend=backend, threads=threads, max_batch=max_batch, spin=spin)
                 elif clf.manifest.files != manifest.files:  # a copy of a loaded artifact is served once
                     raise ArtifactError(
                         f"two different artifacts claim to be {clf.ref}: {clf.folder} and {folder}"

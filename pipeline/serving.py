@@ -94,7 +94,8 @@ def load_serving(settings: Settings, registry: ModelRegistry | None = None) -> S
 
 def serving_for(paths: dict[Task, Path], settings: Settings) -> Serving:
     """Models from these artifact folders, with the policy the worker derives from them and ``settings``."""
-    model_set = ModelSet(paths, backend=settings.models.backend, threads=settings.models.threads)
+    model_set = ModelSet(paths, backend=settings.models.backend, threads=settings.models.threads,
+                         spin=settings.models.spin)
     manifests = model_set.manifests
     policy = Policy.from_heads(manifests[Task.TOXICITY].head(Task.TOXICITY), settings.policy)
     return Serving(model_set, policy, casefold=all(m.lowercase for m in manifests.values()),

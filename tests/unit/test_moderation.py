@@ -182,3 +182,12 @@ async def test_the_model_is_released_when_a_batch_fails(settings):
         await _moderator(settings, MemoryPublisher(fail=True)).handle(_records([_msg("x", "hello")]),
                                                                        lambda: released.append(1))
     assert released == [1]
+
+
+def test_the_spin_setting_reaches_the_model_sessions(settings: Settings, monkeypatch) -> None:
+    monkeypatch.setenv("CHATMOD_MODELS_SPIN", "false")
+    parked = Settings(models={"store": settings.models.store, "threads": 1}, redis=settings.redis)
+    for chosen, allowed in ((settings, "1"), (parked, "0")):
+        for clf in load_serving(chosen).models.classifiers:
+            options = clf._model.session.get_session_options()
+            assert options.get_session_config_entry("session.intra_op.allow_spinning") == allowed

@@ -52,6 +52,16 @@ def test_sub_batches_return_input_order_and_match_one_by_one(tiny_artifact: Path
     np.testing.assert_allclose(reversed_batch[::-1], batched, atol=1e-5)
 
 
+def test_spinning_is_a_scheduling_choice_only(tiny_artifact: Path) -> None:
+    """Threads spin between a pass's operators unless told not to, never after it; the scores are the same."""
+    spinning, parked = (TextClassifier(tiny_artifact, backend="onnx", threads=2, spin=s) for s in (True, False))
+    for clf, allowed in ((spinning, "1"), (parked, "0")):
+        options = clf._model.session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == allowed
+        assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+    np.testing.assert_array_equal(spinning.predict_logits(TEXTS), parked.predict_logits(TEXTS))
+
+
 def test_scores_follow_the_label_contract(tiny_artifact: Path) -> None:
     results = TextClassifier(tiny_artifact, threads=1).predict(TEXTS)
     assert len(results) == len(TEXTS)
