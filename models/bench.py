@@ -80,6 +80,9 @@ def _row(model: str, engine: str, threads: int, batch_size: int, n: int, times: 
 BASELINE = "transformers pipeline (default)"
 
 
+PARKED = "threads parked"  # the engine label's suffix for CHATMOD_MODELS_SPIN=false
+
+
 def bench_artifact(folder: Path, texts: Sequence[str], threads: int, batch_size: int = 64,
                    baseline: bool = True, progress: Progress | None = None) -> tuple[list[ModelRow], dict]:
     """Rows for one artifact and a check that the rebuilt torch model is the served one
@@ -101,6 +104,10 @@ def bench_artifact(folder: Path, texts: Sequence[str], threads: int, batch_size:
         runs[f"chatmod runtime, {backend}"] = clf.predict
         if served_logits is None:
             served_logits = clf.predict_logits(texts)
+            # the served graph again with ONNX Runtime's threads parked after every operator
+            # (CHATMOD_MODELS_SPIN=false): what spinning within a pass buys on this machine
+            parked = TextClassifier(folder, backend=backend, threads=threads, spin=False)
+            runs[f"chatmod runtime, {backend}, {PARKED}"] = parked.predict
     check = compare(served_logits) if compare is not None and served_logits is not None else {}
     times = _time_interleaved(ref, batches, runs, progress)
     rows = [_row(ref, label, threads, batch_size, len(texts), t) for label, t in times.items()]
