@@ -14,7 +14,7 @@ import logging
 
 import faust
 
-from pipeline.agents import FaustPublisher, WorkerState, consume_in_batches
+from pipeline.agents import FaustPublisher, WorkerState, consume_in_batches, settle_heap
 from pipeline.app import create_app
 from pipeline.logging import logging_dict_config
 from pipeline.moderation import BatchStats, InRecord
@@ -52,6 +52,7 @@ def main() -> None:
 
     @app.agent(messages, name="moderate_messages")
     async def reference(stream: faust.StreamT) -> None:
+        settle_heap(settings.worker.gc_threshold)  # the worker's heap discipline too: a like-for-like reference
         log.info("worker ready", extra={"reference": "no model, no cache"})
         await consume_in_batches(stream, passthrough, state)
 
