@@ -27,7 +27,7 @@ class OnnxBackend:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads  # on purpose: workers x threads must fit the cores
         options.inter_op_num_threads = 1
-        # Within a run the pool's threads spin between operators: a 3-layer student runs ~200 small ones
+        # Within a run the pool's threads spin between operators: a 3-layer student runs ~280 small ones
         # per call, and waking parked threads for each cost 8% of int8 throughput (measured on a 2-core
         # EPYC: 846 -> 917 msgs/s). They stop spinning as soon as the run returns (force_spinning_stop),
         # since the worker's event loop, Kafka client and Redis share these cores between runs.
