@@ -4,10 +4,10 @@ and model cards (JSON + Markdown).
 Headline metrics follow the published benchmarks: OLID offensive macro-F1 (the ``toxic`` label),
 SemEval-2017 sentiment macro-recall, SST-2 accuracy (negative vs positive), Jigsaw mean ROC-AUC, both on
 the natural-rate split and on the test-shaped balanced set (``jigsaw_balanced``: toxic and non-toxic rows
-weighted 1:1, as the withheld test is sampled). Thresholds are calibrated on the pooled natural-rate validation
-sets (F1-optimal for review; the lowest score with
-precision >= ``BLOCK_PRECISION`` and at least ``BLOCK_FLOOR`` for block), and the sentiment head's logit
-offsets on the sentiment sets (``fit_logit_bias``); the metrics are reported with both.
+weighted 1:1, as the withheld test is sampled). Thresholds are calibrated on the pooled natural-rate
+validation sets (F1-optimal for review; the lowest score with precision >= ``BLOCK_PRECISION`` and at least
+``BLOCK_FLOOR`` for block), and the sentiment head's logit offsets on the sentiment sets
+(``fit_logit_bias``); the metrics are reported with both.
 """
 
 from __future__ import annotations
