@@ -4,7 +4,8 @@ The cache is an optimisation, so it must never fail a batch or slow it down: a R
 or slow turns every lookup into a miss and every write into a no-op. A circuit breaker keeps a dead
 Redis from costing a connect attempt per batch: after a failure nothing is tried for
 ``retry_interval_s``. One warning is logged when it goes down and one info line when it is back.
-Writes are ``SET key value EX ttl``: idempotent, so a re-delivered batch may write again.
+Writes are ``SET key value EX ttl``, a batch's in one script call (``SET_MANY``): idempotent, so a
+re-delivered batch may write again.
 """
 
 from __future__ import annotations
@@ -26,6 +27,13 @@ log = logging.getLogger(__name__)
 
 # What "Redis is unavailable" looks like: connection refused/reset, timeouts, auth or server errors.
 _UNAVAILABLE = (RedisError, OSError, TimeoutError)
+
+# A batch's writes as one command with one reply. Pipelined ``SET``s cost the worker a packed command and a
+# parsed "+OK" per key: a fifth of a cached message's CPU in a raid, where every message writes its result.
+SET_MANY = """
+for i, key in ipairs(KEYS) do redis.call('SET', key, ARGV[i + 1], 'EX', ARGV[1]) end
+return #KEYS
+"""
 
 
 @dataclass
@@ -76,6 +84,7 @@ class ResultCache:
         self._client: Redis | None = None
         if settings.enabled:
             self._client = client if client is not None else _make_client(settings)
+            self._set_many = self._client.register_script(SET_MANY)  # loaded again by itself after a restart
         self._clock = clock
         # Bound on one round trip, connect included: socket timeouts alone do not cover every stall.
         self._deadline_s = 2 * settings.socket_timeout_s
@@ -147,7 +156,7 @@ class ResultCache:
         return list(values)
 
     async def set_many(self, items: Mapping[str, bytes], ttl_s: int | None = None) -> bool:
-        """Write all items with ``SET key value EX ttl`` in one pipelined round trip (no transaction).
+        """Write all items with ``SET key value EX ttl`` in one round trip (one script call).
 
         ``ttl_s`` defaults to ``settings.ttl_s``. Returns whether the write reached Redis; a failure is
         counted and logged by the breaker, never raised.
@@ -165,10 +174,7 @@ class ResultCache:
             return False
         try:
             async with asyncio.timeout(self._deadline_s):
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for key, value in items.items():
-                        pipe.set(key, value, ex=ttl)
-                    await pipe.execute()
+                await self._set_many(keys=list(items), args=[ttl, *items.values()])
         except _UNAVAILABLE as exc:
             self._failed(exc, "set")
             return False

@@ -8,6 +8,7 @@ after ``handle`` returns, i.e. after every output has been confirmed by the brok
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -30,7 +31,7 @@ from pipeline.settings import Settings
 from pipeline.textnorm import content_key, message_key
 
 log = logging.getLogger("chatmod.moderation")
-RECENT_SCORES = 4096  # content keys whose scores a worker keeps in memory (a few MB)
+RECENT_SCORES = 4096  # content keys whose scores a worker keeps in memory, least recently used out (a few MB)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +121,11 @@ class _Batch:
     def policy(self) -> Policy:
         return self.clf.policy
 
+    @functools.cached_property
+    def refs(self) -> dict[str, str]:
+        """The models' refs, as results carry them (built once per batch, not per message)."""
+        return self.clf.refs
+
 
 class Moderator:
     """Moderates micro-batches. ``classifier`` (models and their policy, as one) is read through a getter
@@ -141,8 +147,9 @@ class Moderator:
         self.ttl_s = settings.redis.ttl_s
         self.prefix = settings.redis.key_prefix
         self._inflight: dict[str, asyncio.Future] = {}  # content key -> scores, while a batch classifies it
-        # The scores this worker computed last: a text classified a moment ago by a concurrent batch whose
-        # cache write has not landed yet is taken from here, so this worker scores it once and only once.
+        # The scores of the texts this worker saw last, classified or read from Redis: a text classified a
+        # moment ago by a concurrent batch whose cache write has not landed yet is taken from here, so this
+        # worker scores it once and only once; and a raid's few texts never leave the worker.
         self._recent: OrderedDict[str, dict] = OrderedDict()
 
     async def handle(self, records: Sequence[InRecord], model_done: Callable[[], None] | None = None) -> BatchStats:
@@ -182,6 +189,7 @@ class Moderator:
 
     def _decode(self, records: Sequence[InRecord], batch: _Batch) -> None:
         clf, limits = batch.clf, self.settings.batching
+        refs, normaliser, keys = batch.refs, clf.normaliser, {}  # a text repeated in the batch is hashed once
         for rec in records:
             try:
                 msg = decode_message(rec.value, limits.max_message_bytes)
@@ -189,9 +197,10 @@ class Moderator:
                 batch.dead.append((rec, err))
                 continue
             text = normalise_text(msg.text, limits.max_text_chars)
-            batch.pending.append(_Pending(msg, rec, text, content_key(text, clf.refs, clf.casefold, self.prefix,
-                                                                      clf.normaliser),
-                                          message_key(self.prefix, msg.id)))
+            key = keys.get(text)
+            if key is None:
+                key = keys[text] = content_key(text, refs, clf.casefold, self.prefix, normaliser)
+            batch.pending.append(_Pending(msg, rec, text, key, message_key(self.prefix, msg.id)))
 
     async def _publish(self, batch: _Batch) -> None:
         """The cache written, then dead letters and every output sent and confirmed (one wait per batch).
@@ -220,20 +229,25 @@ class Moderator:
         stats.stage_seconds["publish"] = time.perf_counter() - started
 
     async def _moderate(self, batch: _Batch) -> None:
-        pending, scores = batch.pending, batch.scores
-        keys = [p.message_key for p in pending] + [p.content_key for p in pending]
+        pending, scores, recent = batch.pending, batch.scores, self._recent
+        # Scores come from memory first (this worker's recent texts: a raid's are all there), then from Redis;
+        # message keys always from Redis, where a redelivery finds the result published before.
+        for p in pending:
+            key = p.content_key
+            if key not in scores and key in recent:
+                recent.move_to_end(key)
+                scores[key] = recent[key]
+        remote = list(dict.fromkeys(p.content_key for p in pending if p.content_key not in scores))
+        keys = [p.message_key for p in pending] + remote
         started = time.perf_counter()
         found = await self.cache.get_many(keys) if self.cache is not None else [None] * len(keys)
         batch.stats.stage_seconds["lookup"] = time.perf_counter() - started
-        by_message, by_content = found[: len(pending)], found[len(pending):]
-        for i, p in enumerate(pending):
-            if by_message[i] is not None:  # a redelivery: publish exactly what was published before
-                batch.replay[i] = by_message[i]
-            elif by_content[i] is not None and p.content_key not in scores:
-                scores[p.content_key] = json.loads(by_content[i])
-        for p in pending:
-            if p.content_key not in scores and p.content_key in self._recent:
-                scores[p.content_key] = self._recent[p.content_key]
+        for i, value in enumerate(found[: len(pending)]):
+            if value is not None:  # a redelivery: publish exactly what was published before
+                batch.replay[i] = value
+        for key, value in zip(remote, found[len(pending):], strict=True):
+            if value is not None:
+                scores[key] = self._remember(key, json.loads(value))
         batch.cached_keys = set(scores)
         misses = sorted({p.content_key: p.text for i, p in enumerate(pending)
                          if i not in batch.replay and p.content_key not in scores}.items())
@@ -294,12 +308,9 @@ class Moderator:
             if len(predicted) != len(texts):
                 raise BatchMismatch(len(texts), len(predicted))
             for (key, _), result in zip(todo, predicted):
-                batch.scores[key] = result
+                batch.scores[key] = self._remember(key, result)
                 batch.cache_writes[key] = json.dumps(result, separators=(",", ":")).encode()
                 shared[key].set_result(result)
-                self._recent[key] = result
-            while len(self._recent) > RECENT_SCORES:
-                self._recent.popitem(last=False)
             stats.classified = len(todo)
             shadow = getattr(clf, "shadow", None)
             if shadow is not None:  # after the serving model: the shadow never delays a decision's inputs
@@ -310,6 +321,13 @@ class Moderator:
                 if not future.done():
                     future.set_exception(RuntimeError(f"the batch classifying this text failed: {exc!r}"))
             raise
+
+    def _remember(self, key: str, scores: dict) -> dict:
+        """Keep a text's scores in memory (least recently used out first), and return them."""
+        self._recent[key] = scores
+        if len(self._recent) > RECENT_SCORES:
+            self._recent.popitem(last=False)
+        return scores
 
     def _finish_results(self, batch: _Batch) -> None:
         now, stats = time.time(), batch.stats
@@ -343,7 +361,7 @@ class Moderator:
         cached = p.content_key in batch.cached_keys
         batch.stats.cache_hits += cached
         profile, verdict, outcome = batch.verdicts.get(i, (None, None, None))
-        result = build_result(p.message, batch.scores[p.content_key], batch.policy, batch.clf.refs, cached,
+        result = build_result(p.message, batch.scores[p.content_key], batch.policy, batch.refs, cached,
                               latency_ms, p.text, profile, verdict, outcome)
         value = result.to_json_bytes()
         batch.cache_writes[p.message_key] = value

@@ -16,8 +16,11 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
+import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
 from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
+
+Finite = Annotated[float, Field(allow_inf_nan=False)]  # a result's numbers are JSON numbers, never NaN
 
 from models.labels import SENTIMENT_LABELS, TOXICITY_LABELS, Task
 
@@ -156,7 +159,7 @@ class Span(TypedDict):
     start: int
     end: int
     label: str
-    score: float
+    score: Finite
 
 
 class Action(TypedDict):
@@ -164,7 +167,7 @@ class Action(TypedDict):
 
     action: Literal["warn", "hold", "timeout", "escalate"]
     minutes: int | None
-    strikes: float
+    strikes: Finite
 
 
 class ModerationResult(BaseModel):
@@ -181,7 +184,7 @@ class ModerationResult(BaseModel):
     flags: list[str] = Field(default_factory=list)
     models: dict[str, str] = Field(default_factory=dict)  # task -> model ref (name@version)
     cached: bool = False
-    latency_ms: float = 0.0
+    latency_ms: Finite = 0.0
     # Additive (optional for consumers): the words that drove the decision, and stable reason codes.
     spans: list[Span] = Field(default_factory=list, description=(
         "The words that drove the decision: character ranges [start, end) of the message's text as sent "
@@ -212,14 +215,30 @@ class ModerationResult(BaseModel):
         return value
 
     def to_json_bytes(self) -> bytes:
-        """Compact UTF-8 JSON, fields in declaration order, deterministic for equal results."""
-        data = {name: _canonical(getattr(self, name)) for name in type(self).model_fields}
-        return json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+        """Compact UTF-8 JSON, fields in declaration order, deterministic for equal results.
+
+        Written once per message on the hot path, so the fields are walked by type, without a call per
+        value, and encoded by pydantic-core (a third of the time of ``json.dumps``)."""
+        fields, data = self.__dict__, {}
+        for name in _RESULT_FIELDS:
+            value = fields[name]
+            kind = type(value)
+            if kind is dict:  # scores and model refs: flat maps
+                value = {k: round(v, 4) + 0.0 if type(v) is float else _canonical(v) for k, v in sorted(value.items())}
+            elif kind is float:
+                value = round(value, 4) + 0.0
+            elif kind is list and value:
+                value = [_canonical(v) for v in value]
+            data[name] = value
+        return pydantic_core.to_json(data)
 
     @classmethod
     def from_json_bytes(cls, data: bytes) -> ModerationResult:
         """Parse what :meth:`to_json_bytes` wrote."""
         return cls.model_validate_json(data)
+
+
+_RESULT_FIELDS = tuple(ModerationResult.model_fields)
 
 
 def _header_map(headers: Mapping[str, Any] | Iterable[tuple[str, Any]] | None) -> dict[str, str]:

@@ -93,6 +93,21 @@ async def test_round_trip_with_ttl(redis_db):
 
 
 @pytest.mark.integration
+async def test_writes_survive_a_redis_that_forgot_the_script(redis_db):
+    """A restarted Redis (or ``SCRIPT FLUSH``) has no scripts: the batch write loads it again itself."""
+    cache = ResultCache(_settings(ttl_s=60))
+    try:
+        assert await cache.set_many({"a": b"1"}) is True
+        await redis_db.script_flush()
+        assert await cache.set_many({"a": b"2", "b": b"3"}) is True
+        assert await cache.get_many(["a", "b"]) == [b"2", b"3"]
+        assert 50 <= await redis_db.ttl("b") <= 60
+        assert cache.stats.errors == 0
+    finally:
+        await cache.close()
+
+
+@pytest.mark.integration
 async def test_one_round_trip_per_batch(redis_db):
     pool = BlockingConnectionPool.from_url(TEST_REDIS_URL, connection_class=CountingConnection)
     cache = ResultCache(_settings(socket_timeout_s=5.0), client=Redis(connection_pool=pool))  # a busy CI box

@@ -103,6 +103,40 @@ async def test_repeated_text_under_a_new_id_is_served_from_the_cache(settings):
     assert stats.cache_hits == 1 and stats.classified == 0 and result["cached"] is True
 
 
+async def test_scores_read_from_redis_stay_in_the_workers_memory(settings):
+    """A raid's few texts are read from Redis once, then answered from memory (no look-up, no model)."""
+    publisher = MemoryPublisher()
+    await _moderator(settings, MemoryPublisher()).handle(_records([_msg("1", "gg wp"), _msg("2", "nice one")]))
+    other = _moderator(settings, publisher)  # another worker: the scores are in Redis, not in its memory
+    stats = await other.handle(_records([_msg("3", "gg wp")]))
+    assert stats.cache_hits == 1 and stats.classified == 0
+    cache = ResultCache(settings.redis)
+    await cache._client.flushdb()  # Redis loses everything: the text is still in this worker's memory
+    await cache.close()
+    stats = await other.handle(_records([_msg("4", "GG wp"), _msg("5", "nice one")]))
+    results = {json.loads(v)["id"]: json.loads(v) for _, _, v, _ in publisher.on(settings.topics.moderated)}
+    assert stats.classified == 1 and stats.cache_hits == 1, "'nice one' was never read by this worker"
+    assert results["4"]["cached"] is True and results["5"]["cached"] is False
+    assert results["4"]["toxicity"] == results["3"]["toxicity"]
+
+
+async def test_memory_keeps_the_texts_used_last(settings, monkeypatch):
+    monkeypatch.setattr("pipeline.moderation.RECENT_SCORES", 2)
+    publisher = MemoryPublisher()
+    moderator = _moderator(settings, publisher)
+    for i, text in enumerate(["alpha", "beta", "alpha", "gamma"]):  # "alpha" used again before "gamma" came
+        await moderator.handle(_records([_msg(str(i), text)]))
+    assert len(moderator._recent) == 2
+    cache = ResultCache(settings.redis)
+    await cache._client.flushdb()
+    await cache.close()
+    stats = await moderator.handle(_records([_msg("a", "alpha"), _msg("b", "gamma"), _msg("c", "beta")]))
+    cached = {json.loads(v)["id"]: json.loads(v)["cached"] for _, _, v, _ in publisher.on(settings.topics.moderated)}
+    assert stats.classified == 1
+    assert (cached["a"], cached["b"], cached["c"]) == (True, True, False), \
+        "beta, the least recently used, is the one that left memory"
+
+
 async def test_a_classifier_breaking_the_batch_contract_publishes_nothing(settings):
     class ShortClassifier:
         refs = {"toxicity": "broken@1", "sentiment": "broken@1"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from datetime import UTC, datetime
 
 import pytest
@@ -108,6 +109,37 @@ def test_result_bytes_are_deterministic_and_compact():
 def test_result_keeps_non_ascii_as_utf8():
     data = _result(channel="café").to_json_bytes()
     assert "café".encode() in data
+
+
+def test_result_bytes_are_the_canonical_json_of_the_result():
+    """Floats rounded to 4 places (no -0.0), map keys sorted, fields in declaration order, UTF-8: checked
+    against the standard library's encoding of the same canonical form."""
+    rng = random.Random(7)
+    for _ in range(200):
+        result = _result(
+            toxicity={label: rng.choice([rng.random(), -0.0, 0.00004, 1.0]) for label in ("toxic", "insult", "threat")},
+            latency_ms=rng.uniform(0, 1e6), channel=rng.choice(["café", "ch\u2028", "频道", None]),
+            spans=[{"start": 0, "end": 3, "label": "toxic", "score": rng.random()}],
+            actions=[{"action": "warn", "minutes": None, "strikes": rng.uniform(0, 10)}])
+        data = result.model_dump()
+        canonical = {k: (round(v, 4) + 0.0 if isinstance(v, float) else
+                         {a: round(b, 4) + 0.0 if isinstance(b, float) else b for a, b in sorted(v.items())}
+                         if isinstance(v, dict) else
+                         [{a: round(b, 4) + 0.0 if isinstance(b, float) else b for a, b in sorted(x.items())}
+                          if isinstance(x, dict) else x for x in v] if isinstance(v, list) else v)
+                     for k, v in data.items()}
+        expected = json.dumps(canonical, ensure_ascii=False, separators=(",", ":")).encode()
+        assert result.to_json_bytes() == expected
+
+
+@pytest.mark.parametrize("field", ["latency_ms", "span score", "strikes"])
+def test_result_refuses_numbers_json_cannot_carry(field):
+    nan = float("nan")
+    overrides = {"latency_ms": {"latency_ms": nan},
+                 "span score": {"spans": [{"start": 0, "end": 2, "label": "toxic", "score": nan}]},
+                 "strikes": {"actions": [{"action": "warn", "minutes": None, "strikes": float("inf")}]}}[field]
+    with pytest.raises(ValueError):
+        _result(**overrides)
 
 
 def test_result_refuses_nan_scores():
