@@ -20,11 +20,10 @@ import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
 from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
-Finite = Annotated[float, Field(allow_inf_nan=False)]  # a result's numbers are JSON numbers, never NaN
-
 from models.labels import SENTIMENT_LABELS, TOXICITY_LABELS, Task
 
 Decision = Literal["allow", "review", "block"]
+Finite = Annotated[float, Field(allow_inf_nan=False)]  # a result's numbers are JSON numbers, never NaN
 InvalidKind = Literal["too_large", "not_utf8", "not_json", "not_object", "schema"]
 
 HEADER_KIND = "chatmod.error.kind"
