@@ -216,20 +216,10 @@ class ModerationResult(BaseModel):
     def to_json_bytes(self) -> bytes:
         """Compact UTF-8 JSON, fields in declaration order, deterministic for equal results.
 
-        Written once per message on the hot path, so the fields are walked by type, without a call per
-        value, and encoded by pydantic-core (a third of the time of ``json.dumps``)."""
-        fields, data = self.__dict__, {}
-        for name in _RESULT_FIELDS:
-            value = fields[name]
-            kind = type(value)
-            if kind is dict:  # scores and model refs: flat maps
-                value = {k: round(v, 4) + 0.0 if type(v) is float else _canonical(v) for k, v in sorted(value.items())}
-            elif kind is float:
-                value = round(value, 4) + 0.0
-            elif kind is list and value:
-                value = [_canonical(v) for v in value]
-            data[name] = value
-        return pydantic_core.to_json(data)
+        Written once per message on the hot path, so it is encoded by pydantic-core (a third of the time of
+        ``json.dumps``, the same bytes)."""
+        fields = self.__dict__
+        return pydantic_core.to_json({name: _canonical(fields[name]) for name in _RESULT_FIELDS})
 
     @classmethod
     def from_json_bytes(cls, data: bytes) -> ModerationResult:
