@@ -65,6 +65,12 @@ def onnx_state_dict(onnx_path: Path, param_names: set[str]) -> dict[str, np.ndar
         param = _module_path(node.name) + ".weight"
         if param in param_names and param not in out:
             out[param] = value(node.input[1]).T.copy()
+    # a parameter equal to another one (an ALBERT layer group's attention key bias, which no gradient moves
+    # away from the group it was copied from) is exported as an Identity of that one's initializer
+    for node in graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits and node.output[0] in param_names \
+                and node.output[0] not in out:
+            out[node.output[0]] = value(node.input[0])
     return out
 
 

@@ -154,7 +154,7 @@ def run_distill(cfg: StageConfig, teacher_dir: Path, family: str, out: Path, lay
 def run_distill_from_labels(cfg: StageConfig, labels_path: Path, init_dir: Path, out: Path,
                             family: str | None = None, soft_tasks: Sequence[str] | None = None,
                             init_heads: Sequence | None = None, repetitions: int | None = None,
-                            vocab_size: int | None = None, groups: int | None = None,
+                            vocab_size: int | None = None, groups: int | None = None, ffn: int | None = None,
                             layer_teacher: Path | None = None,
                             on_step: Callable[[int, int, dict], None] | None = None) -> dict:
     """Distil a student initialised from ``init_dir`` (e.g. a shipped student, rebuilt) from a stored
@@ -164,7 +164,8 @@ def run_distill_from_labels(cfg: StageConfig, labels_path: Path, init_dir: Path,
     ``repetitions``: an ALBERT student's passes through its shared layer, where they should change (more
     depth at no parameter cost, the ALBERT paper's trade). ``vocab_size``: the student's WordPiece vocabulary
     pruned to the pieces its training texts use most; ``groups``: an ALBERT student's layer groups, each
-    starting as a copy of its shared layer (``training/vocab.py``: the budget a pruned table frees).
+    starting as a copy of its shared layer; ``ffn``: its shared layers' feed-forward units, the new ones
+    silent at first (``training/vocab.py``: the budget a pruned table frees).
     ``layer_teacher``: a model folder of the student's width, heads and vocabulary whose hidden states and
     self-attention the student learns to follow, layer by layer (``cfg.train.alpha_hidden``, ``alpha_attn``):
     the stored labels teach what to answer, the layer teacher how to get there."""
@@ -192,9 +193,9 @@ def run_distill_from_labels(cfg: StageConfig, labels_path: Path, init_dir: Path,
         student.config.num_hidden_layers = repetitions  # one shared layer, applied this many times
     examples, _, fingerprints = training_examples(cfg)
     tokenizer = AutoTokenizer.from_pretrained(init_dir)
-    if vocab_size is not None or groups is not None:
+    if vocab_size is not None or groups is not None or ffn is not None:
         tokenizer, init["reshaped"] = _reshaped(student, init_dir, [ex.text for ex in examples], vocab_size, groups,
-                                                tokenizer)
+                                                ffn, tokenizer)
     guide = _layer_teacher(layer_teacher, tokenizer) if layer_teacher is not None else None
     if guide is not None:
         init["layer_teacher"] = str(layer_teacher)
@@ -226,14 +227,14 @@ def _layer_teacher(folder: Path, tokenizer) -> PreTrainedModel:
 
 
 def _reshaped(student: PreTrainedModel, init_dir: Path, texts: Sequence[str], vocab_size: int | None,
-              groups: int | None, tokenizer):
+              groups: int | None, ffn: int | None, tokenizer):
     """``student`` reshaped in place (``training.vocab.reshape_for_chat``); (its tokenizer, what changed)."""
     import shutil
     import tempfile
 
     from training.vocab import reshape_for_chat
 
-    changed, pruned = reshape_for_chat(student, init_dir, texts, vocab_size=vocab_size, groups=groups)
+    changed, pruned = reshape_for_chat(student, init_dir, texts, vocab_size=vocab_size, groups=groups, ffn=ffn)
     if pruned is None:
         return tokenizer, changed
     with tempfile.TemporaryDirectory(prefix="chatmod-vocab-") as tmp:

@@ -2,7 +2,7 @@
 
 An ALBERT student's embedding table is half its parameters (30,522 pieces x 64 of its 3.9M), and chat
 uses a fraction of BERT's WordPiece vocabulary. Pruning the pieces the training texts never or rarely use
-frees that budget for wider embeddings or a second layer group (``reshape_albert``) at the same size.
+frees that budget for a wider feed-forward block or a second layer group (``reshape_albert``) at the same size.
 
 The pieces of one character (``a`` and ``##a``) of every character the texts use are kept, so any word
 made of those still segments into pieces (a greedy longest-match WordPiece falls back to shorter ones)
@@ -104,19 +104,35 @@ def prune_embeddings(model, keep: Sequence[int]) -> None:
 
 
 @torch.no_grad()
-def reshape_albert(model, *, groups: int | None = None) -> dict:
+def reshape_albert(model, *, groups: int | None = None, ffn: int | None = None) -> dict:
     """Give an ALBERT ``model`` ``groups`` layer groups (the ALBERT paper's ``num_hidden_groups``), each a copy
-    of its shared layer, so the model computes exactly what it did and the groups then learn apart.
-    Returns what changed (for the run's record)."""
+    of its shared layer, and/or ``ffn`` feed-forward units in each shared layer, so the model computes
+    exactly what it did and the groups or new units then learn. Returns what changed (for the run's record).
+
+    The paper's ablation (its table 4) finds sharing the feed-forward block costs the most of what sharing
+    costs; a wider one buys back capacity where a pass-shared model lacks it. A new unit starts with random
+    input weights and zero output weights (as ``BertLayer``'s init would draw them, then silenced), so it
+    adds nothing until training gives it a use, and gradients reach it from the first step."""
     cfg = model.config
     if cfg.model_type != "albert":
-        raise ValueError(f"layer groups are an ALBERT setting, not {cfg.model_type}'s")
+        raise ValueError(f"layer groups and feed-forward width are ALBERT settings, not {cfg.model_type}'s")
+    if groups is not None and groups != cfg.num_hidden_groups and (
+            cfg.num_hidden_groups != 1 or not 1 <= groups <= cfg.num_hidden_layers):
+        raise ValueError(f"groups must be 1..{cfg.num_hidden_layers} (passes), from one shared group; "
+                         f"got {groups} from {cfg.num_hidden_groups}")
+    if ffn is not None and ffn < cfg.intermediate_size:
+        raise ValueError(f"ffn can only widen the feed-forward block ({cfg.intermediate_size} units), not narrow "
+                         f"it to {ffn}: that would change what the model computes")
     changed: dict = {}
+    encoder = model.albert.encoder
+    if ffn is not None and ffn != cfg.intermediate_size:
+        for group in encoder.albert_layer_groups:
+            for layer in group.albert_layers:
+                layer.ffn = _widened(layer.ffn, ffn, rows=True, std=cfg.initializer_range)
+                layer.ffn_output = _widened(layer.ffn_output, ffn, rows=False, std=0.0)
+        changed["ffn"] = {"from": cfg.intermediate_size, "to": ffn}
+        cfg.intermediate_size = ffn
     if groups is not None and groups != cfg.num_hidden_groups:
-        if cfg.num_hidden_groups != 1 or not 1 <= groups <= cfg.num_hidden_layers:
-            raise ValueError(f"groups must be 1..{cfg.num_hidden_layers} (passes), from one shared group; "
-                             f"got {groups} from {cfg.num_hidden_groups}")
-        encoder = model.albert.encoder
         first = encoder.albert_layer_groups[0]
         encoder.albert_layer_groups = nn.ModuleList([first] + [copy.deepcopy(first) for _ in range(groups - 1)])
         changed["groups"] = {"from": cfg.num_hidden_groups, "to": groups}
@@ -124,10 +140,25 @@ def reshape_albert(model, *, groups: int | None = None) -> dict:
     return changed
 
 
+def _widened(linear: nn.Linear, width: int, *, rows: bool, std: float) -> nn.Linear:
+    """``linear`` with ``width`` outputs (``rows``) or inputs: the old weights kept, the new ones drawn from
+    N(0, std) (zero where std is 0), a new output's bias 0."""
+    shape = (width, linear.in_features) if rows else (linear.out_features, width)
+    wide = nn.Linear(shape[1], shape[0], bias=linear.bias is not None)
+    wide.weight.normal_(0.0, std) if std > 0 else wide.weight.zero_()
+    old_out, old_in = linear.weight.shape
+    wide.weight[:old_out, :old_in] = linear.weight
+    if linear.bias is not None:
+        wide.bias.zero_()
+        wide.bias[:linear.bias.shape[0]] = linear.bias
+    return wide.to(linear.weight.dtype)
+
+
 def reshape_for_chat(model, tokenizer_folder: Path, texts: Sequence[str], *, vocab_size: int | None = None,
-                     groups: int | None = None) -> tuple[dict, object | None]:
+                     groups: int | None = None, ffn: int | None = None) -> tuple[dict, object | None]:
     """Prune ``model``'s vocabulary to ``vocab_size`` pieces of ``texts`` and/or give an ALBERT ``groups``
-    layer groups. Returns (what changed, the pruned ``tokenizers.Tokenizer`` or None)."""
+    layer groups or ``ffn`` feed-forward units. Returns (what changed, the pruned ``tokenizers.Tokenizer`` or
+    None)."""
     from tokenizers import Tokenizer
 
     changed: dict = {}
@@ -142,6 +173,6 @@ def reshape_for_chat(model, tokenizer_folder: Path, texts: Sequence[str], *, voc
             prune_embeddings(model, keep)
             changed["vocab"] = {"from": before, "to": len(keep),
                                 "kept_share_of_pieces": round(float(counts[keep].sum() / max(1, counts.sum())), 5)}
-    if groups is not None:
-        changed |= reshape_albert(model, groups=groups)
+    if groups is not None or ffn is not None:
+        changed |= reshape_albert(model, groups=groups, ffn=ffn)
     return changed, pruned

@@ -1,5 +1,5 @@
-"""A chat vocabulary: WordPiece pruned to the pieces training texts use, and ALBERT layer groups; the
-reshaped model computes what it did, exports to int8 and rebuilds from its artifact."""
+"""A chat vocabulary: WordPiece pruned to the pieces training texts use, and ALBERT layer groups and a wider
+feed-forward block; the reshaped model computes what it did, exports to int8 and rebuilds from its artifact."""
 
 from __future__ import annotations
 
@@ -112,13 +112,59 @@ def test_an_albert_reshaped_for_chat_computes_what_it_did_and_survives_int8_expo
     torch.testing.assert_close(again, before, atol=1e-4, rtol=1e-4)  # from the fp32 ONNX weights
 
 
+def test_a_wider_feed_forward_block_computes_what_it_did_then_learns_and_exports(tmp_path: Path) -> None:
+    folder = save_tiny_hf_model(tmp_path / "hf", family="albert", seed=5)
+    model = AlbertForSequenceClassification.from_pretrained(folder).eval()
+    model.config.num_hidden_layers = 3
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    batch = tokenizer(CHAT[:8], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        before = model(**batch).logits
+    params = count_parameters(model)
+    with pytest.raises(ValueError, match="only widen"):
+        reshape_albert(model, ffn=32)
+    assert reshape_albert(model, ffn=96, groups=2) == {"ffn": {"from": 64, "to": 96}, "groups": {"from": 1, "to": 2}}
+    layer = model.albert.encoder.albert_layer_groups[1].albert_layers[0]
+    assert model.config.intermediate_size == 96 and layer.ffn.out_features == 96 and layer.ffn_output.in_features == 96
+    # 32 new units (32 inputs and a bias in, 32 outputs out), then the second group: a whole wide layer more
+    assert count_parameters(model) == params + 32 * (32 + 1 + 32) + count_parameters(
+        model.albert.encoder.albert_layer_groups[0])
+    with torch.no_grad():
+        after = model(**batch).logits
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)  # the new units are silent
+    assert layer.ffn.weight[64:].abs().sum() > 0 and layer.ffn_output.weight[:, 64:].abs().sum() == 0
+
+    model.train()  # one step gives the silent units a voice
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model(**batch, labels=torch.rand(8, model.config.num_labels)).loss.backward()
+    optimizer.step()
+    assert layer.ffn_output.weight[:, 64:].abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        before = model(**batch).logits
+
+    hf = tmp_path / "wide"
+    model.save_pretrained(hf)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (hf / name).write_bytes((folder / name).read_bytes())
+    artifact = tmp_path / "artifact"
+    build_artifact(hf, artifact, name="tiny-wide", version="1", heads=contract_heads(["toxicity", "sentiment"]),
+                   max_length=64, formats=("onnx", "onnx_int8"), base_model="random-init", training={})
+    assert len(TextClassifier(artifact, backend="onnx", threads=1).predict(CHAT[:8])) == 8
+    rebuilt = torch_model_from_artifact(artifact)  # what a later warm start reads
+    assert rebuilt.config.intermediate_size == 96 and rebuilt.config.num_hidden_groups == 2
+    with torch.no_grad():
+        again = rebuilt(**batch).logits
+    torch.testing.assert_close(again, before, atol=1e-4, rtol=1e-4)
+
+
 def test_groups_are_an_albert_setting_from_one_shared_layer(tmp_path: Path) -> None:
     albert = AlbertForSequenceClassification.from_pretrained(save_tiny_hf_model(tmp_path / "a", family="albert"))
     with pytest.raises(ValueError, match="groups must be"):
         reshape_albert(albert, groups=5)  # more groups than passes
     from transformers import DistilBertForSequenceClassification
     distil = DistilBertForSequenceClassification.from_pretrained(save_tiny_hf_model(tmp_path / "d"))
-    with pytest.raises(ValueError, match="ALBERT setting"):
+    with pytest.raises(ValueError, match="ALBERT settings"):
         reshape_albert(distil, groups=2)
     assert len(albert.albert.encoder.albert_layer_groups) == 1  # a refused reshape changes nothing
 

@@ -129,6 +129,9 @@ def strong(out: Annotated[Path, typer.Option(help="Run folder (resumable).")] = 
                                                                 "the N pieces its training texts use most.")] = None,
            albert_groups: Annotated[int | None, typer.Option(help="Layer groups of the ALBERT student, each starting "
                                                                  "as a copy of its shared layer.")] = None,
+           albert_ffn: Annotated[int | None, typer.Option(help="Feed-forward units of the ALBERT student's shared "
+                                                               "layer, widened from its own (the new ones start "
+                                                               "silent).")] = None,
            warm_start: Annotated[list[str] | None, typer.Option(help="NAME@VERSION a student starts from, one per "
                                                                      "family (default: the serving one, else the "
                                                                      "newest).")] = None,
@@ -155,7 +158,8 @@ def strong(out: Annotated[Path, typer.Option(help="Run folder (resumable).")] = 
         summary = run_strong(out, store, teacher_cfg, student_cfg, base=base, labels=labels, version=version,
                              promote=promote_, soft_tasks=[Task(t).value for t in soft_task] if soft_task else None,
                              families=tuple(family or ("distilbert", "albert")), albert_repetitions=albert_repetitions,
-                             albert_vocab=albert_vocab, albert_groups=albert_groups, warm_start=warm_start or (),
+                             albert_vocab=albert_vocab, albert_groups=albert_groups, albert_ffn=albert_ffn,
+                             warm_start=warm_start or (),
                              layer_teacher=layer_teacher,
                              progress=bars, say=console.print)
     table = Table("model", "params", "MB", "ms/msg", "functional", *next(iter(summary["models"].values()))["headline"],
