@@ -165,7 +165,7 @@ def run_distill_from_labels(cfg: StageConfig, labels_path: Path, init_dir: Path,
     depth at no parameter cost, the ALBERT paper's trade). ``vocab_size``: the student's WordPiece vocabulary
     pruned to the pieces its training texts use most; ``groups``: an ALBERT student's layer groups, each
     starting as a copy of its shared layer; ``ffn``: its shared layers' feed-forward units, the new ones
-    silent at first (``training/vocab.py``: the budget a pruned table frees).
+    copies of old ones (``training/vocab.py``: the budget a pruned table frees).
     ``layer_teacher``: a model folder of the student's width, heads and vocabulary whose hidden states and
     self-attention the student learns to follow, layer by layer (``cfg.train.alpha_hidden``, ``alpha_attn``):
     the stored labels teach what to answer, the layer teacher how to get there."""

@@ -131,7 +131,7 @@ def strong(out: Annotated[Path, typer.Option(help="Run folder (resumable).")] = 
                                                                  "as a copy of its shared layer.")] = None,
            albert_ffn: Annotated[int | None, typer.Option(help="Feed-forward units of the ALBERT student's shared "
                                                                "layer, widened from its own (the new ones start "
-                                                               "silent).")] = None,
+                                                               "as copies of old ones).")] = None,
            warm_start: Annotated[list[str] | None, typer.Option(help="NAME@VERSION a student starts from, one per "
                                                                      "family (default: the serving one, else the "
                                                                      "newest).")] = None,
