@@ -64,14 +64,18 @@ def test_piece_counts_count_every_occurrence(wordpiece) -> None:
     assert counts[wordpiece.token_to_id("good")] == 4 and counts.sum() == 4
 
 
-def test_an_albert_reshaped_for_chat_computes_what_it_did_and_survives_int8_export(tmp_path: Path) -> None:
-    folder = save_tiny_hf_model(tmp_path / "hf", family="albert", seed=3)
+def _tiny_albert(tmp_path: Path, seed: int):
+    """A tiny ALBERT of three passes, saved, with a batch of chat and its logits: (folder, model, batch, logits)."""
+    folder = save_tiny_hf_model(tmp_path / "hf", family="albert", seed=seed)
     model = AlbertForSequenceClassification.from_pretrained(folder).eval()
     model.config.num_hidden_layers = 3
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    batch = tokenizer(CHAT[:8], padding=True, return_tensors="pt")
+    batch = AutoTokenizer.from_pretrained(folder)(CHAT[:8], padding=True, return_tensors="pt")
     with torch.no_grad():
-        before = model(**batch).logits
+        return folder, model, batch, model(**batch).logits
+
+
+def test_an_albert_reshaped_for_chat_computes_what_it_did_and_survives_int8_export(tmp_path: Path) -> None:
+    folder, model, batch, before = _tiny_albert(tmp_path, seed=3)
     params = count_parameters(model)
     changed, pruned = reshape_for_chat(model, folder, CHAT, vocab_size=3000, groups=2)
     kept = changed["vocab"]["to"]
@@ -114,13 +118,7 @@ def test_an_albert_reshaped_for_chat_computes_what_it_did_and_survives_int8_expo
 
 
 def test_a_wider_feed_forward_block_computes_what_it_did_and_exports(tmp_path: Path) -> None:
-    folder = save_tiny_hf_model(tmp_path / "hf", family="albert", seed=5)
-    model = AlbertForSequenceClassification.from_pretrained(folder).eval()
-    model.config.num_hidden_layers = 3
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    batch = tokenizer(CHAT[:8], padding=True, return_tensors="pt")
-    with torch.no_grad():
-        before = model(**batch).logits
+    folder, model, batch, before = _tiny_albert(tmp_path, seed=5)
     params = count_parameters(model)
     with pytest.raises(ValueError, match="only widen"):
         reshape_albert(model, ffn=32)
