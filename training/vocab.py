@@ -2,7 +2,8 @@
 
 An ALBERT student's embedding table is half its parameters (30,522 pieces x 64 of its 3.9M), and chat
 uses a fraction of BERT's WordPiece vocabulary. Pruning the pieces the training texts never or rarely use
-frees that budget for a wider feed-forward block or a second layer group (``reshape_albert``) at the same size.
+frees that budget for a wider feed-forward block or a second layer group (``reshape_albert``) at the same
+size.
 
 The pieces of one character (``a`` and ``##a``) of every character the texts use are kept, so any word
 made of those still segments into pieces (a greedy longest-match WordPiece falls back to shorter ones)
@@ -110,7 +111,8 @@ def reshape_albert(model, *, groups: int | None = None, ffn: int | None = None, 
     it did and the groups or new units then learn. Returns what changed (for the run's record).
 
     The paper's ablation (its table 4) finds sharing the feed-forward block costs the most of what sharing
-    costs; a wider one buys back capacity where a pass-shared model lacks it. New units are made as
+    costs, which makes a wider one the place to spend a pruned table's budget (on our data it fitted the
+    labels no better, ALBERT v56 to v59 in the README). New units are made as
     Net2WiderNet makes them (Chen et al., 2016): each is a copy of an old unit (the strongest, by the norm of
     its output weights, first), the copied unit's output weights are shared out evenly between it and its
     copies, and a copy's input weights get Gaussian noise of ``noise`` times their unit's own spread, so the
