@@ -193,9 +193,9 @@ def run_distill_from_labels(cfg: StageConfig, labels_path: Path, init_dir: Path,
         student.config.num_hidden_layers = repetitions  # one shared layer, applied this many times
     examples, _, fingerprints = training_examples(cfg)
     tokenizer = AutoTokenizer.from_pretrained(init_dir)
-    if vocab_size is not None or groups is not None or ffn is not None:
-        tokenizer, init["reshaped"] = _reshaped(student, init_dir, [ex.text for ex in examples], vocab_size, groups,
-                                                ffn, tokenizer)
+    shape = {"vocab_size": vocab_size, "groups": groups, "ffn": ffn}
+    if any(value is not None for value in shape.values()):
+        tokenizer, init["reshaped"] = _reshaped(student, init_dir, [ex.text for ex in examples], tokenizer, **shape)
     guide = _layer_teacher(layer_teacher, tokenizer) if layer_teacher is not None else None
     if guide is not None:
         init["layer_teacher"] = str(layer_teacher)
@@ -226,15 +226,15 @@ def _layer_teacher(folder: Path, tokenizer) -> PreTrainedModel:
     return load_model(folder)
 
 
-def _reshaped(student: PreTrainedModel, init_dir: Path, texts: Sequence[str], vocab_size: int | None,
-              groups: int | None, ffn: int | None, tokenizer):
-    """``student`` reshaped in place (``training.vocab.reshape_for_chat``); (its tokenizer, what changed)."""
+def _reshaped(student: PreTrainedModel, init_dir: Path, texts: Sequence[str], tokenizer, **shape: int | None):
+    """``student`` reshaped in place (``training.vocab.reshape_for_chat``'s ``shape`` keywords); (its tokenizer,
+    what changed)."""
     import shutil
     import tempfile
 
     from training.vocab import reshape_for_chat
 
-    changed, pruned = reshape_for_chat(student, init_dir, texts, vocab_size=vocab_size, groups=groups, ffn=ffn)
+    changed, pruned = reshape_for_chat(student, init_dir, texts, **shape)
     if pruned is None:
         return tokenizer, changed
     with tempfile.TemporaryDirectory(prefix="chatmod-vocab-") as tmp:

@@ -45,7 +45,8 @@ def run_strong(out: Path, store: Path, teacher_cfg: StageConfig, student_cfg: St
                families: Sequence[str] = ("distilbert", "albert"), promote: bool = False,
                soft_tasks: Sequence[str] | None = None, int8_tolerance: ExportTolerance = WARM_START_INT8,
                albert_repetitions: int | None = None, albert_vocab: int | None = None,
-               albert_groups: int | None = None, albert_ffn: int | None = None, warm_start: Sequence[str] = (), layer_teacher: str | None = None,
+               albert_groups: int | None = None, albert_ffn: int | None = None, warm_start: Sequence[str] = (),
+               layer_teacher: str | None = None,
                progress: Progress | None = None, say: Callable[[str], None] = print) -> dict:
     """Run the stages that are not done yet; returns the summary (also written to ``out/summary.json``).
 
