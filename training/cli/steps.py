@@ -1,5 +1,5 @@
-"""The recipe's stages one at a time: data, teacher, distill, label, distill-labels, evaluate, spans,
-export, promote."""
+"""The recipe's stages one at a time: data, teacher, distill, label, distill-labels, evaluate, compare,
+spans, export, promote."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from models.artifact import dump_json
 from models.registry import ModelRegistry
 from pipeline.settings import Settings
 from training.cli.common import Bars, CapOpt, DataOpt, TasksOpt, console, stage_config, tasks_of, with_caps
-from training.data import SOURCES, load_splits
+from training.data import SOURCES, default_data_root, load_splits
 from training.recipe import StageConfig, evaluate_folder, export_folder, run_distill, run_teacher
 
 app = typer.Typer()
@@ -141,6 +141,46 @@ def evaluate(folder: Annotated[Path, typer.Argument(help="A trained model folder
             console.print(render(functional))
     dump_json(folder / "eval_report.json", report)
     typer.echo(json.dumps(report["headline"], indent=2))
+
+
+@app.command()
+def compare(a: Annotated[str, typer.Argument(help="The model shipped now: NAME@VERSION in the store, or an artifact "
+                                                  "folder.")],
+            b: Annotated[str, typer.Argument(help="The candidate, likewise.")],
+            store: Annotated[Path, typer.Option(help="Model store.")] = Path("model-store"),
+            data_root: DataOpt = None, seed: int = 13,
+            resamples: Annotated[int, typer.Option(min=100, help="Bootstrap resamples.")] = 2000,
+            out: Annotated[Path | None, typer.Option(help="Write the comparison here (JSON).")] = None,
+            threads: int | None = None) -> None:
+    """Two served models on the same validation rows: each headline metric, B - A, and its paired bootstrap
+    90% interval, so a round's change can be told from the splits' noise."""
+    from models.runtime import TextClassifier
+    from training.compare import compare_models
+    from training.recipe import training_examples, validation_config
+
+    root = Path(data_root) if data_root else default_data_root()
+    if not root.is_dir():
+        raise typer.BadParameter(f"{root} is missing: the comparison scores the validation sets made from it")
+    registry = ModelRegistry(store)
+    folders = [Path(ref) if Path(ref).is_dir() else registry.get(ref)[1] for ref in (a, b)]
+    a_clf, b_clf = (TextClassifier(folder, backend="onnx", threads=threads) for folder in folders)
+    tasks = sorted({str(t) for clf in (a_clf, b_clf) for t in (h.task for h in clf.heads)})
+    cfg = StageConfig(tasks=tasks, data_root=str(root), seed=seed)
+    _, validation, _ = training_examples(validation_config(cfg))
+    report = compare_models(a_clf.predict_logits, a_clf.heads, b_clf.predict_logits, b_clf.heads, validation,
+                            resamples=resamples, seed=seed, default_threshold=Settings().policy.default_threshold,
+                            progress=lambda line: console.print(line))
+    console.print(f"A: {a}\nB: {b}")
+    metrics = ", ".join(f"{source} {row['metric']}" for source, row in report.items())
+    table = Table("set", "A", "B", "B - A", "90% interval", "B ahead", "verdict",
+                  caption=f"as served; B - A in points, paired over the same rows ({metrics})")
+    for source, row in report.items():
+        lo, hi = (100 * x for x in row["delta_interval"])
+        table.add_row(source, f"{row['a']:.4f}", f"{row['b']:.4f}", f"{100 * row['delta']:+.2f}",
+                      f"{lo:+.2f} to {hi:+.2f}", f"{row['b_better_share']:.0%}", row["verdict"])
+    Console().print(table)
+    if out is not None:
+        dump_json(out, {"a": a, "b": b, "resamples": resamples, "seed": seed, "sets": report})
 
 
 @app.command()
