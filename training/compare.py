@@ -8,6 +8,9 @@ difference of that size is real. Resampling the rows once and scoring both model
 paired bootstrap) keeps what the two models share out of the interval: it is much narrower than either
 model's own, and a difference whose interval excludes 0 is one the data supports.
 
+The functional suite is compared the same way, case by case: its figure is the mean pass rate over
+behaviours, so each resample draws every behaviour's cases again within the behaviour.
+
 Each model is judged as served: its int8 artifact through the runtime, with the thresholds and sentiment
 offsets it ships. A resample is a row of counts (how often each row was drawn), so every metric is a
 weighted count, and all resamples are scored at once.
@@ -147,7 +150,6 @@ def compare_rows(a: dict[str, ServedRows], b: dict[str, ServedRows], resamples: 
     """Per set both models score: each model's figure and interval, and the paired difference ``b - a`` with
     its interval (the same resampled rows scored for both)."""
     rng = np.random.default_rng(seed)
-    low_q, high_q = (1 - LEVEL) / 2, 1 - (1 - LEVEL) / 2
     out = {}
     for source in (s for s in HEADLINE if s in a and s in b):
         n = len(a[source].targets)
@@ -156,20 +158,44 @@ def compare_rows(a: dict[str, ServedRows], b: dict[str, ServedRows], resamples: 
                              f"{len(b[source].targets)}); score both on one validation split")
         full = np.ones((1, n), dtype=np.int64)
         counts = resample_counts(n, resamples, rng)
-        draws_a, draws_b = headline(source, a[source], counts), headline(source, b[source], counts)
-        delta = draws_b - draws_a
-        point_a = float(headline(source, a[source], full)[0])
-        point_b = float(headline(source, b[source], full)[0])
-        lo, hi = np.nanquantile(delta, [low_q, high_q])
-        out[source] = {
-            "metric": a[source].metric, "n": n, "a": point_a, "b": point_b, "delta": point_b - point_a,
-            "delta_interval": [float(lo), float(hi)],
-            "a_interval": [float(x) for x in np.nanquantile(draws_a, [low_q, high_q])],
-            "b_interval": [float(x) for x in np.nanquantile(draws_b, [low_q, high_q])],
-            "b_better_share": float(np.mean(delta > 0)),
-            "verdict": "better" if lo > 0 else "worse" if hi < 0 else "within noise",
-        }
+        out[source] = _row(a[source].metric, n, float(headline(source, a[source], full)[0]),
+                           float(headline(source, b[source], full)[0]),
+                           headline(source, a[source], counts), headline(source, b[source], counts))
     return out
+
+
+def compare_suite(a: dict[str, Sequence[bool]], b: dict[str, Sequence[bool]], resamples: int = 2000,
+                  seed: int = 13) -> dict:
+    """The functional suite's overall pass rate (the mean over behaviours) for both models, and the paired
+    difference ``b - a``: each resample draws every behaviour's cases again, within the behaviour (a stratified
+    bootstrap: each behaviour keeps its weight), and scores both models on the same draws."""
+    if set(a) != set(b) or any(len(a[name]) != len(b[name]) for name in a):
+        raise ValueError("the two models ran different functional suites; run both on one suite file")
+    rng = np.random.default_rng(seed)
+    draws_a, draws_b = np.zeros(resamples), np.zeros(resamples)
+    for name in a:
+        passes_a, passes_b = np.asarray(a[name], dtype=float), np.asarray(b[name], dtype=float)
+        counts = resample_counts(len(passes_a), resamples, rng)
+        draws_a += counts @ passes_a / len(passes_a) / len(a)
+        draws_b += counts @ passes_b / len(passes_b) / len(a)
+    point_a = float(np.mean([np.mean(v) for v in a.values()]))
+    point_b = float(np.mean([np.mean(v) for v in b.values()]))
+    return _row("mean_pass_rate", sum(len(v) for v in a.values()), point_a, point_b, draws_a, draws_b)
+
+
+def _row(metric: str, n: int, point_a: float, point_b: float, draws_a: np.ndarray, draws_b: np.ndarray) -> dict:
+    """One comparison's figures: both points, their own intervals, and the paired difference's."""
+    low_q, high_q = (1 - LEVEL) / 2, 1 - (1 - LEVEL) / 2
+    delta = draws_b - draws_a
+    lo, hi = np.nanquantile(delta, [low_q, high_q])
+    return {
+        "metric": metric, "n": n, "a": point_a, "b": point_b, "delta": point_b - point_a,
+        "delta_interval": [float(lo), float(hi)],
+        "a_interval": [float(x) for x in np.nanquantile(draws_a, [low_q, high_q])],
+        "b_interval": [float(x) for x in np.nanquantile(draws_b, [low_q, high_q])],
+        "b_better_share": float(np.mean(delta > 0)),
+        "verdict": "better" if lo > 0 else "worse" if hi < 0 else "within noise",
+    }
 
 
 def compare_models(predict_a: PredictFn, heads_a: Sequence[Head], predict_b: PredictFn,

@@ -57,20 +57,27 @@ def load_suite(path: Path = DEFAULT_SUITE) -> list[Behaviour]:
     return out
 
 
-def run_suite(serving, suite: list[Behaviour]) -> dict:  # serving: pipeline.serving.Serving
-    """Pass rate per behaviour and overall (the mean over behaviours, so each counts the same)."""
+def _judged(serving, suite: list[Behaviour]) -> list[list[tuple[str, str, list[str], bool]]]:
+    """Per behaviour, each case's (text, decision, flags, passed), decided as the worker decides."""
     texts = [normalise_text(case, 2000) for beh in suite for case in beh.cases]
     scores = iter(serving.predict(texts))
-    behaviours = {}
+    out = []
     for beh in suite:
-        failures = []
-        passed = 0
+        rows = []
         for case in beh.cases:
             decision, flags = decide(next(scores), serving.policy)
-            if beh.passes(decision, flags):
-                passed += 1
-            elif len(failures) < MAX_FAILURES_SHOWN:
-                failures.append({"case": case, "decision": decision, "flags": flags})
+            rows.append((case, decision, flags, beh.passes(decision, flags)))
+        out.append(rows)
+    return out
+
+
+def run_suite(serving, suite: list[Behaviour]) -> dict:  # serving: pipeline.serving.Serving
+    """Pass rate per behaviour and overall (the mean over behaviours, so each counts the same)."""
+    behaviours = {}
+    for beh, rows in zip(suite, _judged(serving, suite), strict=True):
+        failures = [{"case": case, "decision": decision, "flags": flags}
+                    for case, decision, flags, passed in rows if not passed][:MAX_FAILURES_SHOWN]
+        passed = sum(row[3] for row in rows)
         behaviours[beh.name] = {"group": beh.group, "expect": beh.expect, "n": len(beh.cases),
                                 "pass_rate": round(passed / len(beh.cases), 4), "failures": failures}
     rates = [b["pass_rate"] for b in behaviours.values()]
@@ -79,13 +86,24 @@ def run_suite(serving, suite: list[Behaviour]) -> dict:  # serving: pipeline.ser
             "cases": sum(b["n"] for b in behaviours.values()), "behaviours": behaviours}
 
 
-def evaluate_artifact(folder: Path, suite_path: Path = DEFAULT_SUITE, threads: int | None = None) -> dict:
-    """The functional report of an artifact, served as the worker serves it (default settings)."""
+def _serving(folder: Path, threads: int | None):
     from pipeline.serving import serving_for
 
     manifest = read_manifest(Path(folder))
-    serving = serving_for(dict.fromkeys(manifest.tasks, Path(folder)), Settings(models={"threads": threads}))
-    return run_suite(serving, load_suite(suite_path))
+    return serving_for(dict.fromkeys(manifest.tasks, Path(folder)), Settings(models={"threads": threads}))
+
+
+def case_passes(folder: Path, suite_path: Path = DEFAULT_SUITE, threads: int | None = None) -> dict[str, list[bool]]:
+    """Whether each case of each behaviour passes, for an artifact served as the worker serves it (for a
+    paired comparison of two models case by case)."""
+    suite = load_suite(suite_path)
+    judged = _judged(_serving(folder, threads), suite)
+    return {beh.name: [row[3] for row in rows] for beh, rows in zip(suite, judged, strict=True)}
+
+
+def evaluate_artifact(folder: Path, suite_path: Path = DEFAULT_SUITE, threads: int | None = None) -> dict:
+    """The functional report of an artifact, served as the worker serves it (default settings)."""
+    return run_suite(_serving(folder, threads), load_suite(suite_path))
 
 
 def evaluate_if_available(folder: Path, tasks, threads: int | None = None) -> dict | None:

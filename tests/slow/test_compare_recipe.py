@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from models.registry import ModelRegistry
-from tests.e2e.test_cli import chatmod
+from tests.e2e.test_cli import ROOT, chatmod
 from tests.slow import needs_labeled_data
 from tests.tiny_models import build_tiny_artifact
 
@@ -27,7 +27,9 @@ def test_a_stored_model_and_a_candidate_folder_are_compared_set_by_set(tmp_path:
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "compare.json").read_text())
     sets = report["sets"]
-    assert set(sets) == {"olid", "semeval", "sst2", "jigsaw", "jigsaw_balanced"}
+    assert set(sets) == {"olid", "semeval", "sst2", "jigsaw", "jigsaw_balanced", "functional_suite"}
+    suite = json.loads((ROOT / "tests/functional/suite.json").read_text())["behaviours"]
+    assert sets.pop("functional_suite")["n"] == sum(len(b["cases"]) for b in suite)  # every case, both models
     for source, row in sets.items():
         lo, hi = row["delta_interval"]
         assert row["delta"] == pytest.approx(row["b"] - row["a"]) and lo <= hi, source

@@ -14,6 +14,7 @@ from training.compare import (
     accuracy,
     compare_models,
     compare_rows,
+    compare_suite,
     macro_f1,
     macro_recall,
     resample_counts,
@@ -139,3 +140,16 @@ def test_models_scored_on_different_rows_are_refused() -> None:
     shorter = served_rows(_model(validation, 1.0, 7), heads, {**validation, "olid": validation["olid"][:-1]})
     with pytest.raises(ValueError, match="olid: the two models were scored on different rows"):
         compare_rows(rows, shorter)
+
+
+def test_the_suite_is_compared_case_by_case_with_each_behaviour_weighed_the_same() -> None:
+    rng = np.random.default_rng(8)
+    shipped = {"threats": list(rng.random(40) < 0.6), "game_violence": list(rng.random(120) < 0.9)}
+    fixed_threats = {**shipped, "threats": [True] * 40}  # every threat case passes now
+    same = compare_suite(shipped, shipped, resamples=300)
+    assert same["a"] == pytest.approx((np.mean(shipped["threats"]) + np.mean(shipped["game_violence"])) / 2)
+    assert same["delta"] == 0 and same["delta_interval"] == [0.0, 0.0] and same["n"] == 160
+    better = compare_suite(shipped, fixed_threats, resamples=300)
+    assert better["verdict"] == "better" and better["delta"] == pytest.approx((1 - np.mean(shipped["threats"])) / 2)
+    with pytest.raises(ValueError, match="different functional suites"):
+        compare_suite(shipped, {"threats": shipped["threats"]})

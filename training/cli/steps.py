@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from models.artifact import dump_json
+from models.labels import Task
 from models.registry import ModelRegistry
 from pipeline.settings import Settings
 from training.cli.common import Bars, CapOpt, DataOpt, TasksOpt, console, stage_config, tasks_of, with_caps
@@ -153,9 +154,10 @@ def compare(a: Annotated[str, typer.Argument(help="The model shipped now: NAME@V
             out: Annotated[Path | None, typer.Option(help="Write the comparison here (JSON).")] = None,
             threads: int | None = None) -> None:
     """Two served models on the same validation rows: each headline metric, B - A, and its paired bootstrap
-    90% interval, so a round's change can be told from the splits' noise."""
+    90% interval, so a round's change can be told from the splits' noise; the functional suite likewise,
+    case by case."""
     from models.runtime import TextClassifier
-    from training.compare import compare_models
+    from training.compare import compare_models, compare_suite
     from training.recipe import training_examples, validation_config
 
     root = Path(data_root) if data_root else default_data_root()
@@ -170,6 +172,12 @@ def compare(a: Annotated[str, typer.Argument(help="The model shipped now: NAME@V
     report = compare_models(a_clf.predict_logits, a_clf.heads, b_clf.predict_logits, b_clf.heads, validation,
                             resamples=resamples, seed=seed, default_threshold=Settings().policy.default_threshold,
                             progress=lambda line: console.print(line))
+    from training.functional import DEFAULT_SUITE, case_passes
+
+    if DEFAULT_SUITE.is_file() and all(Task.TOXICITY in {h.task for h in clf.heads} for clf in (a_clf, b_clf)):
+        console.print("the functional suite on both, decided as the worker decides")
+        passes = [case_passes(folder, threads=threads) for folder in folders]
+        report["functional_suite"] = compare_suite(*passes, resamples=resamples, seed=seed)
     console.print(f"A: {a}\nB: {b}")
     metrics = ", ".join(f"{source} {row['metric']}" for source, row in report.items())
     table = Table("set", "A", "B", "B - A", "90% interval", "B ahead", "verdict",
