@@ -40,9 +40,8 @@ def test_a_stored_model_and_a_candidate_folder_are_compared_set_by_set(tmp_path:
 
 
 def test_a_missing_data_folder_is_a_usage_error(tmp_path: Path) -> None:
-    build_tiny_artifact(tmp_path / "a", name="tiny-c", version="1", seed=0, formats=("onnx_int8",))
-    done = chatmod("train", "compare", str(tmp_path / "a"), str(tmp_path / "a"),
-                   "--data-root", str(tmp_path / "nowhere"))
+    done = chatmod("train", "compare", "tiny-c@1", "tiny-c@2", "--store", str(tmp_path / "store"),
+                   "--data-root", str(tmp_path / "nowhere"))  # said before any model is loaded
     assert done.returncode == 2
     said = " ".join(done.stderr.replace("│", " ").split())  # the usage box wraps the message
     assert "is missing: the comparison scores the validation sets made from it" in said
