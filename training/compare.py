@@ -27,7 +27,7 @@ from models.artifact import Head
 from models.labels import TOXICITY_SIGNALS, Task
 from models.runtime import head_probabilities
 from training.data import TOX, Example
-from training.evaluate import BALANCED_SETS, HEADLINE, PredictFn
+from training.evaluate import BALANCED_SETS, HEADLINE, PredictFn, served_sentiment
 
 LEVEL = 0.90  # the interval's coverage
 
@@ -39,15 +39,15 @@ class ServedRows:
     metric: str
     targets: np.ndarray  # (n,) classes, or (n, labels) with -1 where a label is not annotated
     scores: np.ndarray  # (n,) predicted classes, or (n, labels) probabilities
-    thresholds: dict[str, float]  # toxicity: the served review thresholds
+    threshold: float | None = None  # toxicity: the served review threshold of ``toxic`` (OLID's macro-F1)
     labels: Sequence[int] = ()  # sentiment: the classes the set holds, for macro-recall
 
 
 def served_rows(predict: PredictFn, heads: Sequence[Head], validation: dict[str, list[Example]],
                 default_threshold: float = 0.5) -> dict[str, ServedRows]:
-    """Per headline set, the model's served decisions: toxicity probabilities with its thresholds (where it
-    ships none, the policy's ``default_threshold``), the sentiment argmax over the set's classes with its
-    logit offsets."""
+    """Per headline set, the model's served decisions: toxicity probabilities with its `toxic` threshold
+    (where it ships none, the policy's ``default_threshold``), the sentiment argmax over the set's classes
+    with its logit offsets."""
     by_task = {h.task: h for h in heads}
     out: dict[str, ServedRows] = {}
     for source, metric in HEADLINE.items():
@@ -60,13 +60,12 @@ def served_rows(predict: PredictFn, heads: Sequence[Head], validation: dict[str,
             probs = head_probabilities(tox, logits)
             # a model trained before a label was appended scores a prefix of the contract
             targets = np.array([ex.toxicity for ex in examples])[:, : probs.shape[1]]
-            out[source] = ServedRows(metric, targets, probs, {"toxic": default_threshold, **tox.thresholds})
+            out[source] = ServedRows(metric, targets, probs, tox.thresholds.get("toxic", default_threshold))
         elif sent is not None and examples[0].sentiment is not None:
-            classes = np.array([ex.sentiment_classes for ex in examples])
-            pred = np.argmax(np.where(classes > 0, head_probabilities(sent, logits), -1.0), axis=1)
             y = np.array([ex.sentiment for ex in examples])
-            labels = [int(c) for c in np.nonzero(classes[0])[0] if (y == c).any()]
-            out[source] = ServedRows(metric, y, pred, {}, labels)
+            classes = np.array([ex.sentiment_classes for ex in examples])
+            pred, labels = served_sentiment(head_probabilities(sent, logits), y, classes)
+            out[source] = ServedRows(metric, y, pred, labels=labels)
     return out
 
 
@@ -114,7 +113,7 @@ def _toxicity_headline(rows: ServedRows, counts: np.ndarray, balanced: bool) -> 
     toxic = TOX["toxic"]
     if rows.metric == "macro_f1":
         known = rows.targets[:, toxic] >= 0
-        y, pred = rows.targets[known, toxic], rows.scores[known, toxic] >= rows.thresholds["toxic"]
+        y, pred = rows.targets[known, toxic], rows.scores[known, toxic] >= rows.threshold
         return macro_f1(y, pred, counts[:, known])
     weights = counts.astype(np.float64)
     if balanced:  # toxic and non-toxic rows weigh 1:1 in every resample, as the test is sampled

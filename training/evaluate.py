@@ -125,9 +125,15 @@ def _balance_weights(targets: np.ndarray) -> np.ndarray:
     return np.where(toxic, 0.5 / toxic.sum(), 0.5 / (~toxic).sum())
 
 
+def served_sentiment(probs: np.ndarray, targets: np.ndarray,
+                     classes: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """The served argmax over the set's classes, and the classes the set holds (its macro metrics' labels)."""
+    pred = np.argmax(np.where(classes > 0, probs, -1.0), axis=1)
+    return pred, [int(c) for c in np.nonzero(classes[0])[0] if (targets == c).any()]
+
+
 def sentiment_metrics(probs: np.ndarray, targets: np.ndarray, classes: np.ndarray) -> dict[str, float]:
-    pred = np.argmax(np.where(classes > 0, probs, -1.0), axis=1)  # the served argmax, over the set's classes
-    labels = [int(c) for c in np.nonzero(classes[0])[0] if (targets == c).any()]  # macro over classes it holds
+    pred, labels = served_sentiment(probs, targets, classes)
     out = {"accuracy": float((pred == targets).mean())}
     out["macro_recall"] = float(recall_score(targets, pred, labels=labels, average="macro", zero_division=0))
     out["macro_f1"] = float(f1_score(targets, pred, labels=labels, average="macro", zero_division=0))

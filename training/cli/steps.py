@@ -158,6 +158,7 @@ def compare(a: Annotated[str, typer.Argument(help="The model shipped now: NAME@V
     case by case."""
     from models.runtime import TextClassifier
     from training.compare import compare_models, compare_suite
+    from training.functional import DEFAULT_SUITE, case_passes
     from training.recipe import training_examples, validation_config
 
     root = Path(data_root) if data_root else default_data_root()
@@ -166,14 +167,12 @@ def compare(a: Annotated[str, typer.Argument(help="The model shipped now: NAME@V
     registry = ModelRegistry(store)
     folders = [Path(ref) if Path(ref).is_dir() else registry.get(ref)[1] for ref in (a, b)]
     a_clf, b_clf = (TextClassifier(folder, backend="onnx", threads=threads) for folder in folders)
-    tasks = sorted({str(t) for clf in (a_clf, b_clf) for t in (h.task for h in clf.heads)})
+    tasks = sorted({str(h.task) for clf in (a_clf, b_clf) for h in clf.heads})
     cfg = StageConfig(tasks=tasks, data_root=str(root), seed=seed)
     _, validation, _ = training_examples(validation_config(cfg))
     report = compare_models(a_clf.predict_logits, a_clf.heads, b_clf.predict_logits, b_clf.heads, validation,
                             resamples=resamples, seed=seed, default_threshold=Settings().policy.default_threshold,
                             progress=lambda line: console.print(line))
-    from training.functional import DEFAULT_SUITE, case_passes
-
     if DEFAULT_SUITE.is_file() and all(Task.TOXICITY in {h.task for h in clf.heads} for clf in (a_clf, b_clf)):
         console.print("the functional suite on both, decided as the worker decides")
         passes = [case_passes(folder, threads=threads) for folder in folders]
