@@ -50,6 +50,7 @@ class StageConfig:
     threads: int | None = None
     val_cap: int | None = None  # per validation set, for quick runs; None = the whole split
     augment: bool = True  # templates, counterfactual identity swaps, misspelt abuse (training/augment.py)
+    transfer: dict[str, int] = field(default_factory=dict)  # unlabeled texts per transfer set (training/transfer.py)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -81,6 +82,13 @@ def training_examples(cfg: StageConfig) -> tuple[list[Example], dict[str, list[E
         from training.augment import augmented
 
         train_ex.extend(augmented([ex for ex in train_ex if ex.toxicity is not None], cfg.seed))
+    if cfg.transfer:
+        from training.transfer import transfer_examples
+
+        labeled = frozenset(ex.text for ex in train_ex) | {ex.text for val in validation.values() for ex in val}
+        unlabeled, transfer_prints = transfer_examples(cfg.transfer, cfg.seed, exclude=labeled)
+        train_ex.extend(unlabeled)
+        fingerprints.update(transfer_prints)
     return train_ex, validation, fingerprints
 
 
@@ -100,6 +108,8 @@ def _setup(cfg: StageConfig) -> None:
 def run_teacher(cfg: StageConfig, base: str, out: Path,
                 on_step: Callable[[int, int, dict], None] | None = None) -> dict:
     """Fine-tune a pretrained encoder (``base``: HF id or folder, or ``minilm``) with one head per task."""
+    if cfg.transfer:
+        raise ValueError("a teacher learns from labeled data only: transfer sets are for its students")
     _setup(cfg)
     heads = contract_heads([Task(t) for t in cfg.tasks])
     examples, _, fingerprints = training_examples(cfg)
@@ -151,7 +161,7 @@ def run_distill(cfg: StageConfig, teacher_dir: Path, family: str, out: Path, lay
     return record
 
 
-def run_distill_from_labels(cfg: StageConfig, labels_path: Path, init_dir: Path, out: Path,
+def run_distill_from_labels(cfg: StageConfig, labels_path: Path | Sequence[Path], init_dir: Path, out: Path,
                             family: str | None = None, soft_tasks: Sequence[str] | None = None,
                             init_heads: Sequence | None = None, repetitions: int | None = None,
                             vocab_size: int | None = None, groups: int | None = None, ffn: int | None = None,
@@ -201,12 +211,16 @@ def run_distill_from_labels(cfg: StageConfig, labels_path: Path, init_dir: Path,
         init["layer_teacher"] = str(layer_teacher)
     targets = labels.for_heads([ex.text for ex in examples], heads, soft_heads)
     covered = sum(t is not None for t in targets) / len(targets)
+    unlabeled = sum(1 for ex, t in zip(examples, targets, strict=True) if t is None and ex.source in cfg.transfer)
+    if unlabeled:  # no hard label either: such a text would teach nothing
+        raise ValueError(f"{unlabeled} transfer texts ({', '.join(cfg.transfer)}) have no soft labels in {labels_path}: "
+                         "label them (chatmod train label --transfer ... --transfer-only) and pass both files")
     out.mkdir(parents=True, exist_ok=True)
     result = train(student, heads, examples, tokenizer, cfg.train, log_path=out / "train_log.jsonl",
                    on_step=on_step, soft_targets=targets, soft_heads=soft_heads, checkpoint=out / "checkpoint",
                    layer_teacher=guide)
     record = {"stage": "distill", "family": family or student.config.model_type,
-              "teacher": labels.meta.get("teacher", str(labels_path)), "soft_labels": str(labels_path),
+              "teacher": labels.meta.get("teacher", str(labels_path)), "soft_labels": labels.source,
               "soft_label_coverage": round(covered, 4), "soft_tasks": [h.task.value for h in soft_heads],
               "init": init,
               "heads": [h.model_dump(mode="json") for h in heads], "config": asdict(cfg),

@@ -48,21 +48,31 @@ def label_texts(model_dir: Path, texts: Sequence[str], max_length: int = 96, bat
 
 
 def label_recipe(teacher_dir: Path, cfg, out: Path, precision: str = "auto",
-                 progress: Callable[[int, int], None] | None = None) -> Path:
+                 progress: Callable[[int, int], None] | None = None, transfer_only: bool = False) -> Path:
     """Soft labels of ``teacher_dir`` over the training texts of ``cfg`` (a ``training.recipe.StageConfig``),
-    written to ``out`` (.npz + .json, with the teacher's config and validation where known).
+    written to ``out`` (.npz + .json, with the teacher's config and validation where known). With
+    ``transfer_only``, over its transfer sets' texts alone (``cfg.transfer``): labels to read after another
+    file's, which covers the labeled sets.
 
     ``teacher_dir`` is a trained model folder, or an artifact folder: a shipped student labels the texts for
     a smaller one (a teacher assistant), read from its weights with the heads of its manifest."""
     from training.recipe import package_versions, training_examples
 
-    examples, _, fingerprints = training_examples(cfg)
+    if transfer_only:  # every text drawn, whatever the labeled sets hold: their draw does not depend on them
+        from training.transfer import transfer_examples
+
+        if not cfg.transfer:
+            raise ValueError("transfer_only needs transfer sets (--transfer NAME=N)")
+        examples, fingerprints = transfer_examples(cfg.transfer, cfg.seed)
+    else:
+        examples, _, fingerprints = training_examples(cfg)
     texts = list(dict.fromkeys(ex.text for ex in examples))
     with tempfile.TemporaryDirectory(prefix="chatmod-label-") as tmp:
         model_dir, meta = teacher_folder(Path(teacher_dir), Path(tmp))
         logits = label_texts(model_dir, texts, max_length=cfg.train.max_length, precision=precision,
                              progress=progress)
-    return save(out, texts, logits, meta | {"caps": cfg.caps, "seed": cfg.seed, "max_length": cfg.train.max_length,
+    return save(out, texts, logits, meta | {"caps": {} if transfer_only else cfg.caps, "transfer": cfg.transfer,
+                                            "seed": cfg.seed, "max_length": cfg.train.max_length,
                                             "precision": precision, "data": fingerprints,
                                             "versions": package_versions()})
 
@@ -103,8 +113,8 @@ def save(path: Path, texts: Sequence[str], logits: np.ndarray, meta: dict) -> Pa
     return path
 
 
-class SoftLabels:
-    """A stored teacher's logits, looked up by text."""
+class _LabelFile:
+    """One stored teacher's logits, looked up by text."""
 
     def __init__(self, path: Path):
         path = Path(path)
@@ -114,17 +124,69 @@ class SoftLabels:
         keys, logits = data["keys"], data["logits"]
         if keys.shape[0] != logits.shape[0] or keys.shape[1] != KEY_BYTES:
             raise ValueError(f"{path}: {keys.shape} keys for {logits.shape} logits")
+        self.path = path
         self.meta = json.loads(path.with_suffix(".json").read_text()) if path.with_suffix(".json").is_file() else {}
-        self._rows = {bytes(k): i for i, k in enumerate(keys)}
+        self.rows = {bytes(k): i for i, k in enumerate(keys)}
         self._logits = logits.astype(np.float32)
         self.num_logits = int(logits.shape[1])
 
+    def get(self, text: str) -> np.ndarray | None:
+        row = self.rows.get(text_key(text))
+        return None if row is None else self._logits[row]
+
+    def for_heads(self, texts: Sequence[str], heads: Sequence, soft_heads: Sequence) -> list[np.ndarray | None]:
+        width = sum(h.width for h in heads)
+        stored = [Head.model_validate(h) for h in self.meta.get("heads") or []]
+        if not stored:
+            if self.num_logits != width:
+                raise ValueError(f"{self.path}: soft labels hold {self.num_logits} logits per text and name no "
+                                 f"heads; the tasks need {width}")
+            return [self.get(t) for t in texts]
+        where = {(h.task, label): h.offset + i for h in stored for i, label in enumerate(h.labels)}
+        cols = np.array([where.get((h.task, label), -1) for h in heads for label in h.labels])
+        missing = [f"{h.task}:{label}" for h in soft_heads for label in h.labels if (h.task, label) not in where]
+        if missing:
+            raise ValueError(f"{self.path}: the teacher's soft labels hold no {missing}; distil only the heads it "
+                             "labeled (--soft-task) or label again")
+        known = cols >= 0
+        return [None if row is None else np.where(known, row[np.maximum(cols, 0)], 0.0).astype(np.float32)
+                for row in (self.get(t) for t in texts)]
+
+
+class SoftLabels:
+    """Stored teachers' logits, looked up by text: one file, or several read as one, where a text's logits
+    come from the first file that holds it (a round's labels, then a teacher's labels over a transfer set)."""
+
+    def __init__(self, path: Path | str | Sequence[Path | str]):
+        paths = [path] if isinstance(path, str | Path) else list(path)
+        if not paths:
+            raise ValueError("no soft-label files given")
+        self._files = [_LabelFile(Path(p)) for p in paths]
+        first = self._files[0]
+        self.num_logits = first.num_logits
+        self.meta = first.meta
+        if len(self._files) > 1:
+            teachers = [str(f.meta.get("teacher", f.path)) for f in self._files]
+            self.meta = first.meta | {"teacher": " + ".join(teachers), "files": [str(f.path) for f in self._files]}
+
+    @property
+    def source(self) -> str | list[str]:
+        """The file, or the files in the order they are read."""
+        paths = [str(f.path) for f in self._files]
+        return paths[0] if len(paths) == 1 else paths
+
     def __len__(self) -> int:
-        return len(self._rows)
+        if len(self._files) == 1:
+            return len(self._files[0].rows)
+        return len(set().union(*(f.rows for f in self._files)))
 
     def get(self, text: str) -> np.ndarray | None:
-        row = self._rows.get(text_key(text))
-        return None if row is None else self._logits[row]
+        """The stored logits of ``text`` as its file holds them (the first file that has it)."""
+        for f in self._files:
+            row = f.get(text)
+            if row is not None:
+                return row
+        return None
 
     def for_texts(self, texts: Sequence[str]) -> list[np.ndarray | None]:
         return [self.get(t) for t in texts]
@@ -134,19 +196,9 @@ class SoftLabels:
         appended to the contract after the teacher labeled: its columns are matched by (task, label) through
         the heads stored with the labels. Every label of ``soft_heads`` must be stored; other new columns
         are 0 (no soft loss reads them)."""
-        width = sum(h.width for h in heads)
-        stored = [Head.model_validate(h) for h in self.meta.get("heads") or []]
-        if not stored:
-            if self.num_logits != width:
-                raise ValueError(f"soft labels hold {self.num_logits} logits per text and name no heads; the "
-                                 f"tasks need {width}")
-            return self.for_texts(texts)
-        where = {(h.task, label): h.offset + i for h in stored for i, label in enumerate(h.labels)}
-        cols = np.array([where.get((h.task, label), -1) for h in heads for label in h.labels])
-        missing = [f"{h.task}:{label}" for h in soft_heads for label in h.labels if (h.task, label) not in where]
-        if missing:
-            raise ValueError(f"the teacher's soft labels hold no {missing}; distil only the heads it labeled "
-                             "(--soft-task) or label again")
-        known = cols >= 0
-        return [None if row is None else np.where(known, row[np.maximum(cols, 0)], 0.0).astype(np.float32)
-                for row in self.for_texts(texts)]
+        rows = self._files[0].for_heads(texts, heads, soft_heads)
+        for f in self._files[1:]:
+            if any(r is None for r in rows):
+                rows = [r if r is not None else other
+                        for r, other in zip(rows, f.for_heads(texts, heads, soft_heads), strict=True)]
+        return rows

@@ -41,7 +41,7 @@ WARM_START_INT8 = ExportTolerance(max_abs_logit_diff=1.0, min_agreement=0.98)
 
 
 def run_strong(out: Path, store: Path, teacher_cfg: StageConfig, student_cfg: StageConfig, *,
-               base: str = "mpnet", labels: Path | None = None, version: str | None = None,
+               base: str = "mpnet", labels: Path | Sequence[Path] | None = None, version: str | None = None,
                families: Sequence[str] = ("distilbert", "albert"), promote: bool = False,
                soft_tasks: Sequence[str] | None = None, int8_tolerance: ExportTolerance = WARM_START_INT8,
                albert_repetitions: int | None = None, albert_vocab: int | None = None,
@@ -61,9 +61,13 @@ def run_strong(out: Path, store: Path, teacher_cfg: StageConfig, student_cfg: St
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     registry = ModelRegistry(Path(store))
-    labels = Path(labels) if labels else out / "soft_labels.npz"
-    if not labels.is_file():
-        _teacher_labels(out / "teacher", labels, base, teacher_cfg, student_cfg, progress, say)
+    if isinstance(labels, str | Path):
+        labels = [Path(labels)]
+    if not labels:  # the teacher's, made here (unless an earlier run made them)
+        labels = [out / "soft_labels.npz"]
+        if not labels[0].is_file():
+            _teacher_labels(out / "teacher", labels[0], base, teacher_cfg, student_cfg, progress, say)
+    labels = [Path(p) for p in labels]
     _, validation, _ = training_examples(validation_config(student_cfg))
     verify = check_texts(validation)
     cards: dict[str, dict] = {}
@@ -82,7 +86,7 @@ def run_strong(out: Path, store: Path, teacher_cfg: StageConfig, student_cfg: St
     chosen = choose_defaults(cards, tasks)
     stored = {ref: registry.add(path, version=ref.split("@")[1]).ref if not _stored(registry, ref) else ref
               for ref, path in artifacts.items()}
-    summary = {"labels": str(labels), "models": cards, "registered": stored,
+    summary = {"labels": str(labels[0]) if len(labels) == 1 else [str(p) for p in labels], "models": cards, "registered": stored,
                "defaults": {str(t): stored[ref] for t, ref in chosen.items()}, "promoted": False}
     if promote:
         for task, ref in summary["defaults"].items():
@@ -104,7 +108,7 @@ def _teacher_labels(teacher_dir: Path, labels: Path, base: str, teacher_cfg: Sta
                  progress=(lambda done, total: step(done, total, {})) if step else None)
 
 
-def _student(out: Path, registry: ModelRegistry, family: str, labels: Path, student_cfg: StageConfig,
+def _student(out: Path, registry: ModelRegistry, family: str, labels: Sequence[Path], student_cfg: StageConfig,
              verify: list[str], version: str | None, soft_tasks: Sequence[str] | None,
              int8_tolerance: ExportTolerance, progress: Progress | None,
              say: Callable[[str], None], current: str | None = None,
@@ -115,7 +119,7 @@ def _student(out: Path, registry: ModelRegistry, family: str, labels: Path, stud
     current = current or _current_of(registry, family)
     student_dir = out / family
     if not (student_dir / "chatmod_run.json").is_file():
-        say(f"[3/4] distilling the {family} student from {labels}, warm-started from {current}")
+        say(f"[3/4] distilling the {family} student from {', '.join(map(str, labels))}, warm-started from {current}")
         with tempfile.TemporaryDirectory(prefix="chatmod-strong-") as tmp:
             init, _ = model_folder(current, registry.store, Path(tmp) / "init")
             guide = model_folder(layer_teacher, registry.store, Path(tmp) / "layers")[0] if layer_teacher else None
@@ -127,7 +131,7 @@ def _student(out: Path, registry: ModelRegistry, family: str, labels: Path, stud
     record = json.loads((student_dir / "chatmod_run.json").read_text())
     name = read_manifest(registry.get(current)[1]).name
     return finish_student(student_dir, out / "artifacts", name, version or time.strftime("%Y%m%d"), student_cfg,
-                          verify, int8_tolerance, warm_start=current, soft_labels=str(labels),
+                          verify, int8_tolerance, warm_start=current, soft_labels=record.get("soft_labels"),
                           soft_label_coverage=record.get("soft_label_coverage"),
                           **({"layer_teacher": layer_teacher} if layer_teacher else {}))
 

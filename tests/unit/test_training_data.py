@@ -303,6 +303,11 @@ def test_cli_caps_and_repeats_override_the_recipe_per_source() -> None:
     for bad in (["reddit=2"], ["jigsaw"], ["jigsaw=0"], ["jigsaw=x"]):
         with pytest.raises(typer.BadParameter, match="--repeat takes SOURCE=N"):
             with_caps(StageConfig(), None, bad)
+    assert with_caps(StageConfig(), None, None, ["chitchat=500"]).transfer == {"chitchat": 500}
+    assert StageConfig().transfer == {}
+    for bad in (["olid=5"], ["chitchat"], ["chitchat=-1"]):
+        with pytest.raises(typer.BadParameter, match="--transfer takes NAME=N with a name of"):
+            with_caps(StageConfig(), None, None, bad)
 
 
 def test_load_splits_refuses_unknown_sources_and_missing_roots(data_root: Path, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ steps of commands that make a new version of a stored model."""
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
@@ -37,6 +38,10 @@ CapOpt = Annotated[list[str] | None, typer.Option(help="SOURCE=N: a set's cap, a
 RepeatOpt = Annotated[list[str] | None, typer.Option(help="SOURCE=N: times a set's training split is seen per epoch "
                                                           "(repeatable; OLID's default is 2), e.g. jigsaw=3.")]
 
+TransferOpt = Annotated[list[str] | None, typer.Option(help="NAME=N: N unlabeled texts of a transfer set that the "
+                                                           "students learn from through the teacher's soft labels "
+                                                           "alone (repeatable), e.g. chitchat=60000.")]
+
 
 def tasks_of(values: list[str]) -> list[str]:
     if not values or values == ["all"]:
@@ -53,17 +58,23 @@ def stage_config(tasks: list[str], data_root: Path | None, epochs: float, batch_
                        threads=threads, train=train)
 
 
-def with_caps(cfg: StageConfig, items: list[str] | None, repeats: list[str] | None = None) -> StageConfig:
-    """``cfg`` with the ``SOURCE=N`` caps of ``--cap`` and repeats of ``--repeat`` over its own."""
-    return replace(cfg, caps=_per_source(cfg.caps, items, "--cap"), repeats=_per_source(cfg.repeats, repeats, "--repeat"))
+def with_caps(cfg: StageConfig, items: list[str] | None, repeats: list[str] | None = None,
+              transfer: list[str] | None = None) -> StageConfig:
+    """``cfg`` with the ``SOURCE=N`` caps of ``--cap``, repeats of ``--repeat`` and transfer sets of
+    ``--transfer`` over its own."""
+    from training.transfer import TRANSFER_SETS
+
+    return replace(cfg, caps=_per_source(cfg.caps, items, "--cap"), repeats=_per_source(cfg.repeats, repeats, "--repeat"),
+                   transfer=_per_source(cfg.transfer, transfer, "--transfer", TRANSFER_SETS, "NAME"))
 
 
-def _per_source(base: dict[str, int], items: list[str] | None, option: str) -> dict[str, int]:
+def _per_source(base: dict[str, int], items: list[str] | None, option: str, known: Mapping = SOURCES,
+                word: str = "SOURCE") -> dict[str, int]:
     out = dict(base)
     for item in items or []:
         source, sep, n = item.partition("=")
-        if not sep or source not in SOURCES or not n.isdigit() or int(n) < 1:
-            raise typer.BadParameter(f"{option} takes SOURCE=N with a source of {sorted(SOURCES)}, got {item!r}")
+        if not sep or source not in known or not n.isdigit() or int(n) < 1:
+            raise typer.BadParameter(f"{option} takes {word}=N with a {word.lower()} of {sorted(known)}, got {item!r}")
         out[source] = int(n)
     return out
 

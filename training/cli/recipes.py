@@ -18,6 +18,7 @@ from training.cli.common import (
     PromoteOpt,
     RefArg,
     RepeatOpt,
+    TransferOpt,
     StoreOpt,
     TasksOpt,
     console,
@@ -36,8 +37,8 @@ app = typer.Typer()
 def requantize(ref: RefArg, version: Annotated[str, typer.Option(help="Version of the re-exported artifact.")],
                store: StoreOpt = Path("model-store"), promote_: PromoteOpt = False, data_root: DataOpt = None,
                seed: int = 13) -> None:
-    """Re-export a model with the current int8 export (per-token scales: batch-independent scores), evaluate
-    it on validation when the data is there, and register it."""
+    """Re-export a model with the current int8 export (per-token scales: batch-independent scores; 7-bit
+    weights: the same scores on every CPU), evaluate it on validation when the data is there, and register it."""
     import tempfile
 
     from training.requantize import requantize_artifact
@@ -111,7 +112,9 @@ def recalibrate(ref: RefArg, version: Annotated[str, typer.Option(help="Version 
 def strong(out: Annotated[Path, typer.Option(help="Run folder (resumable).")] = Path("runs/strong"),
            store: Annotated[Path, typer.Option(help="Model store: students start from its models, results go there.")] = Path("model-store"),
            base: Annotated[str, typer.Option(help="The teacher's encoder: mpnet, minilm, or any HF id or folder.")] = "mpnet",
-           labels: Annotated[Path | None, typer.Option(help="Stored soft labels to distil from (skips teacher and labeling).")] = None,
+           labels: Annotated[list[Path] | None, typer.Option(help="Stored soft labels to distil from (skips teacher and "
+                                                              "labeling; repeatable: a text's come from the first "
+                                                              "file that holds it).")] = None,
            version: Annotated[str | None, typer.Option(help="Version of the new artifacts (default: today's date).")] = None,
            promote_: Annotated[bool, typer.Option("--promote/--no-promote", help="Make the chosen defaults current.")] = False,
            task: TasksOpt = ["all"], data_root: DataOpt = None,
@@ -122,7 +125,7 @@ def strong(out: Annotated[Path, typer.Option(help="Run folder (resumable).")] = 
            soft_task: Annotated[list[str] | None, typer.Option(help="Tasks the soft labels teach (default all): "
                                                                     "those where the teacher beats the students.")] = None,
            family: Annotated[list[str] | None, typer.Option(help="Students to make (default distilbert and albert).")] = None,
-           cap: CapOpt = None, repeat: RepeatOpt = None,
+           cap: CapOpt = None, repeat: RepeatOpt = None, transfer: TransferOpt = None,
            albert_repetitions: Annotated[int | None, typer.Option(help="Passes through the ALBERT student's shared "
                                                                       "layer (default: as the model it starts from).")] = None,
            albert_vocab: Annotated[int | None, typer.Option(help="Prune the ALBERT student's WordPiece vocabulary to "
@@ -152,7 +155,7 @@ def strong(out: Annotated[Path, typer.Option(help="Run folder (resumable).")] = 
     student_cfg = with_caps(scaled(stage_config(task, data_root, student_epochs, 32, student_lr, max_length, seed,
                                                 threads, precision=precision, alpha_cos=0.0,
                                                 **({"alpha_hidden": alpha_hidden, "alpha_attn": alpha_attn}
-                                                   if layer_teacher else {})), scale), cap, repeat)
+                                                   if layer_teacher else {})), scale), cap, repeat, transfer)
     bars = Bars()
     with bars.progress:
         summary = run_strong(out, store, teacher_cfg, student_cfg, base=base, labels=labels, version=version,

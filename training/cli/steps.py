@@ -15,7 +15,18 @@ from models.artifact import dump_json
 from models.labels import Task
 from models.registry import ModelRegistry
 from pipeline.settings import Settings
-from training.cli.common import Bars, CapOpt, DataOpt, TasksOpt, console, stage_config, tasks_of, with_caps
+from training.cli.common import (
+    Bars,
+    CapOpt,
+    DataOpt,
+    RepeatOpt,
+    TasksOpt,
+    TransferOpt,
+    console,
+    stage_config,
+    tasks_of,
+    with_caps,
+)
 from training.data import SOURCES, default_data_root, load_splits
 from training.recipe import StageConfig, evaluate_folder, export_folder, run_distill, run_teacher
 
@@ -78,7 +89,9 @@ def label(teacher: Annotated[str, typer.Option("--teacher", help="A trained teac
           task: TasksOpt = ["all"], data_root: DataOpt = None, max_length: int = 96, seed: int = 13,
           threads: int | None = None,
           scale: Annotated[float, typer.Option(help="Share of every set's cap to label (1.0: the recipe's).")] = 1.0,
-          cap: CapOpt = None,
+          cap: CapOpt = None, transfer: TransferOpt = None,
+          transfer_only: Annotated[bool, typer.Option("--transfer-only", help="Label the transfer sets' texts "
+                                                      "alone (to read after a file covering the labeled sets).")] = False,
           precision: Annotated[str, typer.Option(help="fp32, bf16, or auto (bf16 where native).")] = "auto") -> None:
     """Run a teacher once over the recipe's training texts and store its soft labels (small: commit them)."""
     import torch
@@ -88,19 +101,25 @@ def label(teacher: Annotated[str, typer.Option("--teacher", help="A trained teac
 
     if threads:
         torch.set_num_threads(threads)
-    cfg = with_caps(scaled(stage_config(task, data_root, 1.0, 32, 1e-4, max_length, seed, threads), scale), cap)
+    cfg = with_caps(scaled(stage_config(task, data_root, 1.0, 32, 1e-4, max_length, seed, threads), scale), cap,
+                    transfer=transfer)
+    if transfer_only and not cfg.transfer:
+        raise typer.BadParameter("--transfer-only needs --transfer NAME=N")
     teacher_dir = Path(teacher)
     if not teacher_dir.is_dir():
         teacher_dir = ModelRegistry(store).get(teacher)[1]
     bars = Bars()
     with bars.progress:
         step = bars("label")
-        label_recipe(teacher_dir, cfg, out, precision, progress=lambda done, total: step(done, total, {}))
+        label_recipe(teacher_dir, cfg, out, precision, progress=lambda done, total: step(done, total, {}),
+                     transfer_only=transfer_only)
     console.print(f"soft labels written to {out}")
 
 
 @app.command("distill-labels")
-def distill_labels(labels: Annotated[Path, typer.Option("--labels", help="Soft labels from `chatmod train label`.")],
+def distill_labels(labels: Annotated[list[Path], typer.Option("--labels", help="Soft labels from `chatmod train "
+                                                                     "label` (repeatable: a text's come from the "
+                                                                     "first file that holds it).")],
                    init: Annotated[str, typer.Option("--init", help="NAME@VERSION, an artifact or a model folder "
                                                                      "to start the student from.")],
                    out: Annotated[Path, typer.Option(help="Folder for the student.")],
@@ -109,6 +128,7 @@ def distill_labels(labels: Annotated[Path, typer.Option("--labels", help="Soft l
                    lr: float = 5e-5, max_length: int = 96, seed: int = 13, threads: int | None = None,
                    scale: Annotated[float, typer.Option(help="Share of every set's cap (as labeled).")] = 1.0,
                    temperature: float = 2.0, alpha_soft: float = 1.0, alpha_hard: float = 1.0,
+                   cap: CapOpt = None, repeat: RepeatOpt = None, transfer: TransferOpt = None,
                    precision: Annotated[str, typer.Option(help="fp32, bf16, or auto.")] = "auto") -> None:
     """Distil a student from stored soft labels (plus hard labels), starting from an existing model."""
     import tempfile
@@ -118,12 +138,14 @@ def distill_labels(labels: Annotated[Path, typer.Option("--labels", help="Soft l
 
     cfg = scaled(stage_config(task, data_root, epochs, batch_size, lr, max_length, seed, threads, precision=precision,
                       temperature=temperature, alpha_soft=alpha_soft, alpha_hard=alpha_hard, alpha_cos=0.0), scale)
+    cfg = with_caps(cfg, cap, repeat, transfer)
     with tempfile.TemporaryDirectory(prefix="chatmod-distill-") as tmp:
         path, family = model_folder(init, store, Path(tmp))
         bars = Bars()
         with bars.progress:
             record = run_distill_from_labels(cfg, labels, path, out, family=family, on_step=bars(family or "student"))
-    console.print(f"student distilled from {labels} ({record['soft_label_coverage']:.0%} of examples labeled), "
+    console.print(f"student distilled from {record['soft_labels']} ({record['soft_label_coverage']:.0%} of examples "
+                  "labeled), "
                   f"saved to {out}")
 
 
