@@ -31,6 +31,10 @@ Scores = dict[Task, dict[str, float]]  # {task: {label: probability}}
 # per call): sub-batches of 16 ran 750-900 msgs/s, of 32 550-850, of 64 415-430: less padding per
 # sub-batch, and activations that stay in cache.
 DEFAULT_SUB_BATCH = 16
+# Recorded by the export (metrics.export.onnx_int8.weights) when every int8 weight code is within [-64, 64]:
+# ONNX Runtime's u8 x s8 products are then exact on every CPU, not only on those with VNNI (see
+# training.quantize).
+WEIGHTS_7BIT = "per_channel_7bit"
 
 
 class BatchMismatch(RuntimeError):
@@ -216,6 +220,13 @@ class TextClassifier:
                 "cached scores may differ slightly; `chatmod train requantize %s --version N` re-exports it "
                 "with per-token int8", self.manifest.ref, self.backend, self.manifest.ref,
             )
+        elif self.saturates_without_vnni:
+            log.warning(
+                "%s has full-range int8 weights: on CPUs without VNNI, ONNX Runtime's int8 products saturate, "
+                "so its scores differ between machines of different CPU generations; `chatmod train requantize "
+                "%s --version N` re-exports it with 7-bit weights, exact on every CPU",
+                self.manifest.ref, self.manifest.ref,
+            )
 
     @property
     def batch_invariant(self) -> bool:
@@ -227,6 +238,15 @@ class TextClassifier:
         fmt = "onnx_int8" if self.backend == "onnx_int8" else "onnx"
         check = self.manifest.metrics.get("export", {}).get(fmt, {})
         return check.get("batch_invariance_max_diff") == 0.0
+
+    @property
+    def saturates_without_vnni(self) -> bool:
+        """Whether this int8 model has full-range weights, whose products ONNX Runtime clips on x86 CPUs
+        without VNNI: its scores then differ by CPU generation, by far more than float rounding (export
+        records 7-bit weights as :data:`WEIGHTS_7BIT`)."""
+        if self.backend != "onnx_int8":
+            return False
+        return self.manifest.metrics.get("export", {}).get("onnx_int8", {}).get("weights") != WEIGHTS_7BIT
 
     @property
     def ref(self) -> str:

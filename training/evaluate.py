@@ -236,7 +236,10 @@ def write_model_card(folder: Path, card: dict) -> None:
             lines.append(f"- {key}: {card[key]}")
     if card.get("soup_of"):  # training/soup.py: an average of these models' weights
         lines.append(f"- soup of: {', '.join(card['soup_of'])}")
-    if card.get("recalibrated_from"):  # chatmod train recalibrate: the same weights, decision rules refitted
+    if card.get("requantized_from"):  # chatmod train requantize: the same weights and rules, exported again
+        lines.append(f"- weights of: {card['requantized_from']} (re-exported with today's int8: "
+                     f"{card.get('int8_weights') or 'full-range'} weights; its decision rules kept)")
+    elif card.get("recalibrated_from"):  # chatmod train recalibrate: the same weights, decision rules refitted
         lines.append(f"- weights of: {card['recalibrated_from']} (decision rules fitted again, as served)")
     if "headline" in card:
         lines += ["", "## Validation headline metrics", "", "| metric | value |", "| --- | --- |"]

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from models.artifact import WEIGHT_FORMATS, ArtifactError, Head, Manifest, staged_folder, write_manifest
-from models.runtime import TextEncoder
+from models.runtime import WEIGHTS_7BIT, TextEncoder
 from training.export_check import (
     DEFAULT_VERIFY_TEXTS,
     FP32_TOLERANCE,
@@ -237,7 +237,8 @@ def _int8(fp32: Path, tmp: Path, out: Path, checks: _Checks) -> dict[str, Any]:
     for step, keep in enumerate(ladder):
         int8 = quantize_prepared(pre, out, keep)
         try:
-            check = checks.run(int8, checks.int8) | {"fp32_nodes": keep, "activations": PER_TOKEN}
+            check = checks.run(int8, checks.int8) | {
+                "fp32_nodes": keep, "activations": PER_TOKEN, "weights": WEIGHTS_7BIT}
             break
         except ExportMismatch as exc:
             if step == len(ladder) - 1:

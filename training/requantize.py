@@ -68,8 +68,9 @@ def requantize_artifact(
 ) -> Manifest:
     """Build ``name@version`` at ``out`` from ``artifact``'s weights with the current int8 export.
 
-    ``evaluate(folder, manifest)``, when given, returns the served model's validation headline metrics,
-    recorded as ``metrics.validation`` (the source's figures are kept as ``metrics.validation_source``).
+    ``evaluate(folder, manifest)``, when given, returns the served model's evaluation report, whose headline
+    metrics are recorded as ``metrics.validation`` (the source's figures are kept as
+    ``metrics.validation_source``).
     """
     source = verify_artifact(Path(artifact))
     if str(version) == source.version:
@@ -84,7 +85,7 @@ def requantize_artifact(
             formats=("onnx_int8",), verify_texts=list(verify_texts),
         )
     if evaluate is not None:
-        headline = evaluate(Path(out), manifest)
+        headline = evaluate(Path(out), manifest)["headline"]
         metrics = manifest.metrics | {"validation": headline,
                                       "validation_source": source.metrics.get("validation", {})}
         heads = [h.model_copy(update={"metrics": headline}) for h in manifest.heads]
@@ -147,9 +148,9 @@ def recalibrate_artifact(artifact: Path, out: Path, version: str, validation: di
 
 
 def recalibration_card(artifact: Path, served: dict, latency_texts: list[str], threads: int | None = None) -> dict:
-    """The model card of a recalibrated artifact: its served figures (``served``, from
-    ``recalibrate_artifact``), the rules it ships, its size and latency, the functional suite, and the
-    model whose weights it keeps (the card's "weights of" line)."""
+    """The model card of a recalibrated or re-exported artifact: its served figures (``served``: the
+    evaluation report, headline and per set), the rules it ships, its size and latency, the functional
+    suite, and the model whose weights it keeps (the card's "weights of" line)."""
     from training.recipe import served_facts
 
     artifact = Path(artifact)
@@ -162,6 +163,9 @@ def recalibration_card(artifact: Path, served: dict, latency_texts: list[str], t
         "headline": served["headline"], "sets": served["sets"],
         "thresholds": tox.thresholds if tox else {}, "block_thresholds": tox.block_thresholds if tox else {},
         "logit_bias": sentiment.logit_bias if sentiment else {},
-        "recalibrated_from": manifest.training.get("recalibrated_from"), "base_model": manifest.base_model,
+        "recalibrated_from": manifest.training.get("recalibrated_from"),
+        "requantized_from": manifest.training.get("requantized_from"),
+        "int8_weights": manifest.metrics.get("export", {}).get("onnx_int8", {}).get("weights"),
+        "base_model": manifest.base_model,
         "versions": manifest.training.get("versions", {}), "data": manifest.training.get("data", {}),
     }

@@ -11,7 +11,13 @@ import pytest
 
 from models.registry import ModelRegistry
 from models.runtime import ModelSet, TextClassifier
-from training.quantize import check_batch_invariance, per_token_activations, prepare_for_int8
+from training.quantize import (
+    WEIGHT_CODE_MAX,
+    check_batch_invariance,
+    max_weight_code,
+    per_token_activations,
+    prepare_for_int8,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -64,6 +70,39 @@ def test_scores_do_not_depend_on_batch_padding_or_threads(shipped: Path, alone: 
         got[rows] = clf.predict_logits([TEXTS[i] for i in rows])
     moved = np.abs(got - alone).max()
     assert moved == 0.0, f"{clf.ref}: a text's logits moved by {moved:.3g} with its batch"
+
+
+def test_shipped_int8_weights_multiply_exactly_on_every_cpu(shipped: Path) -> None:
+    clf = TextClassifier(shipped, backend="onnx", threads=1)
+    assert not clf.saturates_without_vnni, f"{clf.ref}: its manifest does not record 7-bit int8 weights"
+    assert max_weight_code(shipped / clf.manifest.weights["onnx_int8"]) <= WEIGHT_CODE_MAX
+
+
+@pytest.mark.parametrize("inner", [384, 1536])  # the student's hidden and feed-forward widths
+def test_int8_products_are_exact_at_the_exports_operand_ranges(inner: int) -> None:
+    """ORT's MatMulInteger, fed as the export feeds it (u8 activation codes 1..255 at zero point 128, int8
+    weight codes within +-WEIGHT_CODE_MAX), equals the integer product: extremes included, where pairs of
+    full-range products overflow 16 bits on CPUs without VNNI. A CPU kind that clips fails here."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(inner)
+    a = rng.integers(1, 256, size=(8, inner)).astype(np.uint8)
+    a[0], a[1], a[2] = 255, 1, np.where(np.arange(inner) % 2, 255, 1)  # extremes, and alternating
+    b = rng.integers(-WEIGHT_CODE_MAX, WEIGHT_CODE_MAX + 1, size=(inner, 6)).astype(np.int8)
+    b[:, 0], b[:, 1] = -WEIGHT_CODE_MAX, WEIGHT_CODE_MAX
+    b[:, 2] = np.where(np.arange(inner) % 2, -WEIGHT_CODE_MAX, WEIGHT_CODE_MAX)
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "b", "a_zero_point"], ["y"])], "product",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [None, inner])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [None, 6])],
+        [numpy_helper.from_array(b, "b"), numpy_helper.from_array(np.array(128, dtype=np.uint8), "a_zero_point")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"a": a})[0]
+    expected = (a.astype(np.int64) - 128) @ b.astype(np.int64)
+    np.testing.assert_array_equal(got, expected)
 
 
 def test_a_model_set_answers_identically_however_the_texts_arrive(shipped: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 from tests.tiny_models import N_LOGITS, contract_heads, save_tiny_hf_model
 from training.export import build_artifact, export_onnx
 from training.export_check import DEFAULT_VERIFY_TEXTS, ExportMismatch, verify_export
-from training.quantize import quantize_int8
+from training.quantize import WEIGHT_CODE_MAX, max_weight_code, quantize_int8
 
 pytestmark = pytest.mark.unit
 
@@ -30,6 +30,7 @@ def test_export_and_int8_pass_verification(hf_models: tuple[Path, Path], tmp_pat
     assert check.n == len(DEFAULT_VERIFY_TEXTS) and check.agreement == 1.0 and check.max_abs_diff < 1e-4
     int8 = quantize_int8(onnx, tmp_path / "model.int8.onnx")
     assert int8.stat().st_size < onnx.stat().st_size / 2  # the MatMuls really are int8
+    assert max_weight_code(int8) == WEIGHT_CODE_MAX  # 7-bit codes, each channel reaching the grid's end
     check8 = verify_export(model, int8, DEFAULT_VERIFY_TEXTS, 0.05, 0.9, heads=HEADS)
     assert 0 < check8.max_abs_diff < 0.05
 

@@ -36,7 +36,10 @@ app = typer.Typer()
 @app.command()
 def requantize(ref: RefArg, version: Annotated[str, typer.Option(help="Version of the re-exported artifact.")],
                store: StoreOpt = Path("model-store"), promote_: PromoteOpt = False, data_root: DataOpt = None,
-               seed: int = 13) -> None:
+               seed: int = 13,
+               card: Annotated[Path | None, typer.Option(help="Folder for the model card, written when the data is "
+                                                         "there (default: runs/NAME@VERSION).")] = None,
+               threads: int | None = None) -> None:
     """Re-export a model with the current int8 export (per-token scales: batch-independent scores; 7-bit
     weights: the same scores on every CPU), evaluate it on validation when the data is there, and register it."""
     import tempfile
@@ -45,11 +48,14 @@ def requantize(ref: RefArg, version: Annotated[str, typer.Option(help="Version o
 
     registry, source, cfg, root = derived_from(ref, store, data_root, seed)
 
+    reports: list[dict] = []
+
     def evaluate_served(folder: Path, manifest) -> dict:
         tox = next((h for h in manifest.heads if h.task == Task.TOXICITY), None)
         fixed = (tox.thresholds, tox.block_thresholds) if tox else ({}, {})  # the source's rules, as they stand
         task_cfg = StageConfig(tasks=[str(t) for t in manifest.tasks], data_root=cfg.data_root, seed=seed)
-        return evaluate_folder(folder, task_cfg, fixed)["headline"]
+        reports.append(evaluate_folder(folder, task_cfg, fixed))
+        return reports[-1]
 
     with tempfile.TemporaryDirectory(prefix="chatmod-requantize-") as tmp:
         out = Path(tmp) / "artifact"
@@ -66,6 +72,14 @@ def requantize(ref: RefArg, version: Annotated[str, typer.Option(help="Version o
     if not root.is_dir():
         console.print(f"[yellow]{root} is missing: the re-export is verified against its source, not re-evaluated")
     console.print(f"registered {stored.ref}; validation {manifest.metrics.get('validation', {})}")
+    if reports:
+        from training.evaluate import write_model_card
+        from training.requantize import recalibration_card
+
+        console.print("judging it as served for its model card (latency, the functional suite)")
+        card_dir = card or Path("runs") / stored.ref
+        write_model_card(card_dir, recalibration_card(registry.get(stored.ref)[1], reports[-1], verify, threads))
+        console.print(f"model card: {card_dir / 'MODEL_CARD.md'}")
     if promote_:
         promote_like_source(registry, stored)
 
