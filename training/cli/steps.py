@@ -145,8 +145,7 @@ def distill_labels(labels: Annotated[list[Path], typer.Option("--labels", help="
         with bars.progress:
             record = run_distill_from_labels(cfg, labels, path, out, family=family, on_step=bars(family or "student"))
     console.print(f"student distilled from {record['soft_labels']} ({record['soft_label_coverage']:.0%} of examples "
-                  "labeled), "
-                  f"saved to {out}")
+                  f"labeled), saved to {out}")
 
 
 @app.command()
