@@ -235,18 +235,20 @@ class TextClassifier:
         never assumed to be: GPU kernels pick their reduction order by shape."""
         if self.backend == "torch":
             return False
-        fmt = "onnx_int8" if self.backend == "onnx_int8" else "onnx"
-        check = self.manifest.metrics.get("export", {}).get(fmt, {})
-        return check.get("batch_invariance_max_diff") == 0.0
+        return self._export_check.get("batch_invariance_max_diff") == 0.0
 
     @property
     def saturates_without_vnni(self) -> bool:
         """Whether this int8 model has full-range weights, whose products ONNX Runtime clips on x86 CPUs
         without VNNI: its scores then differ by CPU generation, by far more than float rounding (export
         records 7-bit weights as :data:`WEIGHTS_7BIT`)."""
-        if self.backend != "onnx_int8":
-            return False
-        return self.manifest.metrics.get("export", {}).get("onnx_int8", {}).get("weights") != WEIGHTS_7BIT
+        return self.backend == "onnx_int8" and self._export_check.get("weights") != WEIGHTS_7BIT
+
+    @property
+    def _export_check(self) -> dict:
+        """What the export recorded of the served ONNX file (``metrics.export.onnx`` or ``onnx_int8``)."""
+        fmt = "onnx_int8" if self.backend == "onnx_int8" else "onnx"
+        return self.manifest.metrics.get("export", {}).get(fmt, {})
 
     @property
     def ref(self) -> str:

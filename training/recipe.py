@@ -187,6 +187,13 @@ def run_distill_from_labels(cfg: StageConfig, labels_path: Path | Sequence[Path]
     soft_heads = [h for h in heads if soft_tasks is None or h.task.value in soft_tasks]
     if not soft_heads:
         raise ValueError(f"soft_tasks {list(soft_tasks or [])} name none of the tasks {cfg.tasks}")
+    examples, _, fingerprints = training_examples(cfg)
+    targets = labels.for_heads([ex.text for ex in examples], heads, soft_heads)
+    covered = sum(t is not None for t in targets) / len(targets)
+    unlabeled = sum(1 for ex, t in zip(examples, targets, strict=True) if t is None and ex.source in cfg.transfer)
+    if unlabeled:  # no hard label either: such a text would teach nothing
+        raise ValueError(f"{unlabeled} transfer texts ({', '.join(cfg.transfer)}) have no soft labels in {labels_path}: "
+                         "label them (chatmod train label --transfer ... --transfer-only) and pass both files")
     student = load_model(init_dir)
     added: list[str] = []
     if student.config.num_labels != sum(h.width for h in heads):
@@ -201,7 +208,6 @@ def run_distill_from_labels(cfg: StageConfig, labels_path: Path | Sequence[Path]
                              f"with {repetitions}")
         init["repetitions"] = {"from": student.config.num_hidden_layers, "to": repetitions}
         student.config.num_hidden_layers = repetitions  # one shared layer, applied this many times
-    examples, _, fingerprints = training_examples(cfg)
     tokenizer = AutoTokenizer.from_pretrained(init_dir)
     shape = {"vocab_size": vocab_size, "groups": groups, "ffn": ffn}
     if any(value is not None for value in shape.values()):
@@ -209,12 +215,6 @@ def run_distill_from_labels(cfg: StageConfig, labels_path: Path | Sequence[Path]
     guide = _layer_teacher(layer_teacher, tokenizer) if layer_teacher is not None else None
     if guide is not None:
         init["layer_teacher"] = str(layer_teacher)
-    targets = labels.for_heads([ex.text for ex in examples], heads, soft_heads)
-    covered = sum(t is not None for t in targets) / len(targets)
-    unlabeled = sum(1 for ex, t in zip(examples, targets, strict=True) if t is None and ex.source in cfg.transfer)
-    if unlabeled:  # no hard label either: such a text would teach nothing
-        raise ValueError(f"{unlabeled} transfer texts ({', '.join(cfg.transfer)}) have no soft labels in {labels_path}: "
-                         "label them (chatmod train label --transfer ... --transfer-only) and pass both files")
     out.mkdir(parents=True, exist_ok=True)
     result = train(student, heads, examples, tokenizer, cfg.train, log_path=out / "train_log.jsonl",
                    on_step=on_step, soft_targets=targets, soft_heads=soft_heads, checkpoint=out / "checkpoint",

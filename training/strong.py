@@ -61,13 +61,11 @@ def run_strong(out: Path, store: Path, teacher_cfg: StageConfig, student_cfg: St
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     registry = ModelRegistry(Path(store))
-    if isinstance(labels, str | Path):
-        labels = [Path(labels)]
+    labels = [Path(labels)] if isinstance(labels, str | Path) else [Path(p) for p in labels or ()]
     if not labels:  # the teacher's, made here (unless an earlier run made them)
         labels = [out / "soft_labels.npz"]
         if not labels[0].is_file():
             _teacher_labels(out / "teacher", labels[0], base, teacher_cfg, student_cfg, progress, say)
-    labels = [Path(p) for p in labels]
     _, validation, _ = training_examples(validation_config(student_cfg))
     verify = check_texts(validation)
     cards: dict[str, dict] = {}

@@ -34,7 +34,6 @@ class TransferSet:
     name: str
     texts: Callable[[], Sequence[str]]  # every distinct usable text, in a fixed order
     fingerprint: Callable[[], str]
-    description: str
 
 
 def _chitchat_file() -> Path:
@@ -72,8 +71,7 @@ def _chitchat_fingerprint() -> str:
 
 
 TRANSFER_SETS: dict[str, TransferSet] = {
-    "chitchat": TransferSet("chitchat", _chitchat_texts, _chitchat_fingerprint,
-                            "open-domain chat between people (BYU PCC Chit-Chat Challenge, MIT)"),
+    "chitchat": TransferSet("chitchat", _chitchat_texts, _chitchat_fingerprint),  # see the module docstring
 }
 
 
