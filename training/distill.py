@@ -38,6 +38,9 @@ from training.losses import (
 log = logging.getLogger(__name__)
 
 
+LAYER_MAPS = ("depth", "last")
+
+
 @dataclass
 class TrainConfig:
     epochs: float = 1.0
@@ -55,6 +58,9 @@ class TrainConfig:
     # the last): 1 - cos of the hidden states, and the KL between self-attention distributions (MiniLM).
     alpha_hidden: float = 0.0
     alpha_attn: float = 0.0
+    # "depth": every student layer follows the teacher layer at its depth; "last": the last follows the last
+    # alone (MiniLM's choice, for a student that cannot follow distinct layers with one shared layer).
+    layer_map: str = "depth"
     seed: int = 13
     log_every: int = 50
     max_steps: int | None = None
@@ -76,6 +82,8 @@ class TrainConfig:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if min(self.alpha_soft, self.alpha_hard, self.alpha_cos, self.alpha_hidden, self.alpha_attn) < 0:
             raise ValueError("loss weights must be >= 0")
+        if self.layer_map not in LAYER_MAPS:
+            raise ValueError(f"layer_map must be one of {LAYER_MAPS}, got {self.layer_map!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
 
@@ -282,9 +290,12 @@ def _shape(model: PreTrainedModel) -> tuple[int, int, int]:
     return c.hidden_size, c.num_attention_heads, c.num_hidden_layers
 
 
-def layer_pairs(student_layers: int, teacher_layers: int) -> list[tuple[int, int]]:
+def layer_pairs(student_layers: int, teacher_layers: int, layer_map: str = "depth") -> list[tuple[int, int]]:
     """(student, teacher) indices into ``hidden_states`` (0 is the embeddings): each student layer paired
-    with the teacher layer at the same depth fraction, the last with the last."""
+    with the teacher layer at the same depth fraction, the last with the last; or, for ``last``, only the
+    last with the last."""
+    if layer_map == "last":
+        return [(student_layers, teacher_layers)]
     return [(i, max(1, round(i * teacher_layers / student_layers))) for i in range(1, student_layers + 1)]
 
 
@@ -383,7 +394,7 @@ def _loss_terms(model: PreTrainedModel, heads: Sequence[Head], batch: Batch, idx
         if cfg.alpha_cos > 0:
             terms["cos"] = hidden_cosine_loss(out.hidden_states[-1].float(),
                                               t_out.hidden_states[-1].float().clone(), batch.attention_mask)
-    pairs = layer_pairs(_shape(model)[2], _shape(guide)[2])
+    pairs = layer_pairs(_shape(model)[2], _shape(guide)[2], cfg.layer_map)
     if cfg.alpha_hidden > 0:
         terms["hidden"] = sum(hidden_cosine_loss(out.hidden_states[s].float(), t_out.hidden_states[t].float().clone(),
                                                  batch.attention_mask) for s, t in pairs) / len(pairs)

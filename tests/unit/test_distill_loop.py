@@ -111,8 +111,9 @@ def tiny_albert(seed: int = 0, hidden: int = 32, heads: int = 2, passes: int = 2
     return AlbertForSequenceClassification(cfg).eval()
 
 
-def teacher_attention_kl(student, teacher, tokenizer, examples: list[Example]) -> float:
-    """The layer-wise attention KL of ``student`` to ``teacher`` over ``examples`` (eval mode, eager)."""
+def teacher_attention_kl(student, teacher, tokenizer, examples: list[Example], layer_map: str = "depth") -> float:
+    """The layer-wise attention KL of ``student`` to ``teacher`` over ``examples`` (eval mode, eager), over the
+    layers ``layer_map`` pairs."""
     from training.distill import _eager_attention, layer_pairs
     from training.losses import attention_kl_loss
 
@@ -125,7 +126,7 @@ def teacher_attention_kl(student, teacher, tokenizer, examples: list[Example]) -
         t = teacher(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_attentions=True)
     for m, impl in restore:
         m.set_attn_implementation(impl)
-    pairs = layer_pairs(len(s.attentions), len(t.attentions))
+    pairs = layer_pairs(len(s.attentions), len(t.attentions), layer_map)
     return sum(float(attention_kl_loss(s.attentions[a - 1], t.attentions[b - 1], batch.attention_mask))
                for a, b in pairs) / len(pairs)
 
@@ -258,3 +259,27 @@ def test_contract_heads_lays_columns_out_in_order() -> None:
     assert (tox_head.offset, tox_head.width, sent_head.offset, sent_head.width) == (0, 7, 7, 3)
     only_sentiment = contract_heads([Task.SENTIMENT])
     assert only_sentiment[0].offset == 0 and only_sentiment[0].labels == ["negative", "neutral", "positive"]
+
+
+def test_layer_map_last_pairs_only_the_last_layers_and_teaches_them(tokenizer) -> None:
+    """``layer_map="last"`` (MiniLM's choice) pairs the student's last layer with the teacher's alone: the
+    student's last attention moves to the teacher's last, and an unknown map is refused."""
+    import numpy as np
+
+    from training.distill import layer_pairs
+
+    assert layer_pairs(9, 6, "last") == [(9, 6)]
+    assert layer_pairs(2, 4, "last") == [(2, 4)]
+    with pytest.raises(ValueError, match="layer_map must be one of"):
+        TrainConfig(layer_map="first").validate()
+
+    examples = learnable_examples(64)
+    teacher, student = tiny_teacher(seed=3), tiny_albert(seed=4)
+
+    before = teacher_attention_kl(student, teacher, tokenizer, examples, "last")
+    soft = [np.zeros(N_LOGITS, dtype=np.float32) for _ in examples]
+    cfg = TrainConfig(batch_size=16, max_steps=60, epochs=100, log_every=10, max_length=32, lr=3e-3,
+                      alpha_hard=0.0, alpha_soft=0.0, alpha_hidden=1.0, alpha_attn=1.0, layer_map="last")
+    result = train(student, HEADS, examples, tokenizer, cfg, soft_targets=soft, layer_teacher=teacher)
+    assert {"loss_hidden", "loss_attn"} <= set(result.history[-1])
+    assert teacher_attention_kl(student, teacher, tokenizer, examples, "last") < 0.5 * before

@@ -51,9 +51,9 @@ def tasks_of(values: list[str]) -> list[str]:
 
 def stage_config(tasks: list[str], data_root: Path | None, epochs: float, batch_size: int, lr: float, max_length: int,
          seed: int, threads: int | None, max_steps: int | None = None, precision: str = "fp32",
-         **loss: float) -> StageConfig:
+         **options: float | str) -> StageConfig:
     train = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, max_length=max_length, seed=seed,
-                        max_steps=max_steps, precision=precision, **loss)
+                        max_steps=max_steps, precision=precision, **options)
     return StageConfig(tasks=tasks_of(tasks), data_root=str(data_root) if data_root else None, seed=seed,
                        threads=threads, train=train)
 

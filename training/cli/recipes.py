@@ -159,7 +159,10 @@ def strong(out: Annotated[Path, typer.Option(help="Run folder (resumable).")] = 
            alpha_hidden: Annotated[float, typer.Option(help="Weight of the layer-wise hidden-state cosine "
                                                             "(with --layer-teacher).")] = 1.0,
            alpha_attn: Annotated[float, typer.Option(help="Weight of the layer-wise attention KL "
-                                                          "(with --layer-teacher).")] = 1.0) -> None:
+                                                          "(with --layer-teacher).")] = 1.0,
+           layer_map: Annotated[str, typer.Option(help="Which student layers follow the layer teacher: depth "
+                                                       "(each the teacher layer at its depth) or last (the "
+                                                       "last alone).")] = "depth") -> None:
     """The strong-teacher recipe: teacher, soft labels, both students distilled from them, evaluated,
     exported and registered; resumable, and the same on a lent GPU."""
     from training.recipe import scaled
@@ -168,8 +171,9 @@ def strong(out: Annotated[Path, typer.Option(help="Run folder (resumable).")] = 
     teacher_cfg = stage_config(task, data_root, teacher_epochs, 32, teacher_lr, max_length, seed, threads, precision=precision)
     student_cfg = with_caps(scaled(stage_config(task, data_root, student_epochs, 32, student_lr, max_length, seed,
                                                 threads, precision=precision, alpha_cos=0.0,
-                                                **({"alpha_hidden": alpha_hidden, "alpha_attn": alpha_attn}
-                                                   if layer_teacher else {})), scale), cap, repeat, transfer)
+                                                **({"alpha_hidden": alpha_hidden, "alpha_attn": alpha_attn,
+                                                    "layer_map": layer_map} if layer_teacher else {})), scale),
+                             cap, repeat, transfer)
     bars = Bars()
     with bars.progress:
         summary = run_strong(out, store, teacher_cfg, student_cfg, base=base, labels=labels, version=version,
