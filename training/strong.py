@@ -55,7 +55,8 @@ def run_strong(out: Path, store: Path, teacher_cfg: StageConfig, student_cfg: St
     students' width, heads and vocabulary whose layers they learn to follow (``run_distill_from_labels``)."""
     from training.train_all import choose_defaults
 
-    if layer_teacher is not None and not student_cfg.train.layerwise:  # before any teacher or labeling work
+    student_cfg.train.validate()  # before any teacher or labeling work
+    if layer_teacher is not None and not student_cfg.train.layerwise:
         raise ValueError("a layer teacher needs the student config's alpha_hidden or alpha_attn above 0")
 
     out = Path(out)
