@@ -40,8 +40,6 @@ from pathlib import Path
 
 import numpy as np
 
-from models.runtime import WEIGHTS_7BIT
-
 log = logging.getLogger(__name__)
 
 PER_TOKEN = "per_token"  # recorded in the manifest as metrics.export.onnx_int8.activations
